@@ -1,0 +1,12 @@
+"""Signet: a certificate authority for service mTLS, served as a gRPC service over mTLS.
+
+Layers, from the inside out:
+
+- ``ca_server.core``: the pure CA (profiles, CSR checks, policy, revocation, OCSP, CRL).
+  It knows nothing of gRPC or SQL; it receives a store, a clock and its keys.
+- ``ca_server.store``: the storage interface and its SQLite implementation.
+- ``ca_server.api``: the gRPC adapter (authentication, error mapping, logging).
+- ``ca_server.server`` / ``ca_server.cli``: wiring, the ``ca-server`` command.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The gRPC adapter: request parsing, authentication, error mapping and RPC logging."""

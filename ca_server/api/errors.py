@@ -1,0 +1,24 @@
+"""The one place where domain errors become gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from ..core import errors
+
+STATUS_FOR: dict[type[errors.SignetError], grpc.StatusCode] = {
+    errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.PolicyViolation: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyRevoked: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ConfigurationError: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_for(error: errors.SignetError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_FOR:
+            return STATUS_FOR[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL

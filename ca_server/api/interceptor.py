@@ -1,0 +1,73 @@
+"""Wraps every unary RPC: maps domain errors to statuses and writes one log line per call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from ..core.errors import SignetError
+from .errors import status_for
+
+log = structlog.get_logger("signet.rpc")
+
+_OUR_SERVICE = "/signet.ca.v1."
+
+
+class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method: str = handler_call_details.method
+        behavior = handler.unary_unary
+
+        def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+            return _call(method, behavior, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapper,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _call(
+    method: str,
+    behavior: Callable[[Any, grpc.ServicerContext], Any],
+    request: Any,
+    context: grpc.ServicerContext,
+) -> Any:
+    structlog.contextvars.clear_contextvars()
+    start = time.perf_counter()
+    code = grpc.StatusCode.OK
+    message = None
+    try:
+        return behavior(request, context)
+    except SignetError as exc:
+        code, message = status_for(exc), str(exc)
+        context.abort(code, message)
+    except Exception:
+        if context.code() not in (None, grpc.StatusCode.OK):  # the handler aborted on purpose
+            code = context.code()
+            raise
+        code = grpc.StatusCode.INTERNAL
+        log.exception("rpc_internal_error", method=method)
+        context.abort(code, "internal error; the CA's log has the details")
+    finally:
+        level = "info" if method.startswith(_OUR_SERVICE) else "debug"
+        getattr(log, level)(
+            "rpc",
+            method=method,
+            peer=context.peer(),
+            code=code.name,
+            duration_ms=round((time.perf_counter() - start) * 1000, 3),
+            **({"error": message} if message else {}),
+        )

@@ -1,0 +1,172 @@
+"""signet.ca.v1.CertificateAuthority: parse the request, one call into the core, build the reply."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import grpc
+import structlog
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from signet.ca.v1 import ca_pb2, ca_pb2_grpc
+
+from ..core.authority import CertificateAuthority, Issued
+from ..core.errors import InvalidRequest, Unauthenticated
+from ..core.ocsp import CertStatus
+from ..core.policy import Caller
+from ..core.revocation import Reason
+from ..store.base import CertificateRecord
+
+_STATUS = {
+    CertStatus.GOOD: ca_pb2.GOOD,
+    CertStatus.REVOKED: ca_pb2.REVOKED,
+    CertStatus.UNKNOWN: ca_pb2.UNKNOWN,
+}
+
+
+def _ts(when: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if when is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(when)
+    return ts
+
+
+def _validity(has: bool, value: duration_pb2.Duration) -> dt.timedelta | None:
+    if not has:
+        return None
+    try:
+        return value.ToTimedelta()
+    except (OverflowError, ValueError):
+        raise InvalidRequest("validity is out of range") from None
+
+
+def _issued(issued: Issued) -> ca_pb2.IssuedCertificate:
+    structlog.contextvars.bind_contextvars(serial=issued.serial)
+    return ca_pb2.IssuedCertificate(
+        certificate_pem=issued.certificate_pem,
+        chain_pem=issued.chain_pem,
+        serial_number=issued.serial,
+        not_before=_ts(issued.not_before),
+        not_after=_ts(issued.not_after),
+        fingerprint_sha256=issued.fingerprint_sha256,
+    )
+
+
+def _summary(r: CertificateRecord) -> ca_pb2.CertificateSummary:
+    return ca_pb2.CertificateSummary(
+        serial_number=r.serial,
+        identity=r.identity,
+        dns_names=r.dns_names,
+        ip_addresses=r.ip_addresses,
+        not_before=_ts(r.not_before),
+        not_after=_ts(r.not_after),
+        status=ca_pb2.REVOKED if r.status == "revoked" else ca_pb2.GOOD,
+        revoked_at=_ts(r.revoked_at),
+        reason=int(r.reason) if r.reason is not None else 0,
+        fingerprint_sha256=r.fingerprint_sha256,
+        requested_by=r.requested_by,
+    )
+
+
+class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
+    def __init__(self, authority: CertificateAuthority) -> None:
+        self._ca = authority
+
+    def _caller(self, context: grpc.ServicerContext) -> Caller:
+        certs = context.auth_context().get("x509_pem_cert")
+        if not certs:
+            raise Unauthenticated("a client certificate issued by this CA is required")
+        caller = self._ca.authenticate(certs[0])
+        structlog.contextvars.bind_contextvars(caller=caller.identity)
+        return caller
+
+    def SignCertificate(
+        self, request: ca_pb2.SignCertificateRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.IssuedCertificate:
+        caller = self._caller(context)
+        validity = _validity(request.HasField("validity"), request.validity)
+        return _issued(self._ca.sign(caller, request.csr_pem, validity))
+
+    def RenewCertificate(
+        self, request: ca_pb2.RenewCertificateRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.IssuedCertificate:
+        caller = self._caller(context)
+        validity = _validity(request.HasField("validity"), request.validity)
+        return _issued(self._ca.renew(caller, request.csr_pem, validity))
+
+    def RevokeCertificate(
+        self, request: ca_pb2.RevokeCertificateRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.RevokeCertificateResponse:
+        caller = self._caller(context)
+        try:
+            reason = Reason(request.reason)
+        except ValueError:
+            raise InvalidRequest(f"reason {request.reason} is not an RFC 5280 reason code") from None
+        structlog.contextvars.bind_contextvars(serial=request.serial_number)
+        serial, revoked_at = self._ca.revoke(caller, request.serial_number, reason)
+        return ca_pb2.RevokeCertificateResponse(serial_number=serial, revoked_at=_ts(revoked_at))
+
+    def GetCertificateStatus(
+        self, request: ca_pb2.GetCertificateStatusRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.GetCertificateStatusResponse:
+        self._caller(context)
+        structlog.contextvars.bind_contextvars(serial=request.serial_number)
+        result = self._ca.status(request.serial_number)
+        a = result.answer
+        return ca_pb2.GetCertificateStatusResponse(
+            status=_STATUS[a.status],
+            revoked_at=_ts(a.revoked_at),
+            reason=int(a.reason) if a.reason is not None else 0,
+            this_update=_ts(result.this_update),
+            next_update=_ts(result.next_update),
+            ocsp_response=result.ocsp_response,
+        )
+
+    def GetCRL(
+        self, request: ca_pb2.GetCRLRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.GetCRLResponse:
+        self._caller(context)
+        crl = self._ca.crl()
+        return ca_pb2.GetCRLResponse(
+            crl=crl.der,
+            crl_number=crl.number,
+            this_update=_ts(crl.this_update),
+            next_update=_ts(crl.next_update),
+        )
+
+    def GetTrustBundle(
+        self, request: ca_pb2.GetTrustBundleRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.GetTrustBundleResponse:
+        self._caller(context)
+        root, intermediates = self._ca.trust_bundle()
+        return ca_pb2.GetTrustBundleResponse(
+            root_certificates_pem=root, intermediate_certificates_pem=intermediates
+        )
+
+    def ListCertificates(
+        self, request: ca_pb2.ListCertificatesRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.ListCertificatesResponse:
+        caller = self._caller(context)
+        status: Literal["good", "revoked"] | None
+        if request.status == ca_pb2.STATUS_UNSPECIFIED:
+            status = None
+        elif request.status == ca_pb2.GOOD:
+            status = "good"
+        elif request.status == ca_pb2.REVOKED:
+            status = "revoked"
+        else:
+            raise InvalidRequest("status filter must be GOOD or REVOKED (or unset for all)")
+        expiring_before = (
+            request.expiring_before.ToDatetime(dt.UTC)
+            if request.HasField("expiring_before")
+            else None
+        )
+        page = self._ca.list_certificates(
+            caller, status, expiring_before, request.page_size, request.page_token
+        )
+        return ca_pb2.ListCertificatesResponse(
+            certificates=[_summary(r) for r in page.records],
+            next_page_token=page.next_page_token,
+        )

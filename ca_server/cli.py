@@ -1,0 +1,166 @@
+"""The ``ca-server`` command: ``init`` creates a CA, ``serve`` runs it (initialising first when
+the data directory is empty). Every flag can also come from SIGNET_<FLAG> or config.toml."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from .config import DEFAULT_KEY_TYPE, DEFAULT_TRUST_DOMAIN, load_config
+from .core.errors import ConfigurationError
+from .core.keys import CA_KEY_TYPES
+from .datadir import DataDir, init_ca, load_ca
+from .logs import configure_logging
+from .server import start_server
+
+log = structlog.get_logger("signet.cli")
+
+PASSPHRASE_ENV = "SIGNET_CA_PASSPHRASE"
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get("SIGNET_" + name.upper()) or None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ca-server", description="Signet certificate authority")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data-dir", help="CA data directory (default ./ca-data; SIGNET_DATA_DIR)")
+        sp.add_argument(
+            "--passphrase-file",
+            help=f"file holding the passphrase of the CA keys (SIGNET_PASSPHRASE_FILE; "
+            f"or put the passphrase itself in {PASSPHRASE_ENV})",
+        )
+        sp.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+        sp.add_argument("--store", help="database URL (default sqlite:///<data-dir>/ca.db)")
+        sp.add_argument(
+            "--trust-domain", help=f"SPIFFE trust domain, at init (default {DEFAULT_TRUST_DOMAIN})"
+        )
+        sp.add_argument(
+            "--key-type", choices=CA_KEY_TYPES, help=f"CA key type, at init (default {DEFAULT_KEY_TYPE})"
+        )
+
+    init = sub.add_parser("init", help="create a new CA in the data directory")
+    common(init)
+
+    serve = sub.add_parser("serve", help="run the CA (initialises an empty data directory first)")
+    common(serve)
+    serve.add_argument("--listen", help="API address HOST:PORT, mTLS (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--server-name",
+        action="append",
+        help="extra DNS name or IP on the server certificate (repeatable; SIGNET_SERVER_NAME, "
+        "comma-separated)",
+    )
+    serve.add_argument(
+        "--public-url", help="base URL issued certificates carry for OCSP, CA issuers and CRL"
+    )
+    return p
+
+
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    path = args.passphrase_file or _env("passphrase_file")
+    if path:
+        try:
+            text = Path(path).read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read passphrase file {path}: {exc.strerror}") from None
+        if not text:
+            raise ConfigurationError(f"passphrase file {path} is empty")
+        return text
+    secret = os.environ.get(PASSPHRASE_ENV)
+    return secret.encode() if secret else None
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "trust_domain": args.trust_domain,
+        "key_type": args.key_type,
+        "store": args.store,
+        "log_level": args.log_level,
+        "listen": getattr(args, "listen", None),
+        "server_name": getattr(args, "server_name", None),
+        "public_url": getattr(args, "public_url", None),
+    }
+
+
+def _init(data_dir: Path, args: argparse.Namespace) -> None:
+    boot = load_config(data_dir, _overrides(args))  # flags/env for trust domain and key type
+    init_ca(
+        data_dir,
+        trust_domain=boot.trust_domain,
+        key_type=boot.key_type,
+        passphrase=_passphrase(args),
+        store_url=args.store or _env("store"),
+    )
+    log.info("ca_initialised", data_dir=str(data_dir), trust_domain=boot.trust_domain)
+
+
+def _display_path(path: Path) -> str:
+    rel = os.path.relpath(path)
+    return shlex.quote(rel if not rel.startswith("..") else str(path.resolve()))
+
+
+def grpcurl_command(data_dir: Path, address: str) -> str:
+    host, _, port = address.rpartition(":")
+    if host in {"", "0.0.0.0", "[::]", "::"}:
+        host = "127.0.0.1"
+    admin = data_dir / "admin"
+    return (
+        f"grpcurl -cacert {_display_path(admin / 'ca.pem')} -cert {_display_path(admin / 'cert.pem')}"
+        f" -key {_display_path(admin / 'key.pem')} {host}:{port} list"
+    )
+
+
+def _serve(data_dir: Path, args: argparse.Namespace) -> int:
+    d = DataDir(data_dir)
+    if d.is_empty_or_missing():
+        _init(data_dir, args)
+    elif not d.exists():
+        raise ConfigurationError(
+            f"{data_dir} is not empty and holds no Signet CA (no config.toml or root.pem)"
+        )
+    config = load_config(data_dir, _overrides(args))
+    configure_logging(config.server.log_level)
+    ca = load_ca(config, _passphrase(args))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    running = start_server(ca)
+    print(f"Signet CA ready on {running.address} (trust domain {config.trust_domain})", flush=True)
+    print(f"Try it: {grpcurl_command(data_dir, running.address)}", flush=True)
+    stop.wait()
+    log.info("shutting_down", grace_seconds=config.server.shutdown_grace.total_seconds())
+    running.stop(config.server.shutdown_grace.total_seconds())
+    ca.store.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level or _env("log_level") or "info")
+    data_dir = Path(args.data_dir or _env("data_dir") or "ca-data")
+    try:
+        if args.command == "init":
+            _init(data_dir, args)
+            print(f"Created a Signet CA in {data_dir}; start it with: ca-server serve --data-dir {data_dir}")
+            return 0
+        return _serve(data_dir, args)
+    except ConfigurationError as exc:
+        print(f"ca-server: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Configuration: ``<data-dir>/config.toml``, overridden by ``SIGNET_*`` environment variables,
+overridden by command-line flags. Parsed once, validated once, into frozen dataclasses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .core.authority import IssuanceSettings
+from .core.errors import ConfigurationError
+from .core.keys import CA_KEY_TYPES
+from .core.names import validate_trust_domain
+from .core.policy import Policy, WorkloadRule
+from .core.profile import PublicUrls
+from .core.durations import format_duration, parse_duration
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_TRUST_DOMAIN = "signet.local"
+DEFAULT_KEY_TYPE = "ec-p256"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    listen: str = DEFAULT_LISTEN
+    server_names: tuple[str, ...] = ()
+    log_level: str = "info"
+    serving_validity: dt.timedelta = dt.timedelta(hours=24)
+    shutdown_grace: dt.timedelta = dt.timedelta(seconds=10)
+    max_workers: int = 16
+    store: str = ""  # empty: sqlite:///<data-dir>/ca.db
+
+
+@dataclass(frozen=True, slots=True)
+class CaConfig:
+    data_dir: Path
+    trust_domain: str
+    key_type: str
+    server: ServerSettings
+    issuance: IssuanceSettings
+    policy: Policy
+
+    @property
+    def store_url(self) -> str:
+        return self.server.store or f"sqlite:///{self.data_dir / 'ca.db'}"
+
+
+def default_admin_patterns(trust_domain: str) -> list[str]:
+    return [f"spiffe://{trust_domain}/admin", f"spiffe://{trust_domain}/admin/*"]
+
+
+def render_default_config(trust_domain: str, key_type: str) -> str:
+    """The config.toml that init writes: every setting, at its default, with what it means."""
+    s, i = ServerSettings(), IssuanceSettings()
+    admins = ", ".join(f'"{p}"' for p in default_admin_patterns(trust_domain))
+    d = format_duration
+    return f"""\
+# Signet CA configuration, written by `ca-server init`.
+# Precedence: command-line flag > environment variable SIGNET_<NAME> > this file > default.
+# Durations: a number and a unit (s, m, h, d), e.g. "24h", "90m".
+
+# SPIFFE trust domain of every identity this CA issues (spiffe://<trust_domain>/...). Fixed at init.
+trust_domain = "{trust_domain}"
+# Algorithm of the CA keys (ec-p256, ec-p384, rsa-3072, ed25519). Fixed at init.
+key_type = "{key_type}"
+
+[server]
+# API address, mTLS only (flag --listen, env SIGNET_LISTEN). Port 0 picks a free port.
+listen = "{s.listen}"
+# Extra DNS names / IPs on the server's own certificate, besides localhost and 127.0.0.1.
+server_names = []
+# debug, info, warning, error (flag --log-level, env SIGNET_LOG_LEVEL).
+log_level = "{s.log_level}"
+# Lifetime of the server's own serving certificate; it is replaced at 2/3 of it, without restart.
+serving_validity = "{d(s.serving_validity)}"
+# On SIGTERM, in-flight RPCs get this long to finish.
+shutdown_grace = "{d(s.shutdown_grace)}"
+# Threads serving RPCs.
+max_workers = {s.max_workers}
+# Database URL; empty means sqlite:///<data-dir>/ca.db (flag --store, env SIGNET_STORE).
+store = ""
+# Base URL that issued certificates carry in AIA (OCSP, caIssuers) and CRL Distribution Points.
+# Unset: issued certificates carry no such URLs (flag --public-url, env SIGNET_PUBLIC_URL).
+# public_url = "http://ca.example.internal:8080"
+
+[issuance]
+# Lifetime of a certificate when the request does not ask for one.
+default_validity = "{d(i.default_validity)}"
+# Longest lifetime a request may ask for (longer requests are refused, not shortened).
+max_validity = "{d(i.max_validity)}"
+# Shortest lifetime a request may ask for.
+min_validity = "{d(i.min_validity)}"
+# not_before is set this far in the past, for clients whose clocks run slow.
+backdate = "{d(i.backdate)}"
+# How long a CRL is valid (nextUpdate - thisUpdate); it is rebuilt on revocation and at half-life.
+crl_validity = "{d(i.crl_validity)}"
+# How long an OCSP response is valid (nextUpdate - thisUpdate).
+ocsp_validity = "{d(i.ocsp_validity)}"
+# How long a caller's "not revoked" check is reused before asking the store again.
+# Revocations made by this server take effect immediately regardless.
+auth_cache_ttl = "{d(i.auth_cache_ttl)}"
+
+[policy]
+# SPIFFE ID patterns with the admin role ('*' = one path segment, '**' = one or more).
+admins = [{admins}]
+# DNS names (patterns: '*' alone = any; '*.example.com' = one label) and IP ranges admins may sign.
+admin_dns_names = ["*"]
+admin_ip_ranges = ["0.0.0.0/0", "::/0"]
+
+# Workloads: which DNS names and IPs an identity may hold besides its own SPIFFE ID.
+# A workload may sign and renew only for its own identity, and revoke only its own certificates.
+# [[policy.workloads]]
+# identity = "spiffe://{trust_domain}/web/*"
+# dns_names = ["*.web.internal", "web.internal"]
+# ip_ranges = ["10.0.0.0/8"]
+"""
+
+
+class _Section:
+    """Reads one TOML table, rejecting keys it does not know (typos fail loudly)."""
+
+    def __init__(self, name: str, data: Mapping[str, Any], known: set[str]) -> None:
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigurationError(
+                f"config.toml: unknown setting(s) {', '.join(sorted(unknown))} in [{name}]"
+            )
+        self.name, self.data = name, data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def duration(self, key: str, default: dt.timedelta) -> dt.timedelta:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            raise ConfigurationError(f"config.toml [{self.name}] {key}: {exc}") from None
+
+
+def _networks(values: list[str], where: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+    except ValueError as exc:
+        raise ConfigurationError(f"config.toml {where}: {exc}") from None
+
+
+def load_config(
+    data_dir: Path, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> CaConfig:
+    """Load <data_dir>/config.toml (defaults if absent), then env SIGNET_*, then overrides
+    (flag values; None means "not given")."""
+    env = os.environ if env is None else env
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    path = data_dir / "config.toml"
+    try:
+        raw = tomllib.loads(path.read_text()) if path.exists() else {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path}: {exc}") from None
+
+    top = _Section("top level", raw, {"trust_domain", "key_type", "server", "issuance", "policy"})
+    srv = _Section(
+        "server",
+        raw.get("server", {}),
+        {"listen", "server_names", "log_level", "serving_validity", "shutdown_grace",
+         "max_workers", "store", "public_url"},
+    )
+    iss = _Section(
+        "issuance",
+        raw.get("issuance", {}),
+        {"default_validity", "max_validity", "min_validity", "backdate", "crl_validity",
+         "ocsp_validity", "auth_cache_ttl"},
+    )
+    pol = _Section(
+        "policy", raw.get("policy", {}), {"admins", "admin_dns_names", "admin_ip_ranges", "workloads"}
+    )
+
+    def pick(name: str, file_value: Any) -> Any:
+        if name in overrides:
+            return overrides[name]
+        env_value = env.get("SIGNET_" + name.upper())
+        if env_value:
+            return env_value
+        return file_value
+
+    trust_domain = str(pick("trust_domain", top.get("trust_domain", DEFAULT_TRUST_DOMAIN)))
+    try:
+        validate_trust_domain(trust_domain)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    key_type = str(pick("key_type", top.get("key_type", DEFAULT_KEY_TYPE)))
+    if key_type not in CA_KEY_TYPES:
+        raise ConfigurationError(f"key_type {key_type!r}: choose one of {', '.join(CA_KEY_TYPES)}")
+
+    server_names = pick("server_name", srv.get("server_names", []))
+    if isinstance(server_names, str):
+        server_names = [n.strip() for n in server_names.split(",") if n.strip()]
+    log_level = str(pick("log_level", srv.get("log_level", "info"))).lower()
+    if log_level not in {"debug", "info", "warning", "error"}:
+        raise ConfigurationError(f"log_level {log_level!r}: choose debug, info, warning or error")
+    defaults = ServerSettings()
+    server = ServerSettings(
+        listen=str(pick("listen", srv.get("listen", DEFAULT_LISTEN))),
+        server_names=tuple(server_names),
+        log_level=log_level,
+        serving_validity=srv.duration("serving_validity", defaults.serving_validity),
+        shutdown_grace=srv.duration("shutdown_grace", defaults.shutdown_grace),
+        max_workers=int(srv.get("max_workers", defaults.max_workers)),
+        store=str(pick("store", srv.get("store", ""))),
+    )
+    public_url = pick("public_url", srv.get("public_url"))
+
+    i = IssuanceSettings()
+    issuance = IssuanceSettings(
+        default_validity=iss.duration("default_validity", i.default_validity),
+        max_validity=iss.duration("max_validity", i.max_validity),
+        min_validity=iss.duration("min_validity", i.min_validity),
+        backdate=iss.duration("backdate", i.backdate),
+        crl_validity=iss.duration("crl_validity", i.crl_validity),
+        ocsp_validity=iss.duration("ocsp_validity", i.ocsp_validity),
+        auth_cache_ttl=iss.duration("auth_cache_ttl", i.auth_cache_ttl),
+        public_urls=PublicUrls(str(public_url)) if public_url else None,
+    )
+    if not issuance.min_validity <= issuance.default_validity <= issuance.max_validity:
+        raise ConfigurationError(
+            "config.toml [issuance]: need min_validity <= default_validity <= max_validity"
+        )
+
+    workloads = []
+    for n, entry in enumerate(pol.get("workloads", [])):
+        w = _Section(f"policy.workloads #{n + 1}", entry, {"identity", "dns_names", "ip_ranges"})
+        if "identity" not in entry:
+            raise ConfigurationError(f"config.toml [[policy.workloads]] #{n + 1} needs identity")
+        workloads.append(
+            WorkloadRule(
+                identity=str(w.get("identity", "")),
+                dns_names=tuple(w.get("dns_names", [])),
+                ip_ranges=_networks(w.get("ip_ranges", []), f"[[policy.workloads]] #{n + 1}"),
+            )
+        )
+    policy = Policy(
+        trust_domain=trust_domain,
+        admins=tuple(pol.get("admins", default_admin_patterns(trust_domain))),
+        admin_dns_names=tuple(pol.get("admin_dns_names", ["*"])),
+        admin_ip_ranges=_networks(pol.get("admin_ip_ranges", ["0.0.0.0/0", "::/0"]), "[policy]"),
+        workloads=tuple(workloads),
+    )
+    return CaConfig(data_dir, trust_domain, key_type, server, issuance, policy)

@@ -1,0 +1,1 @@
+"""The CA's logic: pure Python over ``cryptography``, no gRPC, no SQL."""

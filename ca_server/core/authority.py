@@ -1,0 +1,449 @@
+"""The certificate authority: signs, renews, revokes, answers status, builds CRLs and
+authenticates callers. It receives its store, clock, keys and policy; it knows nothing of
+gRPC or SQL, and raises only the errors in ``errors``."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import functools
+import ipaddress
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from ..store.base import (
+    AuditEvent,
+    CertificateRecord,
+    DuplicateSerial,
+    ListQuery,
+    RevokeOutcome,
+    Status,
+    Store,
+)
+from .clock import Clock, utc_seconds
+from .crl import build_crl
+from .csr import parse_csr
+from .errors import AlreadyRevoked, InvalidRequest, NotFound, Unauthenticated
+from .names import IPAddress
+from .ocsp import CertStatus, StatusAnswer, build_ocsp_response
+from .policy import (
+    Caller,
+    Policy,
+    RequestedNames,
+    check_is_admin,
+    check_may_revoke,
+    check_request,
+)
+from .profile import (
+    Issuer,
+    LeafRequest,
+    PublicUrls,
+    build_leaf,
+    certificate_names,
+    fingerprint_sha256,
+    pem,
+    random_serial,
+    serial_hex,
+)
+from .revocation import Reason
+
+MAX_PAGE_SIZE = 1000
+_AUTH_CACHE_MAX = 50_000
+DEFAULT_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class IssuanceSettings:
+    default_validity: dt.timedelta = dt.timedelta(hours=24)
+    max_validity: dt.timedelta = dt.timedelta(days=30)
+    min_validity: dt.timedelta = dt.timedelta(minutes=5)
+    backdate: dt.timedelta = dt.timedelta(minutes=1)
+    crl_validity: dt.timedelta = dt.timedelta(hours=24)
+    ocsp_validity: dt.timedelta = dt.timedelta(hours=4)
+    # How long a caller's "not revoked" answer is reused before the store is asked again.
+    # Revocations made through this process invalidate it at once.
+    auth_cache_ttl: dt.timedelta = dt.timedelta(seconds=2)
+    public_urls: PublicUrls | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    certificate: x509.Certificate
+    chain_pem: str
+    serial: str
+    fingerprint_sha256: str
+
+    @property
+    def certificate_pem(self) -> str:
+        return pem(self.certificate)
+
+    @property
+    def not_before(self) -> dt.datetime:
+        return self.certificate.not_valid_before_utc
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.certificate.not_valid_after_utc
+
+
+@dataclass(frozen=True, slots=True)
+class StatusResult:
+    answer: StatusAnswer
+    this_update: dt.datetime
+    next_update: dt.datetime
+    ocsp_response: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CrlResult:
+    der: bytes
+    number: int
+    this_update: dt.datetime
+    next_update: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    records: Sequence[CertificateRecord]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class _PeerCertificate:
+    serial: str
+    identity: str | None
+    not_after: dt.datetime
+    issuer: x509.Name
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_peer(cert_pem: bytes) -> _PeerCertificate:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    identity, _, _ = certificate_names(cert)
+    return _PeerCertificate(serial_hex(cert.serial_number), identity, cert.not_valid_after_utc, cert.issuer)
+
+
+def parse_serial(text: str) -> str:
+    """Accept hex in any case, with optional colons or 0x; return the canonical form."""
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    if not cleaned:
+        raise InvalidRequest("serial_number is required (hex, as in the certificate)")
+    if len(cleaned) > 40:
+        raise InvalidRequest("serial_number is longer than 20 octets (RFC 5280 allows at most 20)")
+    try:
+        value = int(cleaned, 16)
+    except ValueError:
+        raise InvalidRequest(f"serial_number {text!r} is not hexadecimal") from None
+    return serial_hex(value)
+
+
+def _encode_cursor(record: CertificateRecord) -> str:
+    raw = json.dumps([int(record.issued_at.timestamp()), record.serial]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        issued_at, serial = json.loads(raw)
+        if not isinstance(issued_at, int) or not isinstance(serial, str):
+            raise ValueError
+        return issued_at, serial
+    except (ValueError, TypeError):
+        raise InvalidRequest("page_token is not one this server returned") from None
+
+
+@dataclass
+class _CrlCache:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    current: CrlResult | None = None
+    dirty: bool = True
+
+
+class CertificateAuthority:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        issuer: Issuer,
+        root: x509.Certificate,
+        policy: Policy,
+        settings: IssuanceSettings | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.issuer = issuer
+        self.root = root
+        self.policy = policy
+        self.settings = settings or IssuanceSettings()
+        self._crl = _CrlCache()
+        self._auth_ok: dict[str, dt.datetime] = {}  # serial -> when the store last said "good"
+        self._auth_lock = threading.Lock()
+        self._revocation_listeners: list[Callable[[str], None]] = []
+
+    # -- issuance -----------------------------------------------------------------------------
+    def sign(self, caller: Caller, csr_pem: str, validity: dt.timedelta | None) -> Issued:
+        csr = parse_csr(csr_pem)
+        if len(csr.uris) != 1:
+            raise InvalidRequest(
+                "the CSR must carry exactly one URI SAN, the SPIFFE ID "
+                f"spiffe://{self.policy.trust_domain}/<path>; it has {len(csr.uris)}"
+            )
+        names = RequestedNames(csr.uris[0], csr.dns_names, csr.ip_addresses)
+        check_request(self.policy, caller, names)
+        lifetime = self._lifetime(validity, self.settings.default_validity)
+        return self._issue(
+            public_key=csr.public_key,
+            names=names,
+            common_name=csr.common_name,
+            lifetime=lifetime,
+            actor=caller.identity,
+            action="issue",
+        )
+
+    def renew(self, caller: Caller, csr_pem: str, validity: dt.timedelta | None) -> Issued:
+        csr = parse_csr(csr_pem)  # only its key counts: names come from the current certificate
+        current = self.store.get_certificate(caller.serial)
+        if current is None:
+            raise Unauthenticated("the certificate you authenticated with is not known to this CA")
+        old = x509.load_der_x509_certificate(current.der)
+        cns = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        old_lifetime = current.not_after - current.not_before - self.settings.backdate
+        default = min(max(old_lifetime, self.settings.min_validity), self.settings.max_validity)
+        names = RequestedNames(
+            current.identity,
+            current.dns_names,
+            tuple(ipaddress.ip_address(ip) for ip in current.ip_addresses),
+        )
+        return self._issue(
+            public_key=csr.public_key,
+            names=names,
+            common_name=str(cns[0].value) if cns else None,
+            lifetime=self._lifetime(validity, default),
+            actor=caller.identity,
+            action="renew",
+            detail=f"renews {caller.serial}",
+        )
+
+    def issue_for(
+        self,
+        *,
+        public_key: CertificatePublicKeyTypes,
+        identity: str,
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[IPAddress] = (),
+        lifetime: dt.timedelta,
+        actor: str,
+        action: str,
+    ) -> Issued:
+        """Issue without a CSR or policy check: for the CA's own certificates (the serving
+        certificate, the admin credentials written by init)."""
+        names = RequestedNames(identity, tuple(dns_names), tuple(ip_addresses))
+        cn = dns_names[0] if dns_names else None
+        return self._issue(
+            public_key=public_key,
+            names=names,
+            common_name=cn,
+            lifetime=lifetime,
+            actor=actor,
+            action=action,
+        )
+
+    def _lifetime(self, requested: dt.timedelta | None, default: dt.timedelta) -> dt.timedelta:
+        if requested is None:
+            return default
+        s = self.settings
+        if requested > s.max_validity:
+            raise InvalidRequest(
+                f"validity {requested} is longer than this CA's cap of {s.max_validity}"
+            )
+        if requested < s.min_validity:
+            raise InvalidRequest(f"validity {requested} is shorter than the minimum {s.min_validity}")
+        return requested
+
+    def _issue(
+        self,
+        *,
+        public_key: CertificatePublicKeyTypes,
+        names: RequestedNames,
+        common_name: str | None,
+        lifetime: dt.timedelta,
+        actor: str,
+        action: str,
+        detail: str = "",
+    ) -> Issued:
+        now = utc_seconds(self.clock.now())
+        for _ in range(5):  # a 128-bit collision is as good as impossible; a loop costs nothing
+            serial = random_serial()
+            cert = build_leaf(
+                self.issuer,
+                LeafRequest(
+                    public_key=public_key,
+                    identity=names.identity,
+                    dns_names=names.dns_names,
+                    ip_addresses=names.ip_addresses,
+                    common_name=common_name,
+                    not_before=now - self.settings.backdate,
+                    not_after=now + lifetime,
+                    serial=serial,
+                ),
+                self.settings.public_urls,
+            )
+            record = CertificateRecord(
+                serial=serial_hex(serial),
+                identity=names.identity,
+                dns_names=names.dns_names,
+                ip_addresses=tuple(str(ip) for ip in names.ip_addresses),
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                fingerprint_sha256=fingerprint_sha256(cert),
+                der=cert.public_bytes(Encoding.DER),
+                requested_by=actor,
+                issued_at=now,
+            )
+            try:
+                # Stored (durably) before anyone sees it: nothing is handed out unrecorded.
+                self.store.add_certificate(
+                    record, AuditEvent(now, action, actor, record.serial, detail)
+                )
+            except DuplicateSerial:
+                continue
+            return Issued(cert, self.issuer.chain_pem, record.serial, record.fingerprint_sha256)
+        raise RuntimeError("could not find an unused serial number")
+
+    # -- revocation -----------------------------------------------------------------------------
+    def revoke(self, caller: Caller, serial_text: str, reason: Reason) -> tuple[str, dt.datetime]:
+        serial = parse_serial(serial_text)
+        record = self.store.get_certificate(serial)
+        if record is None:
+            raise NotFound(f"no certificate with serial {serial} was issued by this CA")
+        check_may_revoke(caller, record.identity)
+        if record.status == "revoked":
+            raise AlreadyRevoked(f"certificate {serial} is already revoked")
+        now = utc_seconds(self.clock.now())
+        outcome = self.store.revoke(
+            serial, now, reason, AuditEvent(now, "revoke", caller.identity, serial, reason.name)
+        )
+        if outcome is RevokeOutcome.ALREADY_REVOKED:
+            raise AlreadyRevoked(f"certificate {serial} is already revoked")
+        if outcome is RevokeOutcome.NOT_FOUND:
+            raise NotFound(f"no certificate with serial {serial} was issued by this CA")
+        with self._auth_lock:
+            self._auth_ok.pop(serial, None)
+        self._crl.dirty = True
+        for listener in self._revocation_listeners:
+            listener(serial)
+        return serial, now
+
+    def on_revocation(self, listener: Callable[[str], None]) -> None:
+        """Call listener(serial) after each revocation this process makes (cache invalidation)."""
+        self._revocation_listeners.append(listener)
+
+    # -- status ---------------------------------------------------------------------------------
+    def status(self, serial_text: str) -> StatusResult:
+        serial = parse_serial(serial_text)
+        record = self.store.get_certificate(serial)
+        if record is None:
+            answer = StatusAnswer(int(serial, 16), CertStatus.UNKNOWN)
+        elif record.status == "revoked":
+            answer = StatusAnswer(
+                int(serial, 16), CertStatus.REVOKED, record.revoked_at, record.reason
+            )
+        else:
+            answer = StatusAnswer(int(serial, 16), CertStatus.GOOD)
+        this_update = utc_seconds(self.clock.now())
+        next_update = this_update + self.settings.ocsp_validity
+        der = build_ocsp_response(self.issuer, answer, this_update, next_update)
+        return StatusResult(answer, this_update, next_update, der)
+
+    def crl(self) -> CrlResult:
+        """The current CRL, rebuilt only after a revocation or past half its validity."""
+        cache = self._crl
+        with cache.lock:
+            now = utc_seconds(self.clock.now())
+            current = cache.current
+            stale = current is None or now >= current.this_update + self.settings.crl_validity / 2
+            if cache.dirty or stale:
+                cache.dirty = False
+                number = self.store.next_crl_number()
+                next_update = now + self.settings.crl_validity
+                der = build_crl(
+                    self.issuer, self.store.revoked_unexpired(now), number, now, next_update
+                )
+                cache.current = CrlResult(der, number, now, next_update)
+            assert cache.current is not None
+            return cache.current
+
+    def trust_bundle(self) -> tuple[str, str]:
+        return pem(self.root), self.issuer.chain_pem
+
+    # -- listing --------------------------------------------------------------------------------
+    def list_certificates(
+        self,
+        caller: Caller,
+        status: Status | None,
+        expiring_before: dt.datetime | None,
+        page_size: int,
+        page_token: str,
+    ) -> Page:
+        check_is_admin(caller, "ListCertificates")
+        if page_size < 0:
+            raise InvalidRequest("page_size must not be negative")
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _decode_cursor(page_token) if page_token else None
+        records = self.store.list_certificates(
+            ListQuery(status=status, expiring_before=expiring_before, limit=limit + 1, after=after)
+        )
+        more = len(records) > limit
+        records = records[:limit]
+        return Page(records, _encode_cursor(records[-1]) if more else "")
+
+    # -- authentication -------------------------------------------------------------------------
+    def authenticate(self, peer_certificate_pem: bytes) -> Caller:
+        """Turn the TLS-verified peer certificate into a Caller, or raise Unauthenticated.
+
+        TLS already checked the chain and validity window at the handshake; here we check what
+        it cannot: the certificate is one we issued, it is not revoked, and (for long-lived
+        connections) it has not expired since.
+        """
+        try:
+            peer = _parse_peer(peer_certificate_pem)
+        except ValueError:
+            raise Unauthenticated("the client certificate could not be parsed") from None
+        if peer.issuer != self.issuer.certificate.subject:
+            raise Unauthenticated("the client certificate was not issued by this CA")
+        if peer.identity is None:
+            raise Unauthenticated("the client certificate carries no SPIFFE ID (URI SAN)")
+        now = self.clock.now()
+        if now >= peer.not_after:
+            raise Unauthenticated(f"the client certificate {peer.serial} has expired")
+        if not self._recently_good(peer.serial, now):
+            record = self.store.get_certificate(peer.serial)
+            if record is None:
+                raise Unauthenticated(f"the client certificate {peer.serial} is unknown to this CA")
+            if record.status == "revoked":
+                raise Unauthenticated(f"the client certificate {peer.serial} has been revoked")
+            with self._auth_lock:
+                if len(self._auth_ok) >= _AUTH_CACHE_MAX:
+                    self._auth_ok.clear()  # entries are cheap to rebuild; memory must stay bounded
+                self._auth_ok[peer.serial] = now
+        return Caller(peer.identity, peer.serial, self.policy.is_admin(peer.identity))
+
+    def _recently_good(self, serial: str, now: dt.datetime) -> bool:
+        with self._auth_lock:
+            checked = self._auth_ok.get(serial)
+            if checked is None:
+                return False
+            if now - checked > self.settings.auth_cache_ttl or now < checked:
+                del self._auth_ok[serial]
+                return False
+            return True
+

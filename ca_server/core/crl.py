@@ -1,0 +1,53 @@
+"""RFC 5280 v2 CRLs signed by the issuing CA."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .keys import signature_hash
+from .profile import Issuer
+from .revocation import Reason, RevokedEntry
+
+
+def _revoked(entry: RevokedEntry) -> x509.RevokedCertificate:
+    extensions = []
+    # RFC 5280 5.3.1: reasonCode unspecified SHOULD be absent rather than present as 0.
+    if entry.reason is not Reason.UNSPECIFIED:
+        extensions.append(
+            x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(entry.reason.flag))
+        )
+    return x509.RevokedCertificateBuilder(
+        serial_number=entry.serial, revocation_date=entry.revoked_at, extensions=extensions
+    ).build()
+
+
+def build_crl(
+    issuer: Issuer,
+    entries: Iterable[RevokedEntry],
+    crl_number: int,
+    this_update: dt.datetime,
+    next_update: dt.datetime,
+) -> bytes:
+    """Return the DER CRL. Entries go to the builder's constructor in one list: adding them one
+    by one copies the list each time (quadratic; 100k entries took 10 s)."""
+    ski = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = x509.CertificateRevocationListBuilder(
+        issuer_name=issuer.certificate.subject,
+        last_update=this_update,
+        next_update=next_update,
+        extensions=[
+            x509.Extension(
+                x509.AuthorityKeyIdentifier.oid,
+                False,
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+            ),
+            x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(crl_number)),
+        ],
+        revoked_certificates=[_revoked(e) for e in entries],
+    )
+    crl = builder.sign(issuer.key, signature_hash(issuer.key))
+    return crl.public_bytes(serialization.Encoding.DER)

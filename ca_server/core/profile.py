@@ -1,0 +1,256 @@
+"""Certificate profiles (RFC 5280): the root, the online intermediate, and leaves.
+
+Pure functions of their inputs: keys, names, times and serials come in, certificates go out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .keys import SigningKey, signature_hash
+from .names import IPAddress
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """The CA that signs: its certificate and key, and its chain up to (excluding) the root."""
+
+    certificate: x509.Certificate
+    key: SigningKey
+    chain: tuple[x509.Certificate, ...]  # issuer first, root excluded
+
+    @property
+    def chain_pem(self) -> str:
+        return "".join(pem(c) for c in self.chain)
+
+
+@dataclass(frozen=True, slots=True)
+class PublicUrls:
+    """Where relying parties fetch OCSP, the issuer certificate and the CRL."""
+
+    base: str
+
+    @property
+    def ocsp(self) -> str:
+        return f"{self.base.rstrip('/')}/ocsp"
+
+    @property
+    def ca_issuers(self) -> str:
+        return f"{self.base.rstrip('/')}/ca.crt"
+
+    @property
+    def crl(self) -> str:
+        return f"{self.base.rstrip('/')}/crl"
+
+
+@dataclass(frozen=True, slots=True)
+class LeafRequest:
+    public_key: CertificatePublicKeyTypes
+    identity: str
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[IPAddress, ...]
+    common_name: str | None
+    not_before: dt.datetime
+    not_after: dt.datetime
+    serial: int
+
+
+def pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def fingerprint_sha256(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def random_serial() -> int:
+    """A positive 128-bit serial from the OS CSPRNG (RFC 5280: positive, at most 20 octets)."""
+    while True:
+        serial = secrets.randbits(128)
+        if serial > 0:
+            return serial
+
+
+def serial_hex(serial: int) -> str:
+    """Canonical form of a serial in the API and store: lowercase hex, even length."""
+    text = f"{serial:x}"
+    return text if len(text) % 2 == 0 else "0" + text
+
+
+def _ski(public_key: CertificatePublicKeyTypes) -> x509.SubjectKeyIdentifier:
+    return x509.SubjectKeyIdentifier.from_public_key(public_key)
+
+
+def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _ca_key_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def ca_name(trust_domain: str, common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def build_root(
+    key: SigningKey, subject: x509.Name, not_before: dt.datetime, not_after: dt.datetime
+) -> x509.Certificate:
+    public_key = key.public_key()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public_key)
+        .serial_number(random_serial())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(_ski(public_key), critical=False)
+        .sign(key, signature_hash(key))
+    )
+
+
+def build_intermediate(
+    root: Issuer,
+    public_key: CertificatePublicKeyTypes,
+    subject: x509.Name,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> x509.Certificate:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(root.certificate.subject)
+        .public_key(public_key)
+        .serial_number(random_serial())
+        .not_valid_before(not_before)
+        .not_valid_after(min(not_after, root.certificate.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(_ski(public_key), critical=False)
+        .add_extension(_aki(root.certificate), critical=False)
+        .sign(root.key, signature_hash(root.key))
+    )
+
+
+def _leaf_key_usage(public_key: CertificatePublicKeyTypes) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        # RSA key exchange (TLS 1.2 RSA kx) encrypts to the key; other key types never do.
+        key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def leaf_subject(common_name: str | None, dns_names: Sequence[str], ips: Sequence[IPAddress]) -> x509.Name:
+    """Keep the requested CN only when it repeats a granted name: the SANs are what count,
+    and a CN that is not among them would assert a name policy never checked."""
+    granted = {*dns_names, *(str(ip) for ip in ips)}
+    if common_name and common_name.lower() in granted:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name.lower())])
+    return x509.Name([])
+
+
+def build_leaf(
+    issuer: Issuer, req: LeafRequest, urls: PublicUrls | None = None
+) -> x509.Certificate:
+    subject = leaf_subject(req.common_name, req.dns_names, req.ip_addresses)
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(req.identity)]
+    names += [x509.DNSName(n) for n in req.dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in req.ip_addresses]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.certificate.subject)
+        .public_key(req.public_key)
+        .serial_number(req.serial)
+        .not_valid_before(req.not_before)
+        .not_valid_after(min(req.not_after, issuer.certificate.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_leaf_key_usage(req.public_key), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        # RFC 5280 4.2.1.6: with an empty subject the SAN extension must be critical.
+        .add_extension(x509.SubjectAlternativeName(names), critical=len(subject) == 0)
+        .add_extension(_ski(req.public_key), critical=False)
+        .add_extension(_aki(issuer.certificate), critical=False)
+    )
+    if urls is not None:
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        x509.AuthorityInformationAccessOID.OCSP,
+                        x509.UniformResourceIdentifier(urls.ocsp),
+                    ),
+                    x509.AccessDescription(
+                        x509.AuthorityInformationAccessOID.CA_ISSUERS,
+                        x509.UniformResourceIdentifier(urls.ca_issuers),
+                    ),
+                ]
+            ),
+            critical=False,
+        ).add_extension(
+            x509.CRLDistributionPoints(
+                [
+                    x509.DistributionPoint(
+                        full_name=[x509.UniformResourceIdentifier(urls.crl)],
+                        relative_name=None,
+                        reasons=None,
+                        crl_issuer=None,
+                    )
+                ]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer.key, signature_hash(issuer.key))
+
+
+def certificate_names(cert: x509.Certificate) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
+    """(SPIFFE ID, DNS names, IPs as text) a certificate carries."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None, (), ()
+    uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")]
+    return (
+        uris[0] if uris else None,
+        tuple(san.get_values_for_type(x509.DNSName)),
+        tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
+    )

@@ -1,0 +1,183 @@
+"""The data directory: where each file lives, creating a new CA (init), and loading it (serve)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .config import CaConfig, load_config, render_default_config
+from .core.authority import CertificateAuthority
+from .core.clock import Clock, SystemClock, utc_seconds
+from .core.errors import ConfigurationError
+from .core.keys import generate_key, load_private_key, write_private_key
+from .core.profile import Issuer, build_intermediate, build_root, ca_name, pem
+from .store import AuditEvent, Store, open_store
+
+ROOT_VALIDITY = dt.timedelta(days=3650)
+INTERMEDIATE_VALIDITY = dt.timedelta(days=1825)
+ADMIN_VALIDITY = dt.timedelta(days=365)
+INIT_ACTOR = "signet:init"
+
+
+@dataclass(frozen=True, slots=True)
+class DataDir:
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def root_cert(self) -> Path:
+        return self.path / "root.pem"
+
+    @property
+    def intermediate_cert(self) -> Path:
+        return self.path / "intermediate.pem"
+
+    @property
+    def secrets(self) -> Path:
+        return self.path / "secrets"
+
+    @property
+    def root_key(self) -> Path:
+        return self.secrets / "root.key.pem"
+
+    @property
+    def intermediate_key(self) -> Path:
+        return self.secrets / "intermediate.key.pem"
+
+    @property
+    def admin(self) -> Path:
+        return self.path / "admin"
+
+    @property
+    def serve_json(self) -> Path:
+        return self.path / "serve.json"
+
+    def exists(self) -> bool:
+        return self.config.exists() or self.root_cert.exists()
+
+    def is_empty_or_missing(self) -> bool:
+        return not self.path.exists() or not any(self.path.iterdir())
+
+
+def write_public(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def init_ca(
+    data_dir: Path,
+    *,
+    trust_domain: str,
+    key_type: str,
+    passphrase: bytes | None = None,
+    store_url: str | None = None,
+    clock: Clock | None = None,
+) -> CaConfig:
+    """Create a root, an online intermediate, admin credentials, the database and config.toml.
+    Refuses to touch a directory that already holds a CA."""
+    d = DataDir(data_dir)
+    if d.exists():
+        raise ConfigurationError(f"{data_dir} already holds a CA; refusing to overwrite it")
+    clock = clock or SystemClock()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    d.secrets.mkdir(mode=0o700, exist_ok=True)
+    d.admin.mkdir(mode=0o700, exist_ok=True)
+
+    write_public(d.config, render_default_config(trust_domain, key_type))
+    overrides = {"store": store_url} if store_url else None
+    config = load_config(data_dir, overrides)
+    now = utc_seconds(clock.now())
+
+    root_key = generate_key(key_type)
+    root_cert = build_root(
+        root_key, ca_name(trust_domain, f"Signet Root CA ({trust_domain})"), now, now + ROOT_VALIDITY
+    )
+    int_key = generate_key(key_type)
+    int_cert = build_intermediate(
+        Issuer(root_cert, root_key, ()),
+        int_key.public_key(),
+        ca_name(trust_domain, f"Signet Intermediate CA ({trust_domain})"),
+        now,
+        now + INTERMEDIATE_VALIDITY,
+    )
+    write_private_key(d.root_key, root_key, passphrase)
+    write_private_key(d.intermediate_key, int_key, passphrase)
+    write_public(d.root_cert, pem(root_cert))
+    write_public(d.intermediate_cert, pem(int_cert))
+
+    store = open_store(config.store_url)
+    try:
+        store.append_audit(AuditEvent(now, "init", INIT_ACTOR, None, f"trust_domain={trust_domain}"))
+        authority = CertificateAuthority(
+            store=store,
+            clock=clock,
+            issuer=Issuer(int_cert, int_key, (int_cert,)),
+            root=root_cert,
+            policy=config.policy,
+            settings=config.issuance,
+        )
+        write_admin_credentials(authority, d.admin, f"spiffe://{trust_domain}/admin")
+    finally:
+        store.close()
+    return config
+
+
+def write_admin_credentials(authority: CertificateAuthority, out: Path, identity: str) -> None:
+    key = generate_key("ec-p256")
+    issued = authority.issue_for(
+        public_key=key.public_key(),
+        identity=identity,
+        lifetime=ADMIN_VALIDITY,
+        actor=INIT_ACTOR,
+        action="issue-admin",
+    )
+    write_private_key(out / "key.pem", key)
+    # Leaf then intermediate: what TLS clients (grpcurl, curl, Go, Python) present as a chain.
+    write_public(out / "cert.pem", issued.certificate_pem + issued.chain_pem)
+    write_public(out / "ca.pem", pem(authority.root))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedCa:
+    config: CaConfig
+    store: Store
+    authority: CertificateAuthority
+
+
+def load_ca(config: CaConfig, passphrase: bytes | None, clock: Clock | None = None) -> LoadedCa:
+    """Open an initialised data directory for serving. Needs the intermediate key only: the
+    root key may live offline."""
+    d = DataDir(config.data_dir)
+    for path in (d.root_cert, d.intermediate_cert, d.intermediate_key):
+        if not path.exists():
+            raise ConfigurationError(f"{path} is missing: is {d.path} a Signet data directory?")
+    if d.root_key.exists():
+        load_private_key(d.root_key, passphrase)  # fail now on bad modes or a wrong passphrase
+    int_key = load_private_key(d.intermediate_key, passphrase)
+    root = x509.load_pem_x509_certificate(d.root_cert.read_bytes())
+    int_cert = x509.load_pem_x509_certificate(d.intermediate_cert.read_bytes())
+    if int_cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != int_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ):
+        raise ConfigurationError(f"{d.intermediate_key} does not match {d.intermediate_cert}")
+    store = open_store(config.store_url)
+    authority = CertificateAuthority(
+        store=store,
+        clock=clock or SystemClock(),
+        issuer=Issuer(int_cert, int_key, (int_cert,)),
+        root=root,
+        policy=config.policy,
+        settings=config.issuance,
+    )
+    return LoadedCa(config, store, authority)

@@ -1,0 +1,88 @@
+"""Wiring: a gRPC server over mTLS with the CA service, health and reflection; serve.json;
+graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from signet.ca.v1 import ca_pb2, ca_pb2_grpc
+
+from .api.interceptor import RpcInterceptor
+from .api.reflection import enable_reflection
+from .api.servicer import CertificateAuthorityServicer
+from .core.errors import ConfigurationError
+from .datadir import DataDir, LoadedCa
+from .serving import ServingCertificate
+
+log = structlog.get_logger("signet.server")
+
+SERVICE_NAME: str = ca_pb2.DESCRIPTOR.services_by_name["CertificateAuthority"].full_name
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    health: health.HealthServicer
+    serving: ServingCertificate
+    address: str  # host:port actually bound
+    serve_json: Path
+
+    def stop(self, grace_seconds: float) -> None:
+        """Stop taking new RPCs, let in-flight ones finish within the grace period."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_seconds).wait()
+        self.serve_json.unlink(missing_ok=True)
+
+
+def _bound_address(listen: str, port: int) -> str:
+    host = listen.rsplit(":", 1)[0]
+    return f"{host}:{port}"
+
+
+def start_server(ca: LoadedCa) -> RunningServer:
+    settings = ca.config.server
+    serving = ServingCertificate(ca.authority, settings.server_names, settings.serving_validity)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        interceptors=[RpcInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            # One process owns the port: a second server must fail to bind, not share it silently.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    ca_pb2_grpc.add_CertificateAuthorityServicer_to_server(
+        CertificateAuthorityServicer(ca.authority), server
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    enable_reflection(server, [SERVICE_NAME, health.SERVICE_NAME])
+    try:
+        port = server.add_secure_port(settings.listen, serving.credentials())
+    except RuntimeError as exc:
+        raise ConfigurationError(f"cannot listen on {settings.listen}: {exc}") from None
+    if port == 0:
+        raise ConfigurationError(f"cannot listen on {settings.listen} (address in use?)")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    address = _bound_address(settings.listen, port)
+    serve_json = DataDir(ca.config.data_dir).serve_json
+    _write_serve_json(serve_json, {"listen": address, "pid": os.getpid()})
+    log.info("server_ready", listen=address, trust_domain=ca.config.trust_domain)
+    return RunningServer(server, health_servicer, serving, address, serve_json)
+
+
+def _write_serve_json(path: Path, data: dict[str, object]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,29 @@
+"""Storage: the interface the core receives (``Store``) and its implementations."""
+
+from .base import (
+    AuditEvent,
+    CertificateRecord,
+    DuplicateSerial,
+    ListQuery,
+    RevokeOutcome,
+    Store,
+)
+
+__all__ = [
+    "AuditEvent",
+    "CertificateRecord",
+    "DuplicateSerial",
+    "ListQuery",
+    "RevokeOutcome",
+    "Store",
+    "open_store",
+]
+
+
+def open_store(url: str) -> Store:
+    """Open a store from a URL: ``sqlite:///path/to/ca.db`` (the embedded default)."""
+    if url.startswith("sqlite:///"):
+        from .sqlite import SqliteStore
+
+        return SqliteStore(url.removeprefix("sqlite:///"))
+    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///<path>")

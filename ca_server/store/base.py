@@ -1,0 +1,95 @@
+"""The storage interface. Implementations keep certificates, the audit trail and CRL numbers;
+they make no decisions (the core does) but make each change atomic."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from ..core.revocation import Reason, RevokedEntry
+
+Status = Literal["good", "revoked"]
+
+
+class DuplicateSerial(Exception):
+    """A certificate with this serial is already stored (the caller picks a new serial)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    serial: str  # canonical lowercase hex
+    identity: str
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    not_before: dt.datetime
+    not_after: dt.datetime
+    fingerprint_sha256: str
+    der: bytes
+    requested_by: str
+    issued_at: dt.datetime
+    status: Status = "good"
+    revoked_at: dt.datetime | None = None
+    reason: Reason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    at: dt.datetime
+    action: str  # "issue", "renew", "revoke", "init", ...
+    actor: str  # the caller's identity
+    serial: str | None = None
+    detail: str = ""
+
+
+class RevokeOutcome(enum.Enum):
+    REVOKED = "revoked"
+    ALREADY_REVOKED = "already_revoked"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    status: Status | None = None
+    expiring_before: dt.datetime | None = None
+    limit: int = 100
+    after: tuple[int, str] | None = None  # keyset cursor: (issued_at epoch, serial)
+
+
+class Store(Protocol):
+    def add_certificate(self, record: CertificateRecord, audit: AuditEvent) -> None:
+        """Store a new certificate and its audit event in one transaction, durably.
+        Raise DuplicateSerial if the serial exists."""
+        ...
+
+    def get_certificate(self, serial: str) -> CertificateRecord | None: ...
+
+    def revoke(
+        self, serial: str, revoked_at: dt.datetime, reason: Reason, audit: AuditEvent
+    ) -> RevokeOutcome:
+        """Mark a good certificate revoked, with its audit event, atomically."""
+        ...
+
+    def list_certificates(self, query: ListQuery) -> Sequence[CertificateRecord]:
+        """Certificates ordered by (issued_at, serial), after the cursor, at most query.limit."""
+        ...
+
+    def revoked_unexpired(self, now: dt.datetime) -> Sequence[RevokedEntry]:
+        """Revoked certificates whose not_after is still ahead (what a CRL lists)."""
+        ...
+
+    def next_crl_number(self) -> int:
+        """Atomically increment and return the persisted CRL number (monotonic, from 1)."""
+        ...
+
+    def append_audit(self, event: AuditEvent) -> None:
+        """Record an event that changes no certificate (e.g. the CA's creation)."""
+        ...
+
+    def audit_events(self, limit: int = 100) -> Sequence[AuditEvent]:
+        """The newest audit events, newest first."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,275 @@
+"""The embedded default store: SQLite through sqlite-utils, WAL mode, one connection per thread.
+
+Durability: synchronous=FULL, so a certificate is on disk before the RPC that issued it answers.
+The audit table is append-only, enforced by triggers rather than by convention.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from ..core.revocation import Reason, RevokedEntry
+from .base import (
+    AuditEvent,
+    CertificateRecord,
+    DuplicateSerial,
+    ListQuery,
+    RevokeOutcome,
+    Status,
+)
+
+
+def _epoch(when: dt.datetime) -> int:
+    return int(when.timestamp())
+
+
+def _from_epoch(seconds: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["certificates"].create(
+        {
+            "serial": str,
+            "identity": str,
+            "dns_names": str,  # JSON list
+            "ip_addresses": str,  # JSON list
+            "not_before": int,
+            "not_after": int,
+            "status": str,
+            "revoked_at": int,
+            "reason": int,
+            "fingerprint_sha256": str,
+            "der": bytes,
+            "requested_by": str,
+            "issued_at": int,
+        },
+        pk="serial",
+        not_null={"identity", "not_before", "not_after", "status", "fingerprint_sha256", "der"},
+    )
+    db["certificates"].create_index(["fingerprint_sha256"], unique=True)
+    db["certificates"].create_index(["issued_at", "serial"])
+    db["certificates"].create_index(["status", "not_after"])
+    db["certificates"].create_index(["identity"])
+    db["audit"].create(
+        {"id": int, "at": int, "action": str, "actor": str, "serial": str, "detail": str},
+        pk="id",
+    )
+    db.execute(
+        "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END"
+    )
+    db.execute(
+        "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END"
+    )
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["meta"].insert({"key": "crl_number", "value": "0"})
+
+
+# Selected by name so that migrations adding columns never shift _record's unpacking.
+_COLUMNS = (
+    "serial, identity, dns_names, ip_addresses, not_before, not_after, status, revoked_at, "
+    "reason, fingerprint_sha256, der, requested_by, issued_at"
+)
+
+# Append only: the index is the schema version a migration produces (PRAGMA user_version).
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._migrate()
+
+    # -- connection handling -------------------------------------------------------------
+    def _connect(self) -> sqlite_utils.Database:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db = sqlite_utils.Database(conn)
+        db.execute("PRAGMA busy_timeout = 30000")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+        return db
+
+    @property
+    def _db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        return db
+
+    def _write(self, fn: Callable[[sqlite_utils.Database], Any]) -> Any:
+        """Run fn in a BEGIN IMMEDIATE transaction: writers serialise up front, no upgrade deadlock."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    def _migrate(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def run(db: sqlite_utils.Database) -> None:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has schema version {version}, newer than this Signet "
+                    f"understands ({SCHEMA_VERSION}); upgrade Signet"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                MIGRATIONS[number](db)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+
+        self._write(run)
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.conn.close()
+            self._local.db = None
+
+    # -- certificates ------------------------------------------------------------------------
+    def add_certificate(self, record: CertificateRecord, audit: AuditEvent) -> None:
+        row = {
+            "serial": record.serial,
+            "identity": record.identity,
+            "dns_names": json.dumps(list(record.dns_names)),
+            "ip_addresses": json.dumps(list(record.ip_addresses)),
+            "not_before": _epoch(record.not_before),
+            "not_after": _epoch(record.not_after),
+            "status": record.status,
+            "revoked_at": _epoch(record.revoked_at) if record.revoked_at else None,
+            "reason": int(record.reason) if record.reason is not None else None,
+            "fingerprint_sha256": record.fingerprint_sha256,
+            "der": record.der,
+            "requested_by": record.requested_by,
+            "issued_at": _epoch(record.issued_at),
+        }
+
+        def tx(db: sqlite_utils.Database) -> None:
+            db["certificates"].insert(row)
+            self._append_audit(db, audit)
+
+        try:
+            self._write(tx)
+        except sqlite3.IntegrityError as exc:
+            if "serial" in str(exc):
+                raise DuplicateSerial(record.serial) from exc
+            raise
+
+    def get_certificate(self, serial: str) -> CertificateRecord | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM certificates WHERE serial = ?", [serial]).fetchone()
+        return self._record(row) if row else None
+
+    def revoke(
+        self, serial: str, revoked_at: dt.datetime, reason: Reason, audit: AuditEvent
+    ) -> RevokeOutcome:
+        def tx(db: sqlite_utils.Database) -> RevokeOutcome:
+            cursor = db.execute(
+                "UPDATE certificates SET status = 'revoked', revoked_at = ?, reason = ? "
+                "WHERE serial = ? AND status = 'good'",
+                [_epoch(revoked_at), int(reason), serial],
+            )
+            if cursor.rowcount == 1:
+                self._append_audit(db, audit)
+                return RevokeOutcome.REVOKED
+            exists = db.execute("SELECT 1 FROM certificates WHERE serial = ?", [serial]).fetchone()
+            return RevokeOutcome.ALREADY_REVOKED if exists else RevokeOutcome.NOT_FOUND
+
+        outcome: RevokeOutcome = self._write(tx)
+        return outcome
+
+    def list_certificates(self, query: ListQuery) -> Sequence[CertificateRecord]:
+        where, params = [], []  # type: list[str], list[Any]
+        if query.status:
+            where.append("status = ?")
+            params.append(query.status)
+        if query.expiring_before:
+            where.append("not_after < ?")
+            params.append(_epoch(query.expiring_before))
+        if query.after:
+            where.append("(issued_at, serial) > (?, ?)")
+            params.extend(query.after)
+        sql = f"SELECT {_COLUMNS} FROM certificates"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY issued_at, serial LIMIT ?"
+        params.append(query.limit)
+        return [self._record(r) for r in self._db.execute(sql, params).fetchall()]
+
+    def revoked_unexpired(self, now: dt.datetime) -> Sequence[RevokedEntry]:
+        rows = self._db.execute(
+            "SELECT serial, revoked_at, reason FROM certificates "
+            "WHERE status = 'revoked' AND not_after > ? ORDER BY serial",
+            [_epoch(now)],
+        ).fetchall()
+        return [RevokedEntry(int(s, 16), _from_epoch(at), Reason(r)) for s, at, r in rows]
+
+    def next_crl_number(self) -> int:
+        def tx(db: sqlite_utils.Database) -> int:
+            row = db.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'crl_number' "
+                "RETURNING value"
+            ).fetchone()
+            return int(row[0])
+
+        number: int = self._write(tx)
+        return number
+
+    # -- audit ---------------------------------------------------------------------------
+    @staticmethod
+    def _append_audit(db: sqlite_utils.Database, event: AuditEvent) -> None:
+        db["audit"].insert(
+            {
+                "at": _epoch(event.at),
+                "action": event.action,
+                "actor": event.actor,
+                "serial": event.serial,
+                "detail": event.detail,
+            }
+        )
+
+    def append_audit(self, event: AuditEvent) -> None:
+        self._write(lambda db: self._append_audit(db, event))
+
+    def audit_events(self, limit: int = 100) -> Sequence[AuditEvent]:
+        rows = self._db.execute(
+            "SELECT at, action, actor, serial, detail FROM audit ORDER BY id DESC LIMIT ?", [limit]
+        ).fetchall()
+        return [AuditEvent(_from_epoch(at), a, actor, s, d or "") for at, a, actor, s, d in rows]
+
+    # -- helpers -------------------------------------------------------------------------------
+    @staticmethod
+    def _record(row: sqlite3.Row | tuple[Any, ...]) -> CertificateRecord:
+        serial, identity, dns, ips, nb, na, status, revoked_at, reason, fp, der, by, issued = row
+        st: Status = "revoked" if status == "revoked" else "good"
+        return CertificateRecord(
+            serial=serial,
+            identity=identity,
+            dns_names=tuple(json.loads(dns)),
+            ip_addresses=tuple(json.loads(ips)),
+            not_before=_from_epoch(nb),
+            not_after=_from_epoch(na),
+            fingerprint_sha256=fp,
+            der=der,
+            requested_by=by or "",
+            issued_at=_from_epoch(issued),
+            status=st,
+            revoked_at=_from_epoch(revoked_at) if revoked_at is not None else None,
+            reason=Reason(reason) if reason is not None else None,
+        )
