@@ -24,7 +24,7 @@ from .server import start_server
 
 log = structlog.get_logger("signet.cli")
 
-PASSPHRASE_ENV = "SIGNET_CA_PASSPHRASE"
+PASSPHRASE_ENV = "SIGNET_CA_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 
 
 def _env(name: str) -> str | None:
@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
             "--trust-domain", help=f"SPIFFE trust domain, at init (default {DEFAULT_TRUST_DOMAIN})"
         )
         sp.add_argument(
-            "--key-type", choices=CA_KEY_TYPES, help=f"CA key type, at init (default {DEFAULT_KEY_TYPE})"
+            "--key-type",
+            choices=CA_KEY_TYPES,
+            help=f"CA key type, at init (default {DEFAULT_KEY_TYPE})",
         )
 
     init = sub.add_parser("init", help="create a new CA in the data directory")
@@ -75,7 +77,9 @@ def _passphrase(args: argparse.Namespace) -> bytes | None:
         try:
             text = Path(path).read_bytes().rstrip(b"\r\n")
         except OSError as exc:
-            raise ConfigurationError(f"cannot read passphrase file {path}: {exc.strerror}") from None
+            raise ConfigurationError(
+                f"cannot read passphrase file {path}: {exc.strerror}"
+            ) from None
         if not text:
             raise ConfigurationError(f"passphrase file {path} is empty")
         return text
@@ -125,12 +129,14 @@ def _grpcurl() -> str:
 
 def grpcurl_command(data_dir: Path, address: str) -> str:
     host, _, port = address.rpartition(":")
-    if host in {"", "0.0.0.0", "[::]", "::"}:
+    # A wildcard bind is reachable on loopback, which the serving certificate names.
+    if host in {"", "0.0.0.0", "[::]", "::"}:  # noqa: S104
         host = "127.0.0.1"
     admin = data_dir / "admin"
     return (
-        f"{_grpcurl()} -cacert {_display_path(admin / 'ca.pem')} -cert {_display_path(admin / 'cert.pem')}"
-        f" -key {_display_path(admin / 'key.pem')} {host}:{port} list"
+        f"{_grpcurl()} -cacert {_display_path(admin / 'ca.pem')}"
+        f" -cert {_display_path(admin / 'cert.pem')} -key {_display_path(admin / 'key.pem')}"
+        f" {host}:{port} list"
     )
 
 
@@ -166,7 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "init":
             _init(data_dir, args)
-            print(f"Created a Signet CA in {data_dir}; start it with: ca-server serve --data-dir {data_dir}")
+            print(
+                f"Created a Signet CA in {data_dir}; "
+                f"start it with: ca-server serve --data-dir {data_dir}"
+            )
             return 0
         return _serve(data_dir, args)
     except ConfigurationError as exc:

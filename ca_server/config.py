@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from .core.authority import IssuanceSettings
+from .core.durations import format_duration, parse_duration
 from .core.errors import ConfigurationError
 from .core.keys import CA_KEY_TYPES
 from .core.names import validate_trust_domain
 from .core.policy import Policy, WorkloadRule
 from .core.profile import PublicUrls
-from .core.durations import format_duration, parse_duration
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_TRUST_DOMAIN = "signet.local"
@@ -145,7 +145,9 @@ class _Section:
             raise ConfigurationError(f"config.toml [{self.name}] {key}: {exc}") from None
 
 
-def _networks(values: list[str], where: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _networks(
+    values: list[str], where: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     try:
         return tuple(ipaddress.ip_network(v, strict=False) for v in values)
     except ValueError as exc:
@@ -169,17 +171,34 @@ def load_config(
     srv = _Section(
         "server",
         raw.get("server", {}),
-        {"listen", "server_names", "log_level", "serving_validity", "shutdown_grace",
-         "max_workers", "store", "public_url"},
+        {
+            "listen",
+            "server_names",
+            "log_level",
+            "serving_validity",
+            "shutdown_grace",
+            "max_workers",
+            "store",
+            "public_url",
+        },
     )
     iss = _Section(
         "issuance",
         raw.get("issuance", {}),
-        {"default_validity", "max_validity", "min_validity", "backdate", "crl_validity",
-         "ocsp_validity", "auth_cache_ttl"},
+        {
+            "default_validity",
+            "max_validity",
+            "min_validity",
+            "backdate",
+            "crl_validity",
+            "ocsp_validity",
+            "auth_cache_ttl",
+        },
     )
     pol = _Section(
-        "policy", raw.get("policy", {}), {"admins", "admin_dns_names", "admin_ip_ranges", "workloads"}
+        "policy",
+        raw.get("policy", {}),
+        {"admins", "admin_dns_names", "admin_ip_ranges", "workloads"},
     )
 
     def pick(name: str, file_value: Any) -> Any:

@@ -99,7 +99,10 @@ def init_ca(
 
     root_key = generate_key(key_type)
     root_cert = build_root(
-        root_key, ca_name(trust_domain, f"Signet Root CA ({trust_domain})"), now, now + ROOT_VALIDITY
+        root_key,
+        ca_name(trust_domain, f"Signet Root CA ({trust_domain})"),
+        now,
+        now + ROOT_VALIDITY,
     )
     int_key = generate_key(key_type)
     int_cert = build_intermediate(
@@ -116,7 +119,9 @@ def init_ca(
 
     store = open_store(config.store_url)
     try:
-        store.append_audit(AuditEvent(now, "init", INIT_ACTOR, None, f"trust_domain={trust_domain}"))
+        store.append_audit(
+            AuditEvent(now, "init", INIT_ACTOR, None, f"trust_domain={trust_domain}")
+        )
         authority = CertificateAuthority(
             store=store,
             clock=clock,

@@ -8,10 +8,17 @@ from typing import TextIO
 
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
-def configure_logging(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
+def configure_logging(
+    level: str = "info", stream: TextIO | None = None, json: bool | None = None
+) -> None:
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()

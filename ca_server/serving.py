@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import threading
+from collections.abc import Callable
+from typing import cast
 
 import grpc
 import structlog
@@ -90,7 +92,9 @@ class ServingCertificate:
         )
         self._current = issued
         log.info(
-            "serving_certificate_issued", serial=issued.serial, not_after=issued.not_after.isoformat()
+            "serving_certificate_issued",
+            serial=issued.serial,
+            not_after=issued.not_after.isoformat(),
         )
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -107,6 +111,8 @@ class ServingCertificate:
             return self._config
 
     def credentials(self) -> grpc.ServerCredentials:
+        # grpc-stubs types the fetcher as never returning None; gRPC documents None as "no change".
+        fetch = cast(Callable[[], grpc.ServerCertificateConfiguration], self.fetch)
         return grpc.dynamic_ssl_server_credentials(
-            self.configuration, self.fetch, require_client_authentication=True
+            self.configuration, fetch, require_client_authentication=True
         )

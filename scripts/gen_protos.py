@@ -15,9 +15,8 @@ PROTOS = ROOT / "protos"
 
 def generate(out_dir: Path) -> list[Path]:
     """Write the stubs for every .proto under protos/ into out_dir; return the files written."""
-    from grpc_tools import protoc  # a test/dev dependency, not needed at run time
-
     import grpc_tools
+    from grpc_tools import protoc  # a test/dev dependency, not needed at run time
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))

@@ -20,5 +20,5 @@ STATUS_FOR: dict[type[errors.SignetError], grpc.StatusCode] = {
 def status_for(error: errors.SignetError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in STATUS_FOR:
-            return STATUS_FOR[cls]  # type: ignore[index]
+            return STATUS_FOR[cls]
     return grpc.StatusCode.INTERNAL

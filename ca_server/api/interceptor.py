@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
@@ -16,13 +16,18 @@ log = structlog.get_logger("signet.rpc")
 
 _OUR_SERVICE = "/signet.ca.v1."
 
+if TYPE_CHECKING:  # generic only in grpc-stubs, not at run time
+    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.ServerInterceptor
 
-class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+
+class RpcInterceptor(_ServerInterceptor):
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -55,8 +60,9 @@ def _call(
         code, message = status_for(exc), str(exc)
         context.abort(code, message)
     except Exception:
-        if context.code() not in (None, grpc.StatusCode.OK):  # the handler aborted on purpose
-            code = context.code()
+        aborted = cast(Any, context).code()  # grpc-stubs lacks ServicerContext.code()
+        if aborted not in (None, grpc.StatusCode.OK):  # the handler aborted on purpose
+            code = aborted
             raise
         code = grpc.StatusCode.INTERNAL
         log.exception("rpc_internal_error", method=method)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Literal, cast
 
 import grpc
 import structlog
@@ -42,6 +42,10 @@ def _validity(has: bool, value: duration_pb2.Duration) -> dt.timedelta | None:
         raise InvalidRequest("validity is out of range") from None
 
 
+def _reason(reason: Reason | None) -> ca_pb2.RevocationReason.ValueType:
+    return ca_pb2.RevocationReason.ValueType(int(reason) if reason is not None else 0)
+
+
 def _issued(issued: Issued) -> ca_pb2.IssuedCertificate:
     structlog.contextvars.bind_contextvars(serial=issued.serial)
     return ca_pb2.IssuedCertificate(
@@ -64,7 +68,7 @@ def _summary(r: CertificateRecord) -> ca_pb2.CertificateSummary:
         not_after=_ts(r.not_after),
         status=ca_pb2.REVOKED if r.status == "revoked" else ca_pb2.GOOD,
         revoked_at=_ts(r.revoked_at),
-        reason=int(r.reason) if r.reason is not None else 0,
+        reason=_reason(r.reason),
         fingerprint_sha256=r.fingerprint_sha256,
         requested_by=r.requested_by,
     )
@@ -75,7 +79,8 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         self._ca = authority
 
     def _caller(self, context: grpc.ServicerContext) -> Caller:
-        certs = context.auth_context().get("x509_pem_cert")
+        # grpc-stubs types auth_context values as ints; they are bytes.
+        certs = cast(list[bytes], context.auth_context().get("x509_pem_cert"))
         if not certs:
             raise Unauthenticated("a client certificate issued by this CA is required")
         caller = self._ca.authenticate(certs[0])
@@ -103,7 +108,9 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         try:
             reason = Reason(request.reason)
         except ValueError:
-            raise InvalidRequest(f"reason {request.reason} is not an RFC 5280 reason code") from None
+            raise InvalidRequest(
+                f"reason {request.reason} is not an RFC 5280 reason code"
+            ) from None
         structlog.contextvars.bind_contextvars(serial=request.serial_number)
         serial, revoked_at = self._ca.revoke(caller, request.serial_number, reason)
         return ca_pb2.RevokeCertificateResponse(serial_number=serial, revoked_at=_ts(revoked_at))
@@ -118,7 +125,7 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         return ca_pb2.GetCertificateStatusResponse(
             status=_STATUS[a.status],
             revoked_at=_ts(a.revoked_at),
-            reason=int(a.reason) if a.reason is not None else 0,
+            reason=_reason(a.reason),
             this_update=_ts(result.this_update),
             next_update=_ts(result.next_update),
             ocsp_response=result.ocsp_response,

@@ -127,7 +127,9 @@ class _PeerCertificate:
 def _parse_peer(cert_pem: bytes) -> _PeerCertificate:
     cert = x509.load_pem_x509_certificate(cert_pem)
     identity, _, _ = certificate_names(cert)
-    return _PeerCertificate(serial_hex(cert.serial_number), identity, cert.not_valid_after_utc, cert.issuer)
+    return _PeerCertificate(
+        serial_hex(cert.serial_number), identity, cert.not_valid_after_utc, cert.issuer
+    )
 
 
 def parse_serial(text: str) -> str:
@@ -266,7 +268,9 @@ class CertificateAuthority:
                 f"validity {requested} is longer than this CA's cap of {s.max_validity}"
             )
         if requested < s.min_validity:
-            raise InvalidRequest(f"validity {requested} is shorter than the minimum {s.min_validity}")
+            raise InvalidRequest(
+                f"validity {requested} is shorter than the minimum {s.min_validity}"
+            )
         return requested
 
     def _issue(
@@ -446,4 +450,3 @@ class CertificateAuthority:
                 del self._auth_ok[serial]
                 return False
             return True
-

@@ -14,7 +14,7 @@ from .revocation import Reason, RevokedEntry
 
 
 def _revoked(entry: RevokedEntry) -> x509.RevokedCertificate:
-    extensions = []
+    extensions: list[x509.Extension[x509.ExtensionType]] = []
     # RFC 5280 5.3.1: reasonCode unspecified SHOULD be absent rather than present as 0.
     if entry.reason is not Reason.UNSPECIFIED:
         extensions.append(

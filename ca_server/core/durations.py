@@ -13,7 +13,9 @@ def parse_duration(text: str) -> dt.timedelta:
     """Parse a duration such as "24h" or "1h30m"; raise ValueError naming the accepted form."""
     s = text.strip().lower()
     if not s or _PART.sub("", s) != "":
-        raise ValueError(f"invalid duration {text!r}: use a number and a unit (s, m, h, d), e.g. 24h")
+        raise ValueError(
+            f"invalid duration {text!r}: use a number and a unit (s, m, h, d), e.g. 24h"
+        )
     return dt.timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in _PART.findall(s)))
 
 

@@ -1,14 +1,14 @@
 """Domain errors raised by the core. The gRPC adapter maps each class to one status code.
 
-    SignetError
-    ├── InvalidRequest        a malformed or unacceptable request (bad CSR, bad field)
-    │   └── WeakKey           a key type or size the CA does not accept
-    ├── PolicyViolation       the caller may not have what it asked for
-    ├── Unauthenticated       no usable caller identity (unknown, revoked, expired)
-    ├── NotFound              no such certificate
-    ├── AlreadyRevoked        a state conflict: the certificate is already revoked
-    ├── LimitExceeded         a size or rate limit
-    └── ConfigurationError    the CA's own files or settings are unusable (start-up only)
+SignetError
+├── InvalidRequest        a malformed or unacceptable request (bad CSR, bad field)
+│   └── WeakKey           a key type or size the CA does not accept
+├── PolicyViolation       the caller may not have what it asked for
+├── Unauthenticated       no usable caller identity (unknown, revoked, expired)
+├── NotFound              no such certificate
+├── AlreadyRevoked        a state conflict: the certificate is already revoked
+├── LimitExceeded         a size or rate limit
+└── ConfigurationError    the CA's own files or settings are unusable (start-up only)
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed2
 CA_KEY_TYPES: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa-3072", "ed25519")
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+SignatureHash = hashes.SHA256 | hashes.SHA384 | None
 
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192  # bigger keys only cost the CA CPU to verify
@@ -41,7 +42,7 @@ def generate_key(key_type: str) -> SigningKey:
     raise ValueError(f"unknown key type {key_type!r}; choose one of {', '.join(CA_KEY_TYPES)}")
 
 
-def signature_hash(key: CertificateIssuerPrivateKeyTypes) -> hashes.HashAlgorithm | None:
+def signature_hash(key: CertificateIssuerPrivateKeyTypes) -> SignatureHash:
     """The digest to sign with: matched to the key's strength; Ed25519 takes none."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return None
@@ -54,7 +55,9 @@ def check_subject_key(key: CertificatePublicKeyTypes) -> None:
     """Refuse keys we will not certify: RSA < 2048, curves other than P-256/P-384, exotic types."""
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
-            raise WeakKey(f"RSA key of {key.key_size} bits is too weak: use at least {MIN_RSA_BITS}")
+            raise WeakKey(
+                f"RSA key of {key.key_size} bits is too weak: use at least {MIN_RSA_BITS}"
+            )
         if key.key_size > MAX_RSA_BITS:
             raise WeakKey(f"RSA key of {key.key_size} bits is larger than {MAX_RSA_BITS}")
         if key.public_numbers().e != 65537:

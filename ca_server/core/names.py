@@ -64,7 +64,9 @@ def normalize_dns_name(name: str) -> str:
         if label == "*" and i == 0 and len(labels) > 2:
             continue
         if not _DNS_LABEL.match(label):
-            raise ValueError(f"invalid DNS name {name!r}: label {label!r} is not a valid host label")
+            raise ValueError(
+                f"invalid DNS name {name!r}: label {label!r} is not a valid host label"
+            )
     return n
 
 

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from .keys import SigningKey, signature_hash
 from .names import IPAddress
@@ -176,7 +176,9 @@ def _leaf_key_usage(public_key: CertificatePublicKeyTypes) -> x509.KeyUsage:
     )
 
 
-def leaf_subject(common_name: str | None, dns_names: Sequence[str], ips: Sequence[IPAddress]) -> x509.Name:
+def leaf_subject(
+    common_name: str | None, dns_names: Sequence[str], ips: Sequence[IPAddress]
+) -> x509.Name:
     """Keep the requested CN only when it repeats a granted name: the SANs are what count,
     and a CN that is not among them would assert a name policy never checked."""
     granted = {*dns_names, *(str(ip) for ip in ips)}
@@ -203,7 +205,9 @@ def build_leaf(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_key_usage(req.public_key), critical=True)
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         # RFC 5280 4.2.1.6: with an empty subject the SAN extension must be critical.
@@ -216,11 +220,11 @@ def build_leaf(
             x509.AuthorityInformationAccess(
                 [
                     x509.AccessDescription(
-                        x509.AuthorityInformationAccessOID.OCSP,
+                        AuthorityInformationAccessOID.OCSP,
                         x509.UniformResourceIdentifier(urls.ocsp),
                     ),
                     x509.AccessDescription(
-                        x509.AuthorityInformationAccessOID.CA_ISSUERS,
+                        AuthorityInformationAccessOID.CA_ISSUERS,
                         x509.UniformResourceIdentifier(urls.ca_issuers),
                     ),
                 ]
@@ -242,13 +246,19 @@ def build_leaf(
     return builder.sign(issuer.key, signature_hash(issuer.key))
 
 
-def certificate_names(cert: x509.Certificate) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
+def certificate_names(
+    cert: x509.Certificate,
+) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
     """(SPIFFE ID, DNS names, IPs as text) a certificate carries."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return None, (), ()
-    uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")]
+    uris = [
+        u
+        for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+        if u.startswith("spiffe://")
+    ]
     return (
         uris[0] if uris else None,
         tuple(san.get_values_for_type(x509.DNSName)),
