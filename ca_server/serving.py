@@ -50,6 +50,7 @@ class ServingCertificate:
         self._lock = threading.Lock()
         self._identity = f"spiffe://{authority.policy.trust_domain}/signet/server"
         self._current: Issued | None = None
+        self._renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._config: grpc.ServerCertificateConfiguration | None = None
         self._rotate()
 
@@ -62,10 +63,6 @@ class ServingCertificate:
     def configuration(self) -> grpc.ServerCertificateConfiguration:
         assert self._config is not None
         return self._config
-
-    def _renew_at(self) -> dt.datetime:
-        cert = self.current
-        return cert.not_before + (cert.not_after - cert.not_before) * RENEW_AT_FRACTION
 
     def _rotate(self) -> None:
         key = generate_key("ec-p256")
@@ -91,6 +88,9 @@ class ServingCertificate:
             root_certificates=trust,
         )
         self._current = issued
+        # From the moment of issue, not from not_before: the backdate is not usable lifetime.
+        now = self._ca.clock.now()
+        self._renew_at = now + (issued.not_after - now) * RENEW_AT_FRACTION
         log.info(
             "serving_certificate_issued",
             serial=issued.serial,
@@ -99,10 +99,10 @@ class ServingCertificate:
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """gRPC calls this at each new handshake: a new configuration, or None to keep the old."""
-        if self._ca.clock.now() < self._renew_at():
+        if self._ca.clock.now() < self._renew_at:
             return None
         with self._lock:
-            if self._ca.clock.now() >= self._renew_at():
+            if self._ca.clock.now() >= self._renew_at:
                 try:
                     self._rotate()
                 except Exception:  # keep serving with the current one; retried next handshake

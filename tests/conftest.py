@@ -78,7 +78,9 @@ class CaServer:
     def admin_credentials(self) -> tuple[bytes, bytes]:
         return (self.admin_dir / "cert.pem").read_bytes(), (self.admin_dir / "key.pem").read_bytes()
 
-    def channel(self, chain: bytes | None = None, key: bytes | None = None, root: bytes | None = None) -> grpc.Channel:
+    def channel(
+        self, chain: bytes | None = None, key: bytes | None = None, root: bytes | None = None
+    ) -> grpc.Channel:
         creds = grpc.ssl_channel_credentials(
             root_certificates=root or self.root_pem, private_key=key, certificate_chain=chain
         )
@@ -112,7 +114,12 @@ class CaServer:
             request.validity.FromTimedelta(validity)
         with self.admin_channel() as ch:
             reply = self.stub(ch).SignCertificate(request, timeout=30)
-        return Credentials(key_pem(key), reply.certificate_pem.encode(), reply.chain_pem.encode(), reply.serial_number)
+        return Credentials(
+            key_pem(key),
+            reply.certificate_pem.encode(),
+            reply.chain_pem.encode(),
+            reply.serial_number,
+        )
 
 
 def start_ca(
@@ -154,7 +161,7 @@ def stop_ca(ca: CaServer) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
-    configure_logging("warning", json=True)
+    configure_logging("info", json=True)  # info: tests assert on the per-RPC lines
 
 
 @pytest.fixture(scope="session")

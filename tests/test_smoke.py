@@ -1,5 +1,5 @@
-from tests.conftest import CaServer
 from signet.ca.v1 import ca_pb2
+from tests.conftest import CaServer
 
 
 def test_admin_can_fetch_trust_bundle(ca: CaServer, admin) -> None:

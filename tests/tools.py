@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 
-def openssl(*args: str | Path, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def openssl(
+    *args: str | Path, input: bytes | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         ["openssl", *map(str, args)],
         input=input.decode() if input is not None else None,
@@ -19,7 +21,9 @@ def openssl(*args: str | Path, input: bytes | None = None, check: bool = True) -
         timeout=60,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"openssl {' '.join(map(str, args))} failed:\n{result.stdout}{result.stderr}")
+        raise AssertionError(
+            f"openssl {' '.join(map(str, args))} failed:\n{result.stdout}{result.stderr}"
+        )
     return result
 
 
@@ -54,7 +58,9 @@ class Grpcurl:
 
     def call(self, method: str, data: Any = None) -> dict[str, Any]:
         """Call signet.ca.v1.CertificateAuthority/<method>; return the JSON reply or raise."""
-        result = self.run(f"signet.ca.v1.CertificateAuthority/{method}", data=data if data is not None else {})
+        result = self.run(
+            f"signet.ca.v1.CertificateAuthority/{method}", data=data if data is not None else {}
+        )
         if result.returncode != 0:
             raise GrpcurlError(result.stdout + result.stderr)
         out: dict[str, Any] = json.loads(result.stdout)

@@ -71,6 +71,7 @@ def _call(
         level = "info" if method.startswith(_OUR_SERVICE) else "debug"
         getattr(log, level)(
             "rpc",
+            **structlog.contextvars.get_contextvars(),  # caller and serial, bound by the servicer
             method=method,
             peer=context.peer(),
             code=code.name,

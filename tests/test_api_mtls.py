@@ -1,0 +1,495 @@
+"""The gRPC API end to end over real mTLS on 127.0.0.1: who may do what, and the refusals."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from structlog.testing import capture_logs
+
+from ca_server.core.authority import CertificateAuthority
+from ca_server.core.clock import FakeClock
+from ca_server.core.keys import generate_key
+from ca_server.core.profile import (
+    Issuer,
+    LeafRequest,
+    build_leaf,
+    build_root,
+    ca_name,
+    pem,
+    serial_hex,
+)
+from signet.ca.v1 import ca_pb2
+from tests.conftest import CaServer, Credentials
+from tests.pki import key_pem, make_csr, make_key, spiffe
+
+
+def _call_code(fn, request) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as info:
+        fn(request, timeout=30)
+    return info.value.code(), info.value.details() or ""
+
+
+def _sign_request(csr: str, validity: dt.timedelta | None = None) -> ca_pb2.SignCertificateRequest:
+    request = ca_pb2.SignCertificateRequest(csr_pem=csr)
+    if validity is not None:
+        request.validity.FromTimedelta(validity)
+    return request
+
+
+def _sans(pem: str) -> tuple[list[str], list[str], list[str]]:
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return (
+        san.get_values_for_type(x509.UniformResourceIdentifier),
+        san.get_values_for_type(x509.DNSName),
+        [str(i) for i in san.get_values_for_type(x509.IPAddress)],
+    )
+
+
+# -- issuance -------------------------------------------------------------------------------
+
+
+def test_sign_returns_certificate_chain_and_metadata_stored_first(ca: CaServer, admin) -> None:
+    _, csr = make_csr(uris=[spiffe("web/meta")], dns=["meta.web.internal"])
+    reply = admin.SignCertificate(_sign_request(csr, dt.timedelta(hours=2)), timeout=30)
+    cert = x509.load_pem_x509_certificate(reply.certificate_pem.encode())
+    assert reply.serial_number == serial_hex(cert.serial_number)
+    assert reply.chain_pem == (ca.data_dir / "intermediate.pem").read_text()
+    assert reply.not_after.ToDatetime(dt.UTC) == cert.not_valid_after_utc
+    assert reply.not_after.ToDatetime(dt.UTC) - reply.not_before.ToDatetime(dt.UTC) == dt.timedelta(
+        hours=2, minutes=1
+    )
+    stored = ca.store.get_certificate(reply.serial_number)
+    assert stored is not None
+    assert stored.fingerprint_sha256 == reply.fingerprint_sha256
+    assert stored.der == cert.public_bytes(serialization.Encoding.DER)
+    assert stored.requested_by == spiffe("admin")
+
+
+def test_csr_asking_for_ca_true_gets_ca_false(admin) -> None:
+    _, csr = make_csr(
+        uris=[spiffe("web/sneaky")],
+        extra_extensions=[(x509.BasicConstraints(ca=True, path_length=None), True)],
+    )
+    reply = admin.SignCertificate(_sign_request(csr), timeout=30)
+    cert = x509.load_pem_x509_certificate(reply.certificate_pem.encode())
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign is False
+
+
+def test_workload_may_sign_its_own_identity_with_names_its_policy_allows(ca: CaServer) -> None:
+    creds = ca.issue("web/self")
+    _, csr = make_csr(uris=[spiffe("web/self")], dns=["self.web.internal"], ips=["10.1.2.3"])
+    with ca.channel(creds.fullchain, creds.key_pem) as ch:
+        reply = ca.stub(ch).SignCertificate(_sign_request(csr), timeout=30)
+    assert _sans(reply.certificate_pem) == (
+        [spiffe("web/self")],
+        ["self.web.internal"],
+        ["10.1.2.3"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "dns", "ips", "needle"),
+    [
+        (spiffe("web/other"), [], [], "only for its own identity"),
+        (spiffe("web/self2"), ["evil.example.com"], [], "evil.example.com"),
+        (spiffe("web/self2"), [], ["192.168.1.1"], "192.168.1.1"),
+        ("spiffe://other.domain/web/self2", [], [], "outside the trust domain"),
+    ],
+)
+def test_workload_is_denied_names_outside_its_policy(
+    ca: CaServer, uri: str, dns: list[str], ips: list[str], needle: str
+) -> None:
+    creds = ca.issue("web/self2")
+    _, csr = make_csr(uris=[uri], dns=dns, ips=ips)
+    with ca.channel(creds.fullchain, creds.key_pem) as ch:
+        code, details = _call_code(ca.stub(ch).SignCertificate, _sign_request(csr))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert needle in details
+
+
+def test_workload_without_a_policy_entry_may_not_add_dns_names(ca: CaServer) -> None:
+    key, csr = make_csr(uris=[spiffe("db/main")])
+    with ca.admin_channel() as ch:
+        reply = ca.stub(ch).SignCertificate(_sign_request(csr), timeout=30)
+    _, csr2 = make_csr(uris=[spiffe("db/main")], dns=["db.web.internal"])
+    with ca.channel((reply.certificate_pem + reply.chain_pem).encode(), key_pem(key)) as ch:
+        code, _ = _call_code(ca.stub(ch).SignCertificate, _sign_request(csr2))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+# -- renewal ---------------------------------------------------------------------------------
+
+
+def test_renew_carries_the_callers_identity_and_no_more(ca: CaServer) -> None:
+    creds = ca.issue("web/renewer", dns=("renewer.web.internal",), ips=("10.0.0.7",))
+    new_key, csr = make_csr(
+        uris=[spiffe("admin")], dns=["renewer.web.internal", "extra.web.internal"]
+    )
+    with ca.channel(creds.fullchain, creds.key_pem) as ch:
+        reply = ca.stub(ch).RenewCertificate(
+            ca_pb2.RenewCertificateRequest(csr_pem=csr), timeout=30
+        )
+    assert reply.serial_number != creds.serial
+    assert _sans(reply.certificate_pem) == (
+        [spiffe("web/renewer")],
+        ["renewer.web.internal"],
+        ["10.0.0.7"],
+    )
+    cert = x509.load_pem_x509_certificate(reply.certificate_pem.encode())
+    assert cert.public_key() == new_key.public_key()
+    events = [e for e in ca.store.audit_events(50) if e.serial == reply.serial_number]
+    assert [(e.action, e.actor) for e in events] == [("renew", spiffe("web/renewer"))]
+
+
+def test_renewed_certificate_works_as_identity_for_the_next_renewal(ca: CaServer) -> None:
+    creds = ca.issue("web/chain-renew")
+    for _ in range(3):
+        key, csr = make_csr()
+        with ca.channel(creds.fullchain, creds.key_pem) as ch:
+            reply = ca.stub(ch).RenewCertificate(
+                ca_pb2.RenewCertificateRequest(csr_pem=csr), timeout=30
+            )
+        creds = Credentials(
+            key_pem(key),
+            reply.certificate_pem.encode(),
+            reply.chain_pem.encode(),
+            reply.serial_number,
+        )
+    assert _sans(creds.cert_pem.decode())[0] == [spiffe("web/chain-renew")]
+
+
+# -- revocation ------------------------------------------------------------------------------
+
+
+def test_holder_may_revoke_its_own_certificate_but_not_anothers(ca: CaServer) -> None:
+    mine = ca.issue("web/holder")
+    theirs = ca.issue("web/neighbour")
+    spare = ca.issue("web/holder")
+    with ca.channel(mine.fullchain, mine.key_pem) as ch:
+        stub = ca.stub(ch)
+        code, details = _call_code(
+            stub.RevokeCertificate,
+            ca_pb2.RevokeCertificateRequest(serial_number=theirs.serial),
+        )
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert "only its own" in details
+        reply = stub.RevokeCertificate(
+            ca_pb2.RevokeCertificateRequest(serial_number=spare.serial, reason=ca_pb2.SUPERSEDED),
+            timeout=30,
+        )
+    assert reply.serial_number == spare.serial
+    record = ca.store.get_certificate(spare.serial)
+    assert record is not None and record.status == "revoked"
+
+
+def test_revoked_caller_is_refused_at_once(ca: CaServer, admin) -> None:
+    creds = ca.issue("web/doomed")
+    with ca.channel(creds.fullchain, creds.key_pem) as ch:
+        stub = ca.stub(ch)
+        stub.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=30)  # warms the cache
+        admin.RevokeCertificate(
+            ca_pb2.RevokeCertificateRequest(
+                serial_number=creds.serial, reason=ca_pb2.KEY_COMPROMISE
+            ),
+            timeout=30,
+        )
+        code, details = _call_code(stub.GetTrustBundle, ca_pb2.GetTrustBundleRequest())
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in details
+
+
+@pytest.mark.parametrize(
+    ("serial", "code"),
+    [
+        ("00112233445566778899aabbccddeeff", grpc.StatusCode.NOT_FOUND),
+        ("not-hex", grpc.StatusCode.INVALID_ARGUMENT),
+        ("", grpc.StatusCode.INVALID_ARGUMENT),
+        ("ab" * 21, grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+def test_revoke_refuses_unknown_or_malformed_serials(admin, serial: str, code) -> None:
+    got, details = _call_code(
+        admin.RevokeCertificate, ca_pb2.RevokeCertificateRequest(serial_number=serial)
+    )
+    assert got == code
+    assert details
+
+
+def test_revoking_twice_is_a_failed_precondition(ca: CaServer, admin) -> None:
+    creds = ca.issue("web/twice")
+    request = ca_pb2.RevokeCertificateRequest(serial_number=creds.serial)
+    admin.RevokeCertificate(request, timeout=30)
+    code, details = _call_code(admin.RevokeCertificate, request)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already revoked" in details
+
+
+def test_revoke_rejects_a_reason_code_rfc5280_does_not_define(ca: CaServer, admin) -> None:
+    creds = ca.issue("web/reason7")
+    code, details = _call_code(
+        admin.RevokeCertificate,
+        ca_pb2.RevokeCertificateRequest(serial_number=creds.serial, reason=7),  # type: ignore[arg-type]
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "reason" in details
+
+
+def test_status_reports_revocation_time_and_reason(ca: CaServer, admin) -> None:
+    creds = ca.issue("web/status")
+    good = admin.GetCertificateStatus(
+        ca_pb2.GetCertificateStatusRequest(serial_number=creds.serial), timeout=30
+    )
+    assert good.status == ca_pb2.GOOD
+    assert good.next_update.ToDatetime() > good.this_update.ToDatetime()
+    revoked_at = admin.RevokeCertificate(
+        ca_pb2.RevokeCertificateRequest(
+            serial_number=creds.serial.upper(), reason=ca_pb2.AFFILIATION_CHANGED
+        ),
+        timeout=30,
+    ).revoked_at
+    status = admin.GetCertificateStatus(
+        ca_pb2.GetCertificateStatusRequest(serial_number=creds.serial), timeout=30
+    )
+    assert status.status == ca_pb2.REVOKED
+    assert status.reason == ca_pb2.AFFILIATION_CHANGED
+    assert status.revoked_at == revoked_at
+    unknown = admin.GetCertificateStatus(
+        ca_pb2.GetCertificateStatusRequest(serial_number="0badc0de"), timeout=30
+    )
+    assert unknown.status == ca_pb2.UNKNOWN
+    assert unknown.ocsp_response
+
+
+# -- listing and bundle ----------------------------------------------------------------------
+
+
+def test_list_certificates_pages_through_everything_once(ca: CaServer, admin) -> None:
+    issued = {ca.issue(f"web/list-{i}").serial for i in range(5)}
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = admin.ListCertificates(
+            ca_pb2.ListCertificatesRequest(page_size=2, page_token=token), timeout=30
+        )
+        assert len(page.certificates) <= 2
+        seen += [c.serial_number for c in page.certificates]
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(seen) == len(set(seen))
+    assert issued <= set(seen)
+
+
+def test_list_certificates_filters_by_status(ca: CaServer, admin) -> None:
+    creds = ca.issue("web/list-revoked")
+    admin.RevokeCertificate(ca_pb2.RevokeCertificateRequest(serial_number=creds.serial), timeout=30)
+    page = admin.ListCertificates(
+        ca_pb2.ListCertificatesRequest(status=ca_pb2.REVOKED, page_size=1000), timeout=30
+    )
+    assert creds.serial in {c.serial_number for c in page.certificates}
+    assert {c.status for c in page.certificates} == {ca_pb2.REVOKED}
+
+
+def test_list_certificates_is_for_admins_only(ca: CaServer) -> None:
+    creds = ca.issue("web/nosy")
+    with ca.channel(creds.fullchain, creds.key_pem) as ch:
+        code, details = _call_code(ca.stub(ch).ListCertificates, ca_pb2.ListCertificatesRequest())
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "admin" in details
+
+
+def test_trust_bundle_holds_root_and_intermediate(ca: CaServer, admin) -> None:
+    reply = admin.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=30)
+    assert reply.root_certificates_pem == (ca.data_dir / "root.pem").read_text()
+    assert reply.intermediate_certificates_pem == (ca.data_dir / "intermediate.pem").read_text()
+
+
+def test_health_reports_serving(ca: CaServer) -> None:
+    with ca.admin_channel() as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="signet.ca.v1.CertificateAuthority"), timeout=30
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def _valid_csr() -> str:
+    return make_csr(uris=[spiffe("web/input")])[1]
+
+
+def _tampered_csr() -> str:
+    """A CSR whose signature does not match its key (no proof of possession)."""
+    csr = x509.load_pem_x509_csr(_valid_csr().encode())
+    der = bytearray(csr.public_bytes(serialization.Encoding.DER))
+    der[-5] ^= 0x01  # inside the signature value
+    body = base64.encodebytes(bytes(der)).decode()
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n"
+
+
+@pytest.mark.parametrize(
+    ("csr", "code", "needle"),
+    [
+        ("", grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+        ("hello", grpc.StatusCode.INVALID_ARGUMENT, "CERTIFICATE REQUEST"),
+        (
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "could not be parsed",
+        ),
+        (_valid_csr()[:200], grpc.StatusCode.INVALID_ARGUMENT, "CSR"),
+        (_valid_csr() + "x" * 70_000, grpc.StatusCode.RESOURCE_EXHAUSTED, "limit"),
+        (_tampered_csr(), grpc.StatusCode.INVALID_ARGUMENT, "proof of possession"),
+        (
+            make_csr(make_key("rsa-1024"), uris=[spiffe("web/weak")])[1],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "2048",
+        ),
+        (
+            make_csr(make_key("ec-k256"), uris=[spiffe("web/weak")])[1],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "P-256",
+        ),
+        (make_csr(uris=[])[1], grpc.StatusCode.INVALID_ARGUMENT, "exactly one URI SAN"),
+        (make_csr(uris=["https://example.com/"])[1], grpc.StatusCode.INVALID_ARGUMENT, "SPIFFE"),
+    ],
+    ids=[
+        "empty",
+        "not-pem",
+        "garbage-der",
+        "truncated",
+        "oversized",
+        "bad-signature",
+        "rsa-1024",
+        "secp256k1",
+        "no-identity",
+        "non-spiffe-uri",
+    ],
+)
+def test_bad_csrs_get_a_clear_status(admin, csr: str, code, needle: str) -> None:
+    got, details = _call_code(admin.SignCertificate, _sign_request(csr))
+    assert got == code
+    assert needle in details
+
+
+@pytest.mark.parametrize(
+    ("validity", "needle"),
+    [
+        (dt.timedelta(days=3650), "cap"),
+        (dt.timedelta(seconds=0), "minimum"),
+        (dt.timedelta(seconds=-60), "minimum"),
+    ],
+)
+def test_validity_outside_the_allowed_range_is_refused(admin, validity, needle: str) -> None:
+    code, details = _call_code(admin.SignCertificate, _sign_request(_valid_csr(), validity))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in details
+
+
+def test_requests_over_the_size_limit_are_refused_by_grpc(admin) -> None:
+    code, _ = _call_code(admin.SignCertificate, _sign_request("x" * (2 * 1024 * 1024)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_bad_page_token_is_invalid_argument(admin) -> None:
+    code, details = _call_code(
+        admin.ListCertificates, ca_pb2.ListCertificatesRequest(page_token="%%%")
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token" in details
+
+
+# -- authentication --------------------------------------------------------------------------
+
+
+def test_no_client_certificate_no_connection(ca: CaServer) -> None:
+    with ca.channel() as ch:
+        code, _ = _call_code(ca.stub(ch).GetTrustBundle, ca_pb2.GetTrustBundleRequest())
+    assert code == grpc.StatusCode.UNAVAILABLE
+
+
+def _foreign_credentials() -> tuple[bytes, bytes]:
+    """A workload certificate from another CA with the same names as ours."""
+    now = dt.datetime.now(dt.UTC)
+    root_key = generate_key("ec-p256")
+    root = build_root(
+        root_key,
+        ca_name("signet.local", "Signet Root CA (signet.local)"),
+        now,
+        now + dt.timedelta(days=1),
+    )
+    key = make_key()
+    leaf = build_leaf(
+        Issuer(root, root_key, ()),
+        LeafRequest(
+            key.public_key(),
+            spiffe("admin"),
+            (),
+            (),
+            None,
+            now - dt.timedelta(minutes=1),
+            now + dt.timedelta(hours=1),
+            12345,
+        ),
+    )
+    return (pem(leaf) + pem(root)).encode(), key_pem(key)
+
+
+def test_certificate_from_another_ca_is_refused(ca: CaServer) -> None:
+    chain, key = _foreign_credentials()
+    with ca.channel(chain, key) as ch:
+        code, _ = _call_code(ca.stub(ch).GetTrustBundle, ca_pb2.GetTrustBundleRequest())
+    assert code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_expired_caller_is_refused(ca: CaServer) -> None:
+    # Issue, through the same CA and store, a certificate that expired yesterday.
+    past = CertificateAuthority(
+        store=ca.store,
+        clock=FakeClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=2)),
+        issuer=ca.authority.issuer,
+        root=ca.authority.root,
+        policy=ca.authority.policy,
+        settings=ca.authority.settings,
+    )
+    key = make_key()
+    issued = past.issue_for(
+        public_key=key.public_key(),
+        identity=spiffe("admin"),
+        lifetime=dt.timedelta(hours=1),
+        actor="test",
+        action="issue",
+    )
+    with ca.channel((issued.certificate_pem + issued.chain_pem).encode(), key_pem(key)) as ch:
+        code, _ = _call_code(ca.stub(ch).GetTrustBundle, ca_pb2.GetTrustBundleRequest())
+    # The TLS handshake refuses it (UNAVAILABLE); were it to pass, authenticate() would refuse.
+    assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+
+
+# -- logging ---------------------------------------------------------------------------------
+
+
+def test_each_rpc_logs_one_line_without_secrets(ca: CaServer, admin) -> None:
+    key, csr = make_csr(uris=[spiffe("web/logged")])
+    with capture_logs() as logs:
+        reply = admin.SignCertificate(_sign_request(csr), timeout=30)
+        _call_code(admin.SignCertificate, _sign_request("garbage"))
+    rpc = [e for e in logs if e["event"] == "rpc" and e["method"].endswith("/SignCertificate")]
+    assert len(rpc) == 2
+    ok, bad = rpc
+    assert ok["code"] == "OK" and ok["serial"] == reply.serial_number
+    assert ok["caller"] == spiffe("admin")
+    assert isinstance(ok["duration_ms"], float)
+    assert bad["code"] == "INVALID_ARGUMENT"
+    text = repr(logs)
+    assert "-----BEGIN" not in text  # no key, CSR or certificate in any log line
+    assert key_pem(key).decode() not in text

@@ -1,0 +1,81 @@
+"""The server's own certificate is replaced before it expires, without a restart."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+
+from ca_server.core.clock import FakeClock
+from ca_server.core.profile import serial_hex
+from signet.ca.v1 import ca_pb2
+from tests.conftest import CaServer, start_ca, stop_ca
+
+
+def _presented_serial(ca: CaServer, tmp_path: Path) -> int:
+    """Handshake like any client (ALPN h2, admin certificate) and read the server's leaf."""
+    cert, key = ca.admin_dir / "cert.pem", ca.admin_dir / "key.pem"
+    ctx = ssl.create_default_context(cafile=str(ca.admin_dir / "ca.pem"))
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["h2"])
+    host, port = ca.address.rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_serving_certificate_rotates_at_two_thirds_without_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    # A backdate longer than the jump keeps the rotated certificate valid on the real clock.
+    ca = start_ca(
+        tmp_path / "ca-data",
+        clock=clock,
+        issuance={"backdate": "30m"},
+        server={"serving_validity": "30m"},
+    )
+    try:
+        first = ca.running.serving.current
+        assert _presented_serial(ca, tmp_path) == int(first.serial, 16)
+        with ca.admin_channel() as before:
+            stub = ca.stub(before)
+            stub.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)
+
+            clock.advance(dt.timedelta(minutes=19))  # before 2/3 of 30 minutes: no change
+            assert _presented_serial(ca, tmp_path) == int(first.serial, 16)
+
+            clock.advance(dt.timedelta(minutes=2))  # past 2/3
+            rotated = _presented_serial(ca, tmp_path)
+            assert rotated != int(first.serial, 16)
+            assert ca.running.serving.current.serial == serial_hex(rotated)
+            # The connection made before the rotation keeps working.
+            stub.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)
+        with ca.admin_channel() as after:
+            ca.stub(after).GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)
+        record = ca.store.get_certificate(ca.running.serving.current.serial)
+        assert record is not None and record.identity.endswith("/signet/server")
+        assert record.dns_names == ("localhost",) and record.ip_addresses == ("127.0.0.1",)
+    finally:
+        stop_ca(ca)
+
+
+def test_server_names_are_added_to_the_serving_certificate(tmp_path: Path) -> None:
+    ca = start_ca(
+        tmp_path / "ca-data", server={"server_names": '["ca.example.internal", "10.9.8.7"]'}
+    )
+    try:
+        cert = ca.running.serving.current.certificate
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == ["localhost", "ca.example.internal"]
+        assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == [
+            "127.0.0.1",
+            "10.9.8.7",
+        ]
+    finally:
+        stop_ca(ca)
