@@ -1,0 +1,45 @@
+"""The README's walk-through works as printed (only the port differs)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import CaServer
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _walkthrough() -> str:
+    section = README.read_text().split("## Walk-through with grpcurl", 1)[1]
+    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert match, "the walk-through has no sh block"
+    return match.group(1)
+
+
+def test_readme_walkthrough_runs_as_printed(ca: CaServer, tmp_path: Path) -> None:
+    script = _walkthrough()
+    assert "127.0.0.1:50051" in script
+    (tmp_path / "ca-data").symlink_to(ca.data_dir)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script.replace("127.0.0.1:50051", ca.address)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "signet.ca.v1.CertificateAuthority" in out
+    assert "web.pem: OK" in out
+    assert "URI:spiffe://signet.local/web, DNS:web.internal, DNS:api.web.internal" in out
+    assert "REVOKED" in out
+    assert "Response verify OK" in out and "web.pem: revoked" in out
+    assert "Key Compromise" in out
+    assert "certificate revoked" in out
+    assert '"certificates"' in out
