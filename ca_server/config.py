@@ -154,6 +154,15 @@ def _networks(
         raise ConfigurationError(f"config.toml {where}: {exc}") from None
 
 
+def _fixed_at_init(path: Path, raw: Mapping[str, Any], name: str, chosen: str) -> None:
+    """A flag or env var must not silently re-point an existing CA at another domain or key."""
+    if name in raw and chosen != raw[name]:
+        raise ConfigurationError(
+            f"{name} is fixed when the CA is created: {path} says {raw[name]!r}, "
+            f"but {chosen!r} was asked for (flag or SIGNET_{name.upper()})"
+        )
+
+
 def load_config(
     data_dir: Path, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
 ) -> CaConfig:
@@ -210,11 +219,13 @@ def load_config(
         return file_value
 
     trust_domain = str(pick("trust_domain", top.get("trust_domain", DEFAULT_TRUST_DOMAIN)))
+    _fixed_at_init(path, raw, "trust_domain", trust_domain)
     try:
         validate_trust_domain(trust_domain)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
     key_type = str(pick("key_type", top.get("key_type", DEFAULT_KEY_TYPE)))
+    _fixed_at_init(path, raw, "key_type", key_type)
     if key_type not in CA_KEY_TYPES:
         raise ConfigurationError(f"key_type {key_type!r}: choose one of {', '.join(CA_KEY_TYPES)}")
 
