@@ -1,0 +1,101 @@
+"""Measure Signet on this machine, in one run, and report rates and their ratios.
+
+    python scripts/bench.py [--seconds 3] [--threads 4]
+
+Starts a throwaway CA on 127.0.0.1:0 in a temporary directory. Every loop is bounded in both
+count and time. Numbers are only comparable within one run (same machine, same load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pki's CSR helpers
+
+from ca_server.config import load_config
+from ca_server.core.policy import Caller
+from ca_server.datadir import init_ca, load_ca
+from ca_server.logs import configure_logging
+from ca_server.server import start_server
+from signet.ca.v1 import ca_pb2, ca_pb2_grpc
+from tests.pki import make_csr, spiffe
+
+MAX_CALLS = 20_000
+
+
+def rate(fn: Callable[[int], object], seconds: float, threads: int = 1) -> float:
+    """Calls per second of fn(i), from `threads` threads, for about `seconds`."""
+    deadline = time.perf_counter() + seconds
+    counts = [0] * threads
+
+    def worker(t: int) -> None:
+        i = 0
+        while time.perf_counter() < deadline and i < MAX_CALLS // threads:
+            fn(t * MAX_CALLS + i)
+            i += 1
+        counts[t] = i
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=4)
+    args = parser.parse_args()
+    configure_logging("warning")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "ca-data"
+        init_ca(data, trust_domain="signet.local", key_type="ec-p256")
+        ca = load_ca(load_config(data, {"listen": "127.0.0.1:0"}, env={}), None)
+        server = start_server(ca)
+        csrs = [make_csr(uris=[spiffe(f"bench/{i}")])[1] for i in range(200)]
+        admin = Caller(spiffe("admin"), "", is_admin=True)
+
+        core_sign = rate(lambda i: ca.authority.sign(admin, csrs[i % 200], None), args.seconds)
+        serial = ca.authority.sign(admin, csrs[0], None).serial
+        core_status = rate(lambda i: ca.authority.status(serial), args.seconds)
+
+        creds = grpc.ssl_channel_credentials(
+            (data / "root.pem").read_bytes(),
+            (data / "admin" / "key.pem").read_bytes(),
+            (data / "admin" / "cert.pem").read_bytes(),
+        )
+        with grpc.secure_channel(server.address, creds) as channel:
+            stub = ca_pb2_grpc.CertificateAuthorityStub(channel)
+            sign_req = [ca_pb2.SignCertificateRequest(csr_pem=c) for c in csrs]
+            status_req = ca_pb2.GetCertificateStatusRequest(serial_number=serial)
+            rpc_sign = rate(
+                lambda i: stub.SignCertificate(sign_req[i % 200], timeout=30),
+                args.seconds,
+                args.threads,
+            )
+            rpc_status = rate(
+                lambda i: stub.GetCertificateStatus(status_req, timeout=30),
+                args.seconds,
+                args.threads,
+            )
+        server.stop(1)
+        ca.store.close()
+
+    print(f"core sign (1 thread)                 {core_sign:10.0f} /s")
+    print(f"core status + OCSP sign (1 thread)   {core_status:10.0f} /s")
+    print(f"gRPC SignCertificate ({args.threads} threads)     {rpc_sign:10.0f} /s")
+    print(f"gRPC GetCertificateStatus ({args.threads} thr.)   {rpc_status:10.0f} /s")
+    print(f"ratio gRPC sign / core sign           {rpc_sign / core_sign:10.2f}")
+    print(f"ratio gRPC status / core status       {rpc_status / core_status:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
