@@ -30,6 +30,7 @@ from ..store.base import (
 from .clock import Clock, utc_seconds
 from .crl import build_crl
 from .csr import parse_csr
+from .durations import format_duration
 from .errors import AlreadyRevoked, InvalidRequest, NotFound, Unauthenticated
 from .names import IPAddress
 from .ocsp import CertStatus, StatusAnswer, build_ocsp_response
@@ -265,11 +266,13 @@ class CertificateAuthority:
         s = self.settings
         if requested > s.max_validity:
             raise InvalidRequest(
-                f"validity {requested} is longer than this CA's cap of {s.max_validity}"
+                f"validity {format_duration(requested)} is longer than this CA's cap of "
+                f"{format_duration(s.max_validity)}"
             )
         if requested < s.min_validity:
             raise InvalidRequest(
-                f"validity {requested} is shorter than the minimum {s.min_validity}"
+                f"validity {format_duration(requested)} is shorter than the minimum "
+                f"{format_duration(s.min_validity)}"
             )
         return requested
 

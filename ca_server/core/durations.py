@@ -22,6 +22,8 @@ def parse_duration(text: str) -> dt.timedelta:
 def format_duration(delta: dt.timedelta) -> str:
     """The shortest form parse_duration reads back to the same value."""
     seconds = int(delta.total_seconds())
+    if seconds < 0:
+        return "-" + format_duration(-delta)
     if seconds == 0:
         return "0s"
     out = []
