@@ -16,7 +16,7 @@ from .core.authority import IssuanceSettings
 from .core.durations import format_duration, parse_duration
 from .core.errors import ConfigurationError
 from .core.keys import CA_KEY_TYPES
-from .core.names import validate_trust_domain
+from .core.names import parse_spiffe_id, validate_trust_domain
 from .core.policy import Policy, WorkloadRule
 from .core.profile import PublicUrls
 
@@ -154,6 +154,30 @@ def _networks(
         raise ConfigurationError(f"config.toml {where}: {exc}") from None
 
 
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(
+            f"config.toml [server] {name}: {value!r} is not a positive integer"
+        )
+    return value
+
+
+def _identity_patterns(patterns: list[str], trust_domain: str, where: str) -> tuple[str, ...]:
+    """Patterns are SPIFFE IDs of this trust domain whose segments may be '*' or '**'."""
+    for p in patterns:
+        concrete = "/".join("x" if seg in ("*", "**") else seg for seg in str(p).split("/"))
+        try:
+            ok = parse_spiffe_id(concrete).trust_domain == trust_domain
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigurationError(
+                f"config.toml {where}: {p!r} is not a SPIFFE ID pattern in the trust domain "
+                f"{trust_domain!r} (spiffe://{trust_domain}/path, segments may be * or **)"
+            )
+    return tuple(str(p) for p in patterns)
+
+
 def _fixed_at_init(path: Path, raw: Mapping[str, Any], name: str, chosen: str) -> None:
     """A flag or env var must not silently re-point an existing CA at another domain or key."""
     if name in raw and chosen != raw[name]:
@@ -242,7 +266,7 @@ def load_config(
         log_level=log_level,
         serving_validity=srv.duration("serving_validity", defaults.serving_validity),
         shutdown_grace=srv.duration("shutdown_grace", defaults.shutdown_grace),
-        max_workers=int(srv.get("max_workers", defaults.max_workers)),
+        max_workers=_positive_int(srv.get("max_workers", defaults.max_workers), "max_workers"),
         store=str(pick("store", srv.get("store", ""))),
     )
     public_url = pick("public_url", srv.get("public_url"))
@@ -270,14 +294,18 @@ def load_config(
             raise ConfigurationError(f"config.toml [[policy.workloads]] #{n + 1} needs identity")
         workloads.append(
             WorkloadRule(
-                identity=str(w.get("identity", "")),
+                identity=_identity_patterns(
+                    [w.get("identity", "")], trust_domain, f"[[policy.workloads]] #{n + 1}"
+                )[0],
                 dns_names=tuple(w.get("dns_names", [])),
                 ip_ranges=_networks(w.get("ip_ranges", []), f"[[policy.workloads]] #{n + 1}"),
             )
         )
     policy = Policy(
         trust_domain=trust_domain,
-        admins=tuple(pol.get("admins", default_admin_patterns(trust_domain))),
+        admins=_identity_patterns(
+            pol.get("admins", default_admin_patterns(trust_domain)), trust_domain, "[policy] admins"
+        ),
         admin_dns_names=tuple(pol.get("admin_dns_names", ["*"])),
         admin_ip_ranges=_networks(pol.get("admin_ip_ranges", ["0.0.0.0/0", "::/0"]), "[policy]"),
         workloads=tuple(workloads),

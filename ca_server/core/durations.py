@@ -16,7 +16,10 @@ def parse_duration(text: str) -> dt.timedelta:
         raise ValueError(
             f"invalid duration {text!r}: use a number and a unit (s, m, h, d), e.g. 24h"
         )
-    return dt.timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in _PART.findall(s)))
+    try:
+        return dt.timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in _PART.findall(s)))
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is too large") from None
 
 
 def format_duration(delta: dt.timedelta) -> str:

@@ -86,7 +86,9 @@ def write_private_key(path: Path, key: PrivateKeyTypes, passphrase: bytes | None
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A stale or planted temp file (or symlink) must not lend us its mode: start from nothing.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, pem)
         os.fsync(fd)

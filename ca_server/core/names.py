@@ -38,10 +38,10 @@ def parse_spiffe_id(uri: str) -> SpiffeId:
     if not uri.startswith(prefix):
         raise ValueError(f"{uri!r} is not a SPIFFE ID (spiffe://<trust-domain>/<path>)")
     rest = uri[len(prefix) :]
-    td, slash, path = rest.partition("/")
-    validate_trust_domain(td)
     if any(c in rest for c in "?#%@:"):
         raise ValueError(f"SPIFFE ID {uri!r} must not carry a port, user info, query or fragment")
+    td, slash, path = rest.partition("/")
+    validate_trust_domain(td)
     if slash:
         segments = path.split("/")
         for seg in segments:
@@ -56,10 +56,12 @@ def parse_spiffe_id(uri: str) -> SpiffeId:
 
 def normalize_dns_name(name: str) -> str:
     """Lowercase a DNS name and check it is a valid host name (an optional leading '*.' label)."""
-    n = name.strip().lower().rstrip(".")
+    n = name.lower().removesuffix(".")  # one trailing dot (the root) is allowed, no more
     labels = n.split(".")
     if not n or len(n) > 253:
         raise ValueError(f"invalid DNS name {name!r}")
+    if labels[-1].isdigit():
+        raise ValueError(f"invalid DNS name {name!r}: an IP address belongs in an IP SAN")
     for i, label in enumerate(labels):
         if label == "*" and i == 0 and len(labels) > 2:
             continue
