@@ -9,6 +9,7 @@ import datetime as dt
 import functools
 import ipaddress
 import json
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from .profile import (
 )
 from .revocation import Reason
 
+_HEX = re.compile(r"[0-9a-f]+")
 MAX_PAGE_SIZE = 1000
 _AUTH_CACHE_MAX = 50_000
 DEFAULT_PAGE_SIZE = 100
@@ -119,6 +121,7 @@ class Page:
 @dataclass(frozen=True, slots=True)
 class _PeerCertificate:
     serial: str
+    fingerprint: str
     identity: str | None
     not_after: dt.datetime
     issuer: x509.Name
@@ -129,7 +132,11 @@ def _parse_peer(cert_pem: bytes) -> _PeerCertificate:
     cert = x509.load_pem_x509_certificate(cert_pem)
     identity, _, _ = certificate_names(cert)
     return _PeerCertificate(
-        serial_hex(cert.serial_number), identity, cert.not_valid_after_utc, cert.issuer
+        serial_hex(cert.serial_number),
+        fingerprint_sha256(cert),
+        identity,
+        cert.not_valid_after_utc,
+        cert.issuer,
     )
 
 
@@ -140,11 +147,9 @@ def parse_serial(text: str) -> str:
         raise InvalidRequest("serial_number is required (hex, as in the certificate)")
     if len(cleaned) > 40:
         raise InvalidRequest("serial_number is longer than 20 octets (RFC 5280 allows at most 20)")
-    try:
-        value = int(cleaned, 16)
-    except ValueError:
-        raise InvalidRequest(f"serial_number {text!r} is not hexadecimal") from None
-    return serial_hex(value)
+    if not _HEX.fullmatch(cleaned):  # int(x, 16) alone would also take "-1" and "1_0"
+        raise InvalidRequest(f"serial_number {text!r} is not hexadecimal")
+    return serial_hex(int(cleaned, 16))
 
 
 def _encode_cursor(record: CertificateRecord) -> str:
@@ -156,7 +161,9 @@ def _decode_cursor(token: str) -> tuple[int, str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         issued_at, serial = json.loads(raw)
-        if not isinstance(issued_at, int) or not isinstance(serial, str):
+        if not isinstance(issued_at, int) or not 0 <= issued_at < 2**62:
+            raise ValueError
+        if not isinstance(serial, str) or not _HEX.fullmatch(serial):
             raise ValueError
         return issued_at, serial
     except (ValueError, TypeError):
@@ -167,7 +174,7 @@ def _decode_cursor(token: str) -> tuple[int, str]:
 class _CrlCache:
     lock: threading.Lock = field(default_factory=threading.Lock)
     current: CrlResult | None = None
-    dirty: bool = True
+    epoch: int = -1  # the store's revocation_epoch() the current CRL was built at
 
 
 class CertificateAuthority:
@@ -188,7 +195,8 @@ class CertificateAuthority:
         self.policy = policy
         self.settings = settings or IssuanceSettings()
         self._crl = _CrlCache()
-        self._auth_ok: dict[str, dt.datetime] = {}  # serial -> when the store last said "good"
+        # fingerprint -> when the store last said that certificate is ours and not revoked
+        self._auth_ok: dict[str, dt.datetime] = {}
         self._auth_lock = threading.Lock()
         self._revocation_listeners: list[Callable[[str], None]] = []
 
@@ -217,6 +225,10 @@ class CertificateAuthority:
         current = self.store.get_certificate(caller.serial)
         if current is None:
             raise Unauthenticated("the certificate you authenticated with is not known to this CA")
+        if current.status == "revoked":
+            raise Unauthenticated(
+                f"the certificate {caller.serial} you authenticated with is revoked"
+            )
         old = x509.load_der_x509_certificate(current.der)
         cns = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         old_lifetime = current.not_after - current.not_before - self.settings.backdate
@@ -344,8 +356,7 @@ class CertificateAuthority:
         if outcome is RevokeOutcome.NOT_FOUND:
             raise NotFound(f"no certificate with serial {serial} was issued by this CA")
         with self._auth_lock:
-            self._auth_ok.pop(serial, None)
-        self._crl.dirty = True
+            self._auth_ok.pop(record.fingerprint_sha256, None)
         for listener in self._revocation_listeners:
             listener(serial)
         return serial, now
@@ -372,14 +383,16 @@ class CertificateAuthority:
         return StatusResult(answer, this_update, next_update, der)
 
     def crl(self) -> CrlResult:
-        """The current CRL, rebuilt only after a revocation or past half its validity."""
+        """The current CRL, rebuilt only after a revocation (by any process sharing the store)
+        or past half its validity."""
         cache = self._crl
         with cache.lock:
             now = utc_seconds(self.clock.now())
             current = cache.current
+            epoch = self.store.revocation_epoch()
             stale = current is None or now >= current.this_update + self.settings.crl_validity / 2
-            if cache.dirty or stale:
-                cache.dirty = False
+            if stale or epoch != cache.epoch:
+                cache.epoch = epoch
                 number = self.store.next_crl_number()
                 next_update = now + self.settings.crl_validity
                 der = build_crl(
@@ -430,26 +443,27 @@ class CertificateAuthority:
         if peer.identity is None:
             raise Unauthenticated("the client certificate carries no SPIFFE ID (URI SAN)")
         now = self.clock.now()
-        if now >= peer.not_after:
+        if now > peer.not_after:  # RFC 5280: not_after itself is still within validity
             raise Unauthenticated(f"the client certificate {peer.serial} has expired")
-        if not self._recently_good(peer.serial, now):
+        if not self._recently_good(peer.fingerprint, now):
             record = self.store.get_certificate(peer.serial)
-            if record is None:
+            # The very certificate we stored, not merely one with the same issuer name and serial.
+            if record is None or record.fingerprint_sha256 != peer.fingerprint:
                 raise Unauthenticated(f"the client certificate {peer.serial} is unknown to this CA")
             if record.status == "revoked":
                 raise Unauthenticated(f"the client certificate {peer.serial} has been revoked")
             with self._auth_lock:
                 if len(self._auth_ok) >= _AUTH_CACHE_MAX:
                     self._auth_ok.clear()  # entries are cheap to rebuild; memory must stay bounded
-                self._auth_ok[peer.serial] = now
+                self._auth_ok[peer.fingerprint] = now
         return Caller(peer.identity, peer.serial, self.policy.is_admin(peer.identity))
 
-    def _recently_good(self, serial: str, now: dt.datetime) -> bool:
+    def _recently_good(self, fingerprint: str, now: dt.datetime) -> bool:
         with self._auth_lock:
-            checked = self._auth_ok.get(serial)
+            checked = self._auth_ok.get(fingerprint)
             if checked is None:
                 return False
             if now - checked > self.settings.auth_cache_ttl or now < checked:
-                del self._auth_ok[serial]
+                del self._auth_ok[fingerprint]
                 return False
             return True

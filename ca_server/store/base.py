@@ -77,7 +77,11 @@ class Store(Protocol):
         ...
 
     def revoked_unexpired(self, now: dt.datetime) -> Sequence[RevokedEntry]:
-        """Revoked certificates whose not_after is still ahead (what a CRL lists)."""
+        """Revoked certificates not yet expired (not_after >= now): what a CRL lists."""
+        ...
+
+    def revocation_epoch(self) -> int:
+        """A counter that grows with every revocation by any process sharing the store."""
         ...
 
     def next_crl_number(self) -> int:

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,13 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("meta").insert({"key": "crl_number", "value": "0"})
 
 
+def _v2(db: sqlite_utils.Database) -> None:
+    # Bumped in the same transaction as every revocation, so that every process sharing the
+    # database can tell with one cheap read that its cached CRL is out of date.
+    revoked = db.execute("SELECT COUNT(*) FROM certificates WHERE status = 'revoked'").fetchone()
+    db.table("meta").insert({"key": "revocations", "value": str(revoked[0])})
+
+
 # Selected by name so that migrations adding columns never shift _record's unpacking.
 _COLUMNS = (
     "serial, identity, dns_names, ip_addresses, not_before, not_after, status, revoked_at, "
@@ -82,7 +90,7 @@ _COLUMNS = (
 )
 
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -97,7 +105,6 @@ class SqliteStore:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db = sqlite_utils.Database(conn)
         db.execute("PRAGMA busy_timeout = 30000")
-        db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
         return db
@@ -121,8 +128,29 @@ class SqliteStore:
         db.execute("COMMIT")
         return result
 
+    def _enable_wal(self) -> None:
+        """WAL is a property of the file, set once. Switching to it needs a moment with no other
+        writer and, unlike ordinary statements, fails at once instead of honouring busy_timeout,
+        so several processes opening a fresh database together take turns here."""
+        deadline = time.monotonic() + 30
+        delay = 0.01
+        while True:
+            try:
+                mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            else:
+                if mode == "wal":
+                    return
+                raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
     def _migrate(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self._enable_wal()
 
         def run(db: sqlite_utils.Database) -> None:
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -189,6 +217,9 @@ class SqliteStore:
                 [_epoch(revoked_at), int(reason), serial],
             )
             if cursor.rowcount == 1:
+                db.execute(
+                    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revocations'"
+                )
                 self._append_audit(db, audit)
                 return RevokeOutcome.REVOKED
             exists = db.execute("SELECT 1 FROM certificates WHERE serial = ?", [serial]).fetchone()
@@ -219,10 +250,14 @@ class SqliteStore:
     def revoked_unexpired(self, now: dt.datetime) -> Sequence[RevokedEntry]:
         rows = self._db.execute(
             "SELECT serial, revoked_at, reason FROM certificates "
-            "WHERE status = 'revoked' AND not_after > ? ORDER BY serial",
+            "WHERE status = 'revoked' AND not_after >= ? ORDER BY serial",
             [_epoch(now)],
         ).fetchall()
         return [RevokedEntry(int(s, 16), _from_epoch(at), Reason(r)) for s, at, r in rows]
+
+    def revocation_epoch(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'revocations'").fetchone()
+        return int(row[0])
 
     def next_crl_number(self) -> int:
         def tx(db: sqlite_utils.Database) -> int:
