@@ -11,7 +11,7 @@ STATUS_FOR: dict[type[errors.SignetError], grpc.StatusCode] = {
     errors.PolicyViolation: grpc.StatusCode.PERMISSION_DENIED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyRevoked: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.ConfigurationError: grpc.StatusCode.FAILED_PRECONDITION,
 }

@@ -32,7 +32,7 @@ from .clock import Clock, utc_seconds
 from .crl import build_crl
 from .csr import parse_csr
 from .durations import format_duration
-from .errors import AlreadyRevoked, InvalidRequest, NotFound, Unauthenticated
+from .errors import AlreadyRevoked, Conflict, InvalidRequest, NotFound, Unauthenticated
 from .names import IPAddress
 from .ocsp import CertStatus, StatusAnswer, build_ocsp_response
 from .policy import (
@@ -197,6 +197,7 @@ class CertificateAuthority:
         self._crl = _CrlCache()
         # fingerprint -> when the store last said that certificate is ours and not revoked
         self._auth_ok: dict[str, dt.datetime] = {}
+        self._auth_generation = 0  # bumped by every revocation this process makes
         self._auth_lock = threading.Lock()
         self._revocation_listeners: list[Callable[[str], None]] = []
 
@@ -230,23 +231,36 @@ class CertificateAuthority:
                 f"the certificate {caller.serial} you authenticated with is revoked"
             )
         old = x509.load_der_x509_certificate(current.der)
-        cns = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        old_lifetime = current.not_after - current.not_before - self.settings.backdate
-        default = min(max(old_lifetime, self.settings.min_validity), self.settings.max_validity)
+        if old.public_key() == csr.public_key:
+            raise InvalidRequest("renewal needs a new key: the CSR carries the current one")
         names = RequestedNames(
             current.identity,
             current.dns_names,
             tuple(ipaddress.ip_address(ip) for ip in current.ip_addresses),
         )
+        # Re-check the names against what their grantor may grant today, so that narrowing
+        # policy (or removing an admin) takes effect at the next renewal, not never.
+        check_request(self.policy, self._grantor(current.authorized_by), names)
+        cns = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        old_lifetime = current.not_after - current.not_before - self.settings.backdate
+        default = min(max(old_lifetime, self.settings.min_validity), self.settings.max_validity)
         return self._issue(
             public_key=csr.public_key,
             names=names,
             common_name=str(cns[0].value) if cns else None,
             lifetime=self._lifetime(validity, default),
             actor=caller.identity,
+            authorized_by=current.authorized_by,
             action="renew",
             detail=f"renews {caller.serial}",
         )
+
+    def _grantor(self, authorized_by: str) -> Caller:
+        """The authority behind a certificate's names, as a Caller for the policy checks. The
+        CA's own grants (init's admin credentials, the serving certificate) count as admin."""
+        if not authorized_by.startswith("spiffe://"):
+            return Caller(authorized_by, "", is_admin=True)
+        return Caller(authorized_by, "", is_admin=self.policy.is_admin(authorized_by))
 
     def issue_for(
         self,
@@ -297,6 +311,7 @@ class CertificateAuthority:
         lifetime: dt.timedelta,
         actor: str,
         action: str,
+        authorized_by: str = "",
         detail: str = "",
     ) -> Issued:
         now = utc_seconds(self.clock.now())
@@ -327,6 +342,7 @@ class CertificateAuthority:
                 der=cert.public_bytes(Encoding.DER),
                 requested_by=actor,
                 issued_at=now,
+                authorized_by=authorized_by or actor,
             )
             try:
                 # Stored (durably) before anyone sees it: nothing is handed out unrecorded.
@@ -340,22 +356,34 @@ class CertificateAuthority:
 
     # -- revocation -----------------------------------------------------------------------------
     def revoke(self, caller: Caller, serial_text: str, reason: Reason) -> tuple[str, dt.datetime]:
+        """Revoke with an RFC 5280 reason. certificateHold is revocable later with any other
+        reason, or released with removeFromCRL (admins only), as RFC 5280 5.3.1 describes."""
         serial = parse_serial(serial_text)
         record = self.store.get_certificate(serial)
         if record is None:
             raise NotFound(f"no certificate with serial {serial} was issued by this CA")
         check_may_revoke(caller, record.identity)
-        if record.status == "revoked":
-            raise AlreadyRevoked(f"certificate {serial} is already revoked")
         now = utc_seconds(self.clock.now())
-        outcome = self.store.revoke(
-            serial, now, reason, AuditEvent(now, "revoke", caller.identity, serial, reason.name)
-        )
-        if outcome is RevokeOutcome.ALREADY_REVOKED:
-            raise AlreadyRevoked(f"certificate {serial} is already revoked")
+        if reason is Reason.REMOVE_FROM_CRL:
+            check_is_admin(caller, "releasing a certificateHold (removeFromCRL)")
+            outcome = self.store.release_hold(
+                serial, AuditEvent(now, "release-hold", caller.identity, serial)
+            )
+            if outcome is RevokeOutcome.NOT_HELD:
+                raise Conflict(
+                    f"certificate {serial} is not on certificateHold; removeFromCRL only "
+                    "releases a hold"
+                )
+        else:
+            outcome = self.store.revoke(
+                serial, now, reason, AuditEvent(now, "revoke", caller.identity, serial, reason.name)
+            )
+            if outcome is RevokeOutcome.ALREADY_REVOKED:
+                raise AlreadyRevoked(f"certificate {serial} is already revoked")
         if outcome is RevokeOutcome.NOT_FOUND:
             raise NotFound(f"no certificate with serial {serial} was issued by this CA")
         with self._auth_lock:
+            self._auth_generation += 1  # also voids "good" answers read before this point
             self._auth_ok.pop(record.fingerprint_sha256, None)
         for listener in self._revocation_listeners:
             listener(serial)
@@ -446,6 +474,8 @@ class CertificateAuthority:
         if now > peer.not_after:  # RFC 5280: not_after itself is still within validity
             raise Unauthenticated(f"the client certificate {peer.serial} has expired")
         if not self._recently_good(peer.fingerprint, now):
+            with self._auth_lock:
+                generation = self._auth_generation
             record = self.store.get_certificate(peer.serial)
             # The very certificate we stored, not merely one with the same issuer name and serial.
             if record is None or record.fingerprint_sha256 != peer.fingerprint:
@@ -453,9 +483,10 @@ class CertificateAuthority:
             if record.status == "revoked":
                 raise Unauthenticated(f"the client certificate {peer.serial} has been revoked")
             with self._auth_lock:
-                if len(self._auth_ok) >= _AUTH_CACHE_MAX:
-                    self._auth_ok.clear()  # entries are cheap to rebuild; memory must stay bounded
-                self._auth_ok[peer.fingerprint] = now
+                if generation == self._auth_generation:  # no revocation raced our store read
+                    if len(self._auth_ok) >= _AUTH_CACHE_MAX:
+                        self._auth_ok.clear()  # cheap to rebuild; memory must stay bounded
+                    self._auth_ok[peer.fingerprint] = now
         return Caller(peer.identity, peer.serial, self.policy.is_admin(peer.identity))
 
     def _recently_good(self, fingerprint: str, now: dt.datetime) -> bool:

@@ -6,7 +6,8 @@ SignetError
 ├── PolicyViolation       the caller may not have what it asked for
 ├── Unauthenticated       no usable caller identity (unknown, revoked, expired)
 ├── NotFound              no such certificate
-├── AlreadyRevoked        a state conflict: the certificate is already revoked
+├── Conflict              the certificate's state does not allow it
+│   └── AlreadyRevoked    revoking a certificate that is already revoked
 ├── LimitExceeded         a size or rate limit
 └── ConfigurationError    the CA's own files or settings are unusable (start-up only)
 """
@@ -38,7 +39,11 @@ class NotFound(SignetError):
     pass
 
 
-class AlreadyRevoked(SignetError):
+class Conflict(SignetError):
+    pass
+
+
+class AlreadyRevoked(Conflict):
     pass
 
 

@@ -30,6 +30,9 @@ class CertificateRecord:
     der: bytes
     requested_by: str
     issued_at: dt.datetime
+    # Whose authority granted the names: the requester for SignCertificate, carried over on
+    # renewal, so a renewal can be re-checked against what that authority may grant today.
+    authorized_by: str = ""
     status: Status = "good"
     revoked_at: dt.datetime | None = None
     reason: Reason | None = None
@@ -47,6 +50,8 @@ class AuditEvent:
 class RevokeOutcome(enum.Enum):
     REVOKED = "revoked"
     ALREADY_REVOKED = "already_revoked"
+    RELEASED = "released"  # a certificateHold lifted
+    NOT_HELD = "not_held"
     NOT_FOUND = "not_found"
 
 
@@ -69,7 +74,12 @@ class Store(Protocol):
     def revoke(
         self, serial: str, revoked_at: dt.datetime, reason: Reason, audit: AuditEvent
     ) -> RevokeOutcome:
-        """Mark a good certificate revoked, with its audit event, atomically."""
+        """Mark a certificate revoked, with its audit event, atomically: a good one, or one on
+        certificateHold whose revocation becomes final (any reason but hold)."""
+        ...
+
+    def release_hold(self, serial: str, audit: AuditEvent) -> RevokeOutcome:
+        """Make a certificate on certificateHold good again (RELEASED), atomically."""
         ...
 
     def list_certificates(self, query: ListQuery) -> Sequence[CertificateRecord]:

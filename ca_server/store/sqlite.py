@@ -83,14 +83,19 @@ def _v2(db: sqlite_utils.Database) -> None:
     db.table("meta").insert({"key": "revocations", "value": str(revoked[0])})
 
 
+def _v3(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE certificates ADD COLUMN authorized_by TEXT")
+    db.execute("UPDATE certificates SET authorized_by = requested_by")
+
+
 # Selected by name so that migrations adding columns never shift _record's unpacking.
 _COLUMNS = (
     "serial, identity, dns_names, ip_addresses, not_before, not_after, status, revoked_at, "
-    "reason, fingerprint_sha256, der, requested_by, issued_at"
+    "reason, fingerprint_sha256, der, requested_by, issued_at, authorized_by"
 )
 
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -187,6 +192,7 @@ class SqliteStore:
             "der": record.der,
             "requested_by": record.requested_by,
             "issued_at": _epoch(record.issued_at),
+            "authorized_by": record.authorized_by,
         }
 
         def tx(db: sqlite_utils.Database) -> None:
@@ -210,23 +216,42 @@ class SqliteStore:
     def revoke(
         self, serial: str, revoked_at: dt.datetime, reason: Reason, audit: AuditEvent
     ) -> RevokeOutcome:
+        hold = int(Reason.CERTIFICATE_HOLD)
+
         def tx(db: sqlite_utils.Database) -> RevokeOutcome:
             cursor = db.execute(
                 "UPDATE certificates SET status = 'revoked', revoked_at = ?, reason = ? "
-                "WHERE serial = ? AND status = 'good'",
-                [_epoch(revoked_at), int(reason), serial],
+                "WHERE serial = ? AND (status = 'good' OR (reason = ? AND ? != ?))",
+                [_epoch(revoked_at), int(reason), serial, hold, int(reason), hold],
             )
             if cursor.rowcount == 1:
-                db.execute(
-                    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revocations'"
-                )
-                self._append_audit(db, audit)
+                self._changed_revocations(db, audit)
                 return RevokeOutcome.REVOKED
             exists = db.execute("SELECT 1 FROM certificates WHERE serial = ?", [serial]).fetchone()
             return RevokeOutcome.ALREADY_REVOKED if exists else RevokeOutcome.NOT_FOUND
 
         outcome: RevokeOutcome = self._write(tx)
         return outcome
+
+    def release_hold(self, serial: str, audit: AuditEvent) -> RevokeOutcome:
+        def tx(db: sqlite_utils.Database) -> RevokeOutcome:
+            cursor = db.execute(
+                "UPDATE certificates SET status = 'good', revoked_at = NULL, reason = NULL "
+                "WHERE serial = ? AND status = 'revoked' AND reason = ?",
+                [serial, int(Reason.CERTIFICATE_HOLD)],
+            )
+            if cursor.rowcount == 1:
+                self._changed_revocations(db, audit)
+                return RevokeOutcome.RELEASED
+            exists = db.execute("SELECT 1 FROM certificates WHERE serial = ?", [serial]).fetchone()
+            return RevokeOutcome.NOT_HELD if exists else RevokeOutcome.NOT_FOUND
+
+        outcome: RevokeOutcome = self._write(tx)
+        return outcome
+
+    def _changed_revocations(self, db: sqlite_utils.Database, audit: AuditEvent) -> None:
+        db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revocations'")
+        self._append_audit(db, audit)
 
     def list_certificates(self, query: ListQuery) -> Sequence[CertificateRecord]:
         where, params = [], []  # type: list[str], list[Any]
@@ -295,7 +320,22 @@ class SqliteStore:
     # -- helpers -------------------------------------------------------------------------------
     @staticmethod
     def _record(row: sqlite3.Row | tuple[Any, ...]) -> CertificateRecord:
-        serial, identity, dns, ips, nb, na, status, revoked_at, reason, fp, der, by, issued = row
+        (
+            serial,
+            identity,
+            dns,
+            ips,
+            nb,
+            na,
+            status,
+            revoked_at,
+            reason,
+            fp,
+            der,
+            by,
+            issued,
+            auth,
+        ) = row
         st: Status = "revoked" if status == "revoked" else "good"
         return CertificateRecord(
             serial=serial,
@@ -308,6 +348,7 @@ class SqliteStore:
             der=der,
             requested_by=by or "",
             issued_at=_from_epoch(issued),
+            authorized_by=auth or "",
             status=st,
             revoked_at=_from_epoch(revoked_at) if revoked_at is not None else None,
             reason=Reason(reason) if reason is not None else None,
