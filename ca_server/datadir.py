@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +13,9 @@ from .config import CaConfig, load_config, render_default_config
 from .core.authority import CertificateAuthority
 from .core.clock import Clock, SystemClock, utc_seconds
 from .core.errors import ConfigurationError
-from .core.keys import generate_key, load_private_key, write_private_key
+from .core.keys import generate_key
 from .core.profile import Issuer, build_intermediate, build_root, ca_name, pem
+from .files import atomic_write, load_private_key, write_private_key
 from .store import AuditEvent, Store, open_store
 
 ROOT_VALIDITY = dt.timedelta(days=3650)
@@ -68,9 +68,7 @@ class DataDir:
 
 
 def write_public(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text.encode())
 
 
 def init_ca(

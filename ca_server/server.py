@@ -20,6 +20,7 @@ from .api.reflection import enable_reflection
 from .api.servicer import CertificateAuthorityServicer
 from .core.errors import ConfigurationError
 from .datadir import DataDir, LoadedCa
+from .files import atomic_write
 from .serving import ServingCertificate
 
 log = structlog.get_logger("signet.server")
@@ -77,12 +78,6 @@ def start_server(ca: LoadedCa) -> RunningServer:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = _bound_address(settings.listen, port)
     serve_json = DataDir(ca.config.data_dir).serve_json
-    _write_serve_json(serve_json, {"listen": address, "pid": os.getpid()})
+    atomic_write(serve_json, json.dumps({"listen": address, "pid": os.getpid()}).encode() + b"\n")
     log.info("server_ready", listen=address, trust_domain=ca.config.trust_domain)
     return RunningServer(server, health_servicer, serving, address, serve_json)
-
-
-def _write_serve_json(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

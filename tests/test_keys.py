@@ -20,10 +20,9 @@ from ca_server.core.keys import (
     SigningKey,
     check_subject_key,
     generate_key,
-    load_private_key,
     signature_hash,
-    write_private_key,
 )
+from ca_server.files import load_private_key, write_private_key
 
 PASSPHRASE = b"correct horse battery staple"
 
@@ -260,12 +259,13 @@ def test_encrypted_key_with_wrong_passphrase_is_configuration_error(encrypted_ke
     assert str(info.value) == f"cannot load {encrypted_key}: wrong passphrase or damaged key"
 
 
-def test_unencrypted_key_loads_even_when_a_passphrase_is_given(
+def test_a_passphrase_for_an_unencrypted_key_is_refused_not_ignored(
     tmp_path: Path, ec_key: SigningKey
 ) -> None:
     path = tmp_path / "ca.key"
     write_private_key(path, ec_key)
-    assert public_der(load_private_key(path, PASSPHRASE)) == public_der(ec_key)
+    with pytest.raises(ConfigurationError, match="not encrypted"):
+        load_private_key(path, PASSPHRASE)
 
 
 def test_empty_passphrase_writes_an_unencrypted_key(tmp_path: Path, ec_key: SigningKey) -> None:

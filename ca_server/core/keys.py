@@ -1,22 +1,17 @@
-"""Key types the CA uses and accepts, and how private keys live on disk (0600, optionally
-encrypted with PKCS#8 under a passphrase)."""
+"""Key types the CA uses and accepts, and the digests it signs with."""
 
 from __future__ import annotations
 
-import os
-import stat
-from pathlib import Path
 from typing import Literal
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
-    PrivateKeyTypes,
 )
 
-from .errors import ConfigurationError, WeakKey
+from .errors import WeakKey
 
 KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"]
 CA_KEY_TYPES: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa-3072", "ed25519")
@@ -72,54 +67,3 @@ def check_subject_key(key: CertificatePublicKeyTypes) -> None:
     raise WeakKey(
         f"key type {type(key).__name__} is not allowed: use EC P-256/P-384, RSA >= 2048 or Ed25519"
     )
-
-
-def write_private_key(path: Path, key: PrivateKeyTypes, passphrase: bytes | None = None) -> None:
-    """Write a PKCS#8 PEM key created 0600 from the start (never briefly world-readable)."""
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase)
-        if passphrase
-        else serialization.NoEncryption()
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    # A stale or planted temp file (or symlink) must not lend us its mode: start from nothing.
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def check_key_file_mode(path: Path) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ConfigurationError(
-            f"refusing to use {path}: it is readable by group or others (mode {mode:04o}); "
-            f"run: chmod 600 {path}"
-        )
-
-
-def load_private_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
-    if not path.exists():
-        raise ConfigurationError(f"key file {path} does not exist")
-    check_key_file_mode(path)
-    data = path.read_bytes()
-    encrypted = b"ENCRYPTED" in data.split(b"\n", 1)[0]
-    if encrypted and not passphrase:
-        raise ConfigurationError(
-            f"{path} is encrypted: set SIGNET_CA_PASSPHRASE or pass --passphrase-file"
-        )
-    try:
-        key = serialization.load_pem_private_key(data, passphrase if encrypted else None)
-    except (ValueError, TypeError) as exc:
-        raise ConfigurationError(f"cannot load {path}: wrong passphrase or damaged key") from exc
-    if not isinstance(key, SigningKey):
-        raise ConfigurationError(f"{path} holds an unsupported key type {type(key).__name__}")
-    return key

@@ -1,0 +1,78 @@
+"""Files on disk: atomic writes (temp + fsync + rename) and private keys (0600, optionally
+encrypted PKCS#8), refused when group- or world-readable."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from .core.errors import ConfigurationError
+from .core.keys import SigningKey
+
+PASSPHRASE_HINT = "set SIGNET_CA_PASSPHRASE or pass --passphrase-file"  # noqa: S105 - a hint
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace path with data so that readers see the old file or the new one, never a mix,
+    and the new one is created with `mode` from its first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    # A stale or planted temp file (or symlink) must not lend us its mode: start from nothing.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def write_private_key(path: Path, key: PrivateKeyTypes, passphrase: bytes | None = None) -> None:
+    """Write a PKCS#8 PEM key, mode 0600, encrypted with the best available cipher if a
+    passphrase is given."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+    atomic_write(path, pem, 0o600)
+
+
+def check_key_file_mode(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigurationError(
+            f"refusing to use {path}: it is readable by group or others (mode {mode:04o}); "
+            f"run: chmod 600 {path}"
+        )
+
+
+def load_private_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
+    if not path.exists():
+        raise ConfigurationError(f"key file {path} does not exist")
+    check_key_file_mode(path)
+    data = path.read_bytes()
+    encrypted = b"ENCRYPTED" in data.split(b"\n", 1)[0]
+    if encrypted and not passphrase:
+        raise ConfigurationError(f"{path} is encrypted: {PASSPHRASE_HINT}")
+    if passphrase and not encrypted:
+        # Silently accepting would let an operator believe the keys are encrypted at rest.
+        raise ConfigurationError(
+            f"a passphrase was given but {path} is not encrypted; unset SIGNET_CA_PASSPHRASE / "
+            "--passphrase-file, or re-create the CA with a passphrase"
+        )
+    try:
+        key = serialization.load_pem_private_key(data, passphrase)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"cannot load {path}: wrong passphrase or damaged key") from exc
+    if not isinstance(key, SigningKey):
+        raise ConfigurationError(f"{path} holds an unsupported key type {type(key).__name__}")
+    return key
