@@ -106,7 +106,7 @@ def _init(data_dir: Path, args: argparse.Namespace) -> None:
         trust_domain=boot.trust_domain,
         key_type=boot.key_type,
         passphrase=_passphrase(args),
-        store_url=args.store or _env("store"),
+        store_url=boot.server.store or None,
     )
     log.info("ca_initialised", data_dir=str(data_dir), trust_domain=boot.trust_domain)
 
@@ -142,12 +142,13 @@ def grpcurl_command(data_dir: Path, address: str) -> str:
 
 def _serve(data_dir: Path, args: argparse.Namespace) -> int:
     d = DataDir(data_dir)
-    if d.is_empty_or_missing():
-        _init(data_dir, args)
-    elif not d.exists():
+    if not d.is_empty_or_missing() and not d.exists():
         raise ConfigurationError(
             f"{data_dir} is not empty and holds no Signet CA (no config.toml or root.pem)"
         )
+    lock = d.lock()  # held until we exit: one server per data directory, init included
+    if not d.exists():
+        _init(data_dir, args)
     config = load_config(data_dir, _overrides(args))
     configure_logging(config.server.log_level)
     ca = load_ca(config, _passphrase(args))
@@ -161,6 +162,7 @@ def _serve(data_dir: Path, args: argparse.Namespace) -> int:
     log.info("shutting_down", grace_seconds=config.server.shutdown_grace.total_seconds())
     running.stop(config.server.shutdown_grace.total_seconds())
     ca.store.close()
+    lock.close()
     log.info("stopped")
     return 0
 

@@ -16,7 +16,7 @@ from .core.authority import IssuanceSettings
 from .core.durations import format_duration, parse_duration
 from .core.errors import ConfigurationError
 from .core.keys import CA_KEY_TYPES
-from .core.names import parse_spiffe_id, validate_trust_domain
+from .core.names import normalize_dns_name, parse_spiffe_id, validate_trust_domain
 from .core.policy import Policy, WorkloadRule
 from .core.profile import PublicUrls
 
@@ -154,6 +154,16 @@ def _networks(
         raise ConfigurationError(f"config.toml {where}: {exc}") from None
 
 
+def _check_server_name(name: str) -> None:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        try:
+            normalize_dns_name(name)
+        except ValueError as exc:
+            raise ConfigurationError(f"server name {name!r}: {exc}") from None
+
+
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(
@@ -256,9 +266,17 @@ def load_config(
     server_names = pick("server_name", srv.get("server_names", []))
     if isinstance(server_names, str):
         server_names = [n.strip() for n in server_names.split(",") if n.strip()]
+    for name in server_names:
+        _check_server_name(str(name))
     log_level = str(pick("log_level", srv.get("log_level", "info"))).lower()
     if log_level not in {"debug", "info", "warning", "error"}:
         raise ConfigurationError(f"log_level {log_level!r}: choose debug, info, warning or error")
+    store = str(pick("store", srv.get("store", "")))
+    if store and not store.startswith("sqlite:///"):
+        raise ConfigurationError(
+            f"unsupported store URL {store!r}: use sqlite:///<path> (the default is "
+            "<data-dir>/ca.db)"
+        )
     defaults = ServerSettings()
     server = ServerSettings(
         listen=str(pick("listen", srv.get("listen", DEFAULT_LISTEN))),
@@ -267,7 +285,7 @@ def load_config(
         serving_validity=srv.duration("serving_validity", defaults.serving_validity),
         shutdown_grace=srv.duration("shutdown_grace", defaults.shutdown_grace),
         max_workers=_positive_int(srv.get("max_workers", defaults.max_workers), "max_workers"),
-        store=str(pick("store", srv.get("store", ""))),
+        store=store,
     )
     public_url = pick("public_url", srv.get("public_url"))
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -60,11 +63,37 @@ class DataDir:
     def serve_json(self) -> Path:
         return self.path / "serve.json"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "serve.lock"
+
     def exists(self) -> bool:
         return self.config.exists() or self.root_cert.exists()
 
     def is_empty_or_missing(self) -> bool:
-        return not self.path.exists() or not any(self.path.iterdir())
+        if not self.path.exists():
+            return True
+        return all(p == self.lock_file for p in self.path.iterdir())
+
+    def lock(self) -> IO[str]:
+        """Take the data directory's serve lock (released when the process exits), or raise
+        ConfigurationError naming the process that holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_file, "a+")  # noqa: SIM115 - held for the process's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigurationError(
+                f"{self.path} is already being served (pid {holder}); stop that server first"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
 
 
 def write_public(path: Path, text: str) -> None:

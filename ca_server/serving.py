@@ -53,6 +53,7 @@ class ServingCertificate:
         self._renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._config: grpc.ServerCertificateConfiguration | None = None
         self._rotate()
+        authority.on_revocation(self._on_revocation)
 
     @property
     def current(self) -> Issued:
@@ -96,6 +97,12 @@ class ServingCertificate:
             serial=issued.serial,
             not_after=issued.not_after.isoformat(),
         )
+
+    def _on_revocation(self, serial: str) -> None:
+        """Someone revoked our own certificate: replace it at the next handshake."""
+        if serial == self.current.serial:
+            log.warning("serving_certificate_revoked", serial=serial)
+            self._renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """gRPC calls this at each new handshake: a new configuration, or None to keep the old."""

@@ -10,6 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from ca_server.core.authority import CertificateAuthority
@@ -480,7 +481,7 @@ def test_expired_caller_is_refused(ca: CaServer) -> None:
 
 def test_each_rpc_logs_one_line_without_secrets(ca: CaServer, admin) -> None:
     key, csr = make_csr(uris=[spiffe("web/logged")])
-    with capture_logs() as logs:
+    with capture_logs(processors=[merge_contextvars]) as logs:
         reply = admin.SignCertificate(_sign_request(csr), timeout=30)
         _call_code(admin.SignCertificate, _sign_request("garbage"))
     rpc = [e for e in logs if e["event"] == "rpc" and e["method"].endswith("/SignCertificate")]

@@ -4,11 +4,12 @@ rules, renewal, revocation, status/OCSP, the CRL cache, caller authentication an
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ca_server.core.clock import FakeClock
 from ca_server.core.durations import format_duration
 from ca_server.core.errors import (
     AlreadyRevoked,
+    Conflict,
     InvalidRequest,
     NotFound,
     PolicyViolation,
@@ -930,3 +932,142 @@ def test_page_size_zero_means_the_default_page(authority: CertificateAuthority) 
     page = authority.list_certificates(ADMIN, None, None, 0, "")
     assert sorted(r.serial for r in page.records) == sorted(i.serial for i in issued)
     assert page.next_page_token == ""
+
+
+# -- certificateHold and removeFromCRL (RFC 5280 5.3.1) -------------------------------------------
+
+
+def test_a_held_certificate_can_be_released_by_an_admin_and_leaves_the_crl(
+    authority: CertificateAuthority, pki: Pki
+) -> None:
+    issued = issue(authority)
+    authority.revoke(ADMIN, issued.serial, Reason.CERTIFICATE_HOLD)
+    assert issued.serial in hex_serials(load_crl(authority.crl().der, pki))
+    authority.revoke(ADMIN, issued.serial, Reason.REMOVE_FROM_CRL)
+    assert authority.status(issued.serial).answer.status is CertStatus.GOOD
+    assert issued.serial not in hex_serials(load_crl(authority.crl().der, pki))
+    assert authority.authenticate(peer(issued)).serial == issued.serial
+    actions = [e.action for e in authority.store.audit_events(10) if e.serial == issued.serial]
+    assert actions[:2] == ["release-hold", "revoke"]
+
+
+def test_a_hold_can_be_made_final_with_another_reason(authority: CertificateAuthority) -> None:
+    issued = issue(authority)
+    authority.revoke(ADMIN, issued.serial, Reason.CERTIFICATE_HOLD)
+    authority.revoke(ADMIN, issued.serial, Reason.KEY_COMPROMISE)
+    answer = authority.status(issued.serial).answer
+    assert answer.status is CertStatus.REVOKED and answer.reason is Reason.KEY_COMPROMISE
+    with pytest.raises(Conflict, match="not on certificateHold"):
+        authority.revoke(ADMIN, issued.serial, Reason.REMOVE_FROM_CRL)
+
+
+def test_holding_twice_is_already_revoked(authority: CertificateAuthority) -> None:
+    issued = issue(authority)
+    authority.revoke(ADMIN, issued.serial, Reason.CERTIFICATE_HOLD)
+    with pytest.raises(AlreadyRevoked):
+        authority.revoke(ADMIN, issued.serial, Reason.CERTIFICATE_HOLD)
+
+
+def test_remove_from_crl_on_a_good_certificate_is_a_conflict(
+    authority: CertificateAuthority,
+) -> None:
+    issued = issue(authority)
+    with pytest.raises(Conflict, match="not on certificateHold"):
+        authority.revoke(ADMIN, issued.serial, Reason.REMOVE_FROM_CRL)
+
+
+def test_a_workload_may_not_release_a_hold_on_its_own_certificate(
+    authority: CertificateAuthority,
+) -> None:
+    issued = issue(authority)
+    holder = caller_of(authority, issued)
+    authority.revoke(ADMIN, issued.serial, Reason.CERTIFICATE_HOLD)
+    with pytest.raises(PolicyViolation, match="admin"):
+        authority.revoke(holder, issued.serial, Reason.REMOVE_FROM_CRL)
+
+
+# -- renewal re-checks policy -------------------------------------------------------------------
+
+
+def test_renewal_needs_a_new_key(authority: CertificateAuthority) -> None:
+    key, csr = make_csr(uris=[WEB_ID])
+    issued = authority.sign(ADMIN, csr, None)
+    _, same_key_csr = make_csr(key)
+    with pytest.raises(InvalidRequest, match="new key"):
+        authority.renew(caller_of(authority, issued), same_key_csr, None)
+
+
+def test_renewal_of_self_granted_names_follows_narrowed_workload_policy(
+    pki: Pki, store: SqliteStore, clock: FakeClock, authority: CertificateAuthority
+) -> None:
+    workload = caller_of(authority, issue(authority))
+    _, csr = make_csr(uris=[WEB_ID], dns=["a.web.internal"])
+    own = authority.sign(workload, csr, None)  # granted by the workload's own policy entry
+    narrowed = CertificateAuthority(
+        store=store,
+        clock=clock,
+        issuer=pki.issuer,
+        root=pki.root,
+        policy=dataclasses.replace(POLICY, workloads=()),
+    )
+    with pytest.raises(PolicyViolation, match=r"a\.web\.internal"):
+        narrowed.renew(narrowed.authenticate(peer(own)), make_csr()[1], None)
+    # Under the unchanged policy the same renewal goes through.
+    renewed = authority.renew(caller_of(authority, own), make_csr()[1], None)
+    assert san(renewed.certificate).get_values_for_type(x509.DNSName) == ["a.web.internal"]
+
+
+def test_renewal_of_admin_granted_names_survives_workload_policy_but_not_admin_removal(
+    pki: Pki, store: SqliteStore, clock: FakeClock, authority: CertificateAuthority
+) -> None:
+    granted = issue(authority, dns=("payments.bank.internal",))  # outside any workload rule
+    no_workloads = CertificateAuthority(
+        store=store,
+        clock=clock,
+        issuer=pki.issuer,
+        root=pki.root,
+        policy=dataclasses.replace(POLICY, workloads=()),
+    )
+    renewed = no_workloads.renew(no_workloads.authenticate(peer(granted)), make_csr()[1], None)
+    assert san(renewed.certificate).get_values_for_type(x509.DNSName) == ["payments.bank.internal"]
+    no_admins = CertificateAuthority(
+        store=store,
+        clock=clock,
+        issuer=pki.issuer,
+        root=pki.root,
+        policy=dataclasses.replace(POLICY, admins=()),
+    )
+    with pytest.raises(PolicyViolation):
+        no_admins.renew(no_admins.authenticate(peer(renewed)), make_csr()[1], None)
+
+
+# -- the auth cache and concurrent revocation ----------------------------------------------------
+
+
+class _RevokeDuringRead(SqliteStore):
+    """A real store that lets a revocation land between authenticate()'s read and its
+    caching of the answer: the interleaving a second RPC thread can produce."""
+
+    hook: Callable[[], None] | None = None
+
+    def get_certificate(self, serial: str) -> CertificateRecord | None:
+        record = super().get_certificate(serial)
+        hook, self.hook = self.hook, None
+        if hook:
+            hook()
+        return record
+
+
+def test_a_revocation_racing_the_auth_store_read_is_not_cached_as_good(
+    pki: Pki, clock: FakeClock, tmp_path: Path
+) -> None:
+    store = _RevokeDuringRead(tmp_path / "race.db")
+    try:
+        authority = make_authority(pki, store, clock)
+        issued = issue(authority)
+        store.hook = lambda: authority.revoke(ADMIN, issued.serial, Reason.KEY_COMPROMISE)
+        authority.authenticate(peer(issued))  # read "good" just before the revocation landed
+        with pytest.raises(Unauthenticated, match="revoked"):
+            authority.authenticate(peer(issued))
+    finally:
+        store.close()

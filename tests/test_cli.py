@@ -408,3 +408,43 @@ def test_second_server_on_a_port_already_in_use_exits_1_saying_cannot_listen(
         listed = grpcurl.run("list")
         assert SERVICE in listed.stdout.split(), listed.stdout + listed.stderr
         assert first.terminate() == 0, first.stderr
+
+
+def test_second_server_on_the_same_data_directory_is_refused_and_leaves_serve_json(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "ca-data"
+    with serving("--data-dir", data, "--listen", "127.0.0.1:0", cwd=tmp_path) as first:
+        first.wait_for_line(TRY_IT)
+        served = _serve_json(data)
+        second = _serve_refused("--data-dir", data, "--listen", "127.0.0.1:0", cwd=tmp_path)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert "already being served" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert _serve_json(data) == served  # the first server's file is untouched
+        assert first.terminate() == 0, first.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [
+        ("--store", "postgresql://db.example/signet", "unsupported store URL"),
+        ("--server-name", "bad_name!", "server name 'bad_name!'"),
+    ],
+)
+def test_bad_flag_values_exit_1_with_a_message_not_a_traceback(
+    tmp_path: Path, flag: str, value: str, needle: str
+) -> None:
+    result = _serve_refused(
+        "--data-dir", tmp_path / "ca-data", "--listen", "127.0.0.1:0", flag, value, cwd=tmp_path
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unsupported_store_url_fails_before_anything_is_written(tmp_path: Path) -> None:
+    data = tmp_path / "ca-data"
+    result = _serve_refused("--data-dir", data, "--store", "postgresql://x/y", cwd=tmp_path)
+    assert result.returncode == 1
+    assert not (data / "config.toml").exists() and not (data / "root.pem").exists()

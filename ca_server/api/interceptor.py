@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
-from ..core.errors import SignetError
+from ..core.errors import InvalidRequest, SignetError
 from .errors import status_for
 
 log = structlog.get_logger("signet.rpc")
@@ -33,21 +34,23 @@ class RpcInterceptor(_ServerInterceptor):
             return handler
         method: str = handler_call_details.method
         behavior = handler.unary_unary
+        deserialize = handler.request_deserializer or (lambda raw: raw)
 
-        def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-            return _call(method, behavior, request, context)
+        # The request arrives as bytes and is parsed inside _call: grpcio would answer a
+        # malformed message (e.g. a string field that is not UTF-8) with INTERNAL.
+        def wrapper(raw: bytes, context: grpc.ServicerContext) -> Any:
+            return _call(method, behavior, deserialize, raw, context)
 
         return grpc.unary_unary_rpc_method_handler(
-            wrapper,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            wrapper, response_serializer=handler.response_serializer
         )
 
 
 def _call(
     method: str,
     behavior: Callable[[Any, grpc.ServicerContext], Any],
-    request: Any,
+    deserialize: Callable[[bytes], Any],
+    raw: bytes,
     context: grpc.ServicerContext,
 ) -> Any:
     structlog.contextvars.clear_contextvars()
@@ -55,6 +58,10 @@ def _call(
     code = grpc.StatusCode.OK
     message = None
     try:
+        try:
+            request = deserialize(raw)
+        except DecodeError as exc:
+            raise InvalidRequest(f"the request is not a valid protobuf message: {exc}") from None
         return behavior(request, context)
     except SignetError as exc:
         code, message = status_for(exc), str(exc)
@@ -71,7 +78,6 @@ def _call(
         level = "info" if method.startswith(_OUR_SERVICE) else "debug"
         getattr(log, level)(
             "rpc",
-            **structlog.contextvars.get_contextvars(),  # caller and serial, bound by the servicer
             method=method,
             peer=context.peer(),
             code=code.name,

@@ -15,6 +15,7 @@ from ..core.authority import CertificateAuthority, Issued
 from ..core.errors import InvalidRequest, Unauthenticated
 from ..core.ocsp import CertStatus
 from ..core.policy import Caller
+from ..core.profile import serial_hex
 from ..core.revocation import Reason
 from ..store.base import CertificateRecord
 
@@ -111,17 +112,17 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             raise InvalidRequest(
                 f"reason {request.reason} is not an RFC 5280 reason code"
             ) from None
-        structlog.contextvars.bind_contextvars(serial=request.serial_number)
         serial, revoked_at = self._ca.revoke(caller, request.serial_number, reason)
+        structlog.contextvars.bind_contextvars(serial=serial)
         return ca_pb2.RevokeCertificateResponse(serial_number=serial, revoked_at=_ts(revoked_at))
 
     def GetCertificateStatus(
         self, request: ca_pb2.GetCertificateStatusRequest, context: grpc.ServicerContext
     ) -> ca_pb2.GetCertificateStatusResponse:
         self._caller(context)
-        structlog.contextvars.bind_contextvars(serial=request.serial_number)
         result = self._ca.status(request.serial_number)
         a = result.answer
+        structlog.contextvars.bind_contextvars(serial=serial_hex(a.serial))
         return ca_pb2.GetCertificateStatusResponse(
             status=_STATUS[a.status],
             revoked_at=_ts(a.revoked_at),
@@ -165,11 +166,12 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             status = "revoked"
         else:
             raise InvalidRequest("status filter must be GOOD or REVOKED (or unset for all)")
-        expiring_before = (
-            request.expiring_before.ToDatetime(dt.UTC)
-            if request.HasField("expiring_before")
-            else None
-        )
+        expiring_before = None
+        if request.HasField("expiring_before"):
+            try:
+                expiring_before = request.expiring_before.ToDatetime(dt.UTC)
+            except (ValueError, OverflowError):
+                raise InvalidRequest("expiring_before is not a valid timestamp") from None
         page = self._ca.list_certificates(
             caller, status, expiring_before, request.page_size, request.page_token
         )

@@ -6,16 +6,30 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any, cast
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import NameOID, PublicKeyAlgorithmOID
 
-from .errors import InvalidRequest, LimitExceeded
+from .errors import InvalidRequest, LimitExceeded, WeakKey
 from .keys import check_subject_key
 from .names import IPAddress, normalize_dns_name, parse_spiffe_id
 
 MAX_CSR_BYTES = 64 * 1024
+_KNOWN = {  # names for the refusals people are likely to meet
+    "1.2.840.113549.1.1.10": "RSASSA-PSS ",
+    "1.2.840.10040.4.1": "DSA ",
+    "1.3.101.113": "Ed448 ",
+    "1.3.101.110": "X25519 ",
+    "1.3.101.111": "X448 ",
+}
+_ALLOWED_KEY_ALGORITHMS = {
+    PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5,
+    PublicKeyAlgorithmOID.EC_PUBLIC_KEY,
+    PublicKeyAlgorithmOID.ED25519,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +54,19 @@ def parse_csr(csr_pem: str) -> ParsedCsr:
         csr = x509.load_pem_x509_csr(data)
     except ValueError as exc:
         raise InvalidRequest(f"csr_pem could not be parsed as a PKCS#10 CSR: {exc}") from exc
+    # By algorithm first: an RSA-PSS key would otherwise load as plain RSA and be certified
+    # for uses (key encipherment) its algorithm forbids (RFC 4055).
+    algorithm = cast(Any, csr).public_key_algorithm_oid  # present at run time, not in the stubs
+    if algorithm not in _ALLOWED_KEY_ALGORITHMS:
+        raise WeakKey(
+            f"public key algorithm {_KNOWN.get(algorithm.dotted_string, '')}"
+            f"({algorithm.dotted_string}) is not allowed: "
+            "use EC P-256/P-384, RSA (rsaEncryption) >= 2048 or Ed25519"
+        )
     try:
         public_key = csr.public_key()
-    except (ValueError, x509.UnsupportedGeneralNameType) as exc:
-        raise InvalidRequest(f"CSR public key is not usable: {exc}") from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise WeakKey(f"CSR public key is not usable: {exc}") from exc
     check_subject_key(public_key)
     if not csr.is_signature_valid:
         raise InvalidRequest(

@@ -182,7 +182,8 @@ def leaf_subject(
     """Keep the requested CN only when it repeats a granted name: the SANs are what count,
     and a CN that is not among them would assert a name policy never checked."""
     granted = {*dns_names, *(str(ip) for ip in ips)}
-    if common_name and common_name.lower() in granted:
+    # X.520 caps a CN at 64 characters; a longer DNS name is carried by the SAN alone.
+    if common_name and common_name.lower() in granted and len(common_name) <= 64:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name.lower())])
     return x509.Name([])
 

@@ -1,5 +1,6 @@
 """Storage: the interface the core receives (``Store``) and its implementations."""
 
+from ..core.errors import ConfigurationError
 from .base import (
     AuditEvent,
     CertificateRecord,
@@ -26,4 +27,4 @@ def open_store(url: str) -> Store:
         from .sqlite import SqliteStore
 
         return SqliteStore(url.removeprefix("sqlite:///"))
-    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///<path>")
+    raise ConfigurationError(f"unsupported store URL {url!r}: use sqlite:///<path>")
