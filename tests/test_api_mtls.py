@@ -8,7 +8,8 @@ import datetime as dt
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
@@ -28,6 +29,7 @@ from ca_server.core.profile import (
 from signet.ca.v1 import ca_pb2
 from tests.conftest import CaServer, Credentials
 from tests.pki import key_pem, make_csr, make_key, spiffe
+from tests.tools import openssl
 
 
 def _call_code(fn, request) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
@@ -494,3 +496,100 @@ def test_each_rpc_logs_one_line_without_secrets(ca: CaServer, admin) -> None:
     text = repr(logs)
     assert "-----BEGIN" not in text  # no key, CSR or certificate in any log line
     assert key_pem(key).decode() not in text
+
+
+def test_a_request_that_is_not_valid_protobuf_is_invalid_argument(ca: CaServer) -> None:
+    # csr_pem (field 1, a proto3 string) holding bytes that are not UTF-8.
+    raw = b"\x0a\x02\xff\xfe"
+    with ca.admin_channel() as ch:
+        call = ch.unary_unary(
+            "/signet.ca.v1.CertificateAuthority/SignCertificate",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        code, details = _call_code(call, raw)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "protobuf" in details
+
+
+@pytest.mark.parametrize("seconds", [10**13, -(10**12)])
+def test_an_out_of_range_timestamp_is_invalid_argument(admin, seconds: int) -> None:
+    request = ca_pb2.ListCertificatesRequest()
+    request.expiring_before.seconds = seconds
+    code, details = _call_code(admin.ListCertificates, request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expiring_before" in details
+
+
+@pytest.mark.parametrize(
+    ("genpkey", "needle"),
+    [
+        (["-algorithm", "RSA-PSS", "-pkeyopt", "rsa_keygen_bits:2048"], "RSASSA-PSS"),
+        (["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:sect283k1"], "not"),
+    ],
+    ids=["rsa-pss", "sect283k1"],
+)
+def test_keys_of_other_algorithms_are_refused_not_internal(
+    admin, tmp_path, genpkey: list[str], needle: str
+) -> None:
+    key, csr = tmp_path / "k.pem", tmp_path / "r.csr"
+    openssl("genpkey", *genpkey, "-out", key)
+    openssl(
+        "req", "-new", "-key", key, "-out", csr, "-subj", "/CN=x",
+        "-addext", f"subjectAltName=URI:{spiffe('web/odd')}",
+    )  # fmt: skip
+    code, details = _call_code(admin.SignCertificate, _sign_request(csr.read_text()))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in details
+
+
+@pytest.mark.filterwarnings("ignore:Attribute's length must be")
+def test_a_cn_longer_than_64_characters_is_left_to_the_san(admin) -> None:
+    long_name = ".".join(["a" * 60, "b" * 60, "web", "internal"])
+    key = make_key()
+    # cryptography refuses to build such a CN unless told not to; other tools are less careful.
+    cn = x509.NameAttribute(NameOID.COMMON_NAME, long_name, _validate=False)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([cn]))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(spiffe("web/long")), x509.DNSName(long_name)]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    reply = admin.SignCertificate(_sign_request(csr), timeout=30)
+    cert = x509.load_pem_x509_certificate(reply.certificate_pem.encode())
+    assert len(cert.subject) == 0
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert san.critical and san.value.get_values_for_type(x509.DNSName) == [long_name]
+
+
+def test_hold_and_release_through_the_api(ca: CaServer, admin) -> None:
+    creds = ca.issue("web/held")
+    admin.RevokeCertificate(
+        ca_pb2.RevokeCertificateRequest(serial_number=creds.serial, reason=ca_pb2.CERTIFICATE_HOLD),
+        timeout=30,
+    )
+    held = admin.GetCertificateStatus(
+        ca_pb2.GetCertificateStatusRequest(serial_number=creds.serial), timeout=30
+    )
+    assert (held.status, held.reason) == (ca_pb2.REVOKED, ca_pb2.CERTIFICATE_HOLD)
+    admin.RevokeCertificate(
+        ca_pb2.RevokeCertificateRequest(serial_number=creds.serial, reason=ca_pb2.REMOVE_FROM_CRL),
+        timeout=30,
+    )
+    released = admin.GetCertificateStatus(
+        ca_pb2.GetCertificateStatusRequest(serial_number=creds.serial), timeout=30
+    )
+    assert released.status == ca_pb2.GOOD
+    code, details = _call_code(
+        admin.RevokeCertificate,
+        ca_pb2.RevokeCertificateRequest(serial_number=creds.serial, reason=ca_pb2.REMOVE_FROM_CRL),
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not on certificateHold" in details

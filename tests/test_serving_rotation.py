@@ -79,3 +79,18 @@ def test_server_names_are_added_to_the_serving_certificate(tmp_path: Path) -> No
         ]
     finally:
         stop_ca(ca)
+
+
+def test_a_revoked_serving_certificate_is_replaced_at_the_next_handshake(tmp_path: Path) -> None:
+    ca = start_ca(tmp_path / "ca-data")
+    try:
+        first = ca.running.serving.current.serial
+        with ca.admin_channel() as ch:
+            ca.stub(ch).RevokeCertificate(
+                ca_pb2.RevokeCertificateRequest(serial_number=first, reason=ca_pb2.KEY_COMPROMISE),
+                timeout=10,
+            )
+        assert _presented_serial(ca, tmp_path) != int(first, 16)
+        assert ca.running.serving.current.serial != first
+    finally:
+        stop_ca(ca)
