@@ -99,8 +99,14 @@ min_validity = "{d(i.min_validity)}"
 backdate = "{d(i.backdate)}"
 # How long a CRL is valid (nextUpdate - thisUpdate); it is rebuilt on revocation and at half-life.
 crl_validity = "{d(i.crl_validity)}"
-# How long an OCSP response is valid (nextUpdate - thisUpdate).
+# How long an OCSP response is valid (nextUpdate - thisUpdate). Responses are signed ahead of
+# time and re-signed at half this.
 ocsp_validity = "{d(i.ocsp_validity)}"
+# Who signs OCSP responses: "delegated" (a short-lived responder certificate with EKU
+# OCSPSigning, issued by the intermediate and replaced automatically) or "ca" (the intermediate).
+ocsp_signing = "delegated"
+# Lifetime of the delegated responder certificate (at least 3 x ocsp_validity).
+ocsp_signer_validity = "{d(i.ocsp_signer_validity)}"
 # How long a caller's "not revoked" check is reused before asking the store again.
 # Revocations made by this server take effect immediately regardless.
 auth_cache_ttl = "{d(i.auth_cache_ttl)}"
@@ -152,6 +158,14 @@ def _networks(
         return tuple(ipaddress.ip_network(v, strict=False) for v in values)
     except ValueError as exc:
         raise ConfigurationError(f"config.toml {where}: {exc}") from None
+
+
+def _ocsp_signing(value: object) -> bool:
+    if value not in ("delegated", "ca"):
+        raise ConfigurationError(
+            f'config.toml [issuance] ocsp_signing: {value!r}; use "delegated" or "ca"'
+        )
+    return value == "delegated"
 
 
 def _check_server_name(name: str) -> None:
@@ -236,6 +250,8 @@ def load_config(
             "crl_validity",
             "ocsp_validity",
             "auth_cache_ttl",
+            "ocsp_signing",
+            "ocsp_signer_validity",
         },
     )
     pol = _Section(
@@ -299,7 +315,14 @@ def load_config(
         ocsp_validity=iss.duration("ocsp_validity", i.ocsp_validity),
         auth_cache_ttl=iss.duration("auth_cache_ttl", i.auth_cache_ttl),
         public_urls=PublicUrls(str(public_url)) if public_url else None,
+        ocsp_delegated=_ocsp_signing(iss.get("ocsp_signing", "delegated")),
+        ocsp_signer_validity=iss.duration("ocsp_signer_validity", i.ocsp_signer_validity),
     )
+    if issuance.ocsp_signer_validity < 3 * issuance.ocsp_validity:
+        raise ConfigurationError(
+            "config.toml [issuance]: ocsp_signer_validity must be at least 3 x ocsp_validity, "
+            "so that no response outlives the certificate that signed it"
+        )
     if not issuance.min_validity <= issuance.default_validity <= issuance.max_validity:
         raise ConfigurationError(
             "config.toml [issuance]: need min_validity <= default_validity <= max_validity"

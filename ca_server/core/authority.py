@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
@@ -34,7 +35,7 @@ from .csr import parse_csr
 from .durations import format_duration
 from .errors import AlreadyRevoked, Conflict, InvalidRequest, NotFound, Unauthenticated
 from .names import IPAddress
-from .ocsp import CertStatus, StatusAnswer, build_ocsp_response
+from .ocsp import CertStatus, OcspQuery, SignedStatus, StatusAnswer, issuer_hashes
 from .policy import (
     Caller,
     Policy,
@@ -48,16 +49,19 @@ from .profile import (
     LeafRequest,
     PublicUrls,
     build_leaf,
+    build_ocsp_responder,
     certificate_names,
     fingerprint_sha256,
     pem,
     random_serial,
     serial_hex,
 )
+from .responder import OcspResponder
 from .revocation import Reason
 
 _HEX = re.compile(r"[0-9a-f]+")
 MAX_PAGE_SIZE = 1000
+_CA_ACTOR = "signet:ca"
 _AUTH_CACHE_MAX = 50_000
 DEFAULT_PAGE_SIZE = 100
 
@@ -74,6 +78,10 @@ class IssuanceSettings:
     # Revocations made through this process invalidate it at once.
     auth_cache_ttl: dt.timedelta = dt.timedelta(seconds=2)
     public_urls: PublicUrls | None = None
+    # OCSP responses signed by a short-lived delegated responder certificate (True) or by the
+    # issuing CA itself (False).
+    ocsp_delegated: bool = True
+    ocsp_signer_validity: dt.timedelta = dt.timedelta(days=3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +148,13 @@ def _parse_peer(cert_pem: bytes) -> _PeerCertificate:
     )
 
 
+def _answer_of(record: CertificateRecord) -> StatusAnswer:
+    serial = int(record.serial, 16)
+    if record.status == "revoked":
+        return StatusAnswer(serial, CertStatus.REVOKED, record.revoked_at, record.reason)
+    return StatusAnswer(serial, CertStatus.GOOD)
+
+
 def parse_serial(text: str) -> str:
     """Accept hex in any case, with optional colons or 0x; return the canonical form."""
     cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
@@ -194,6 +209,13 @@ class CertificateAuthority:
         self.root = root
         self.policy = policy
         self.settings = settings or IssuanceSettings()
+        self.responder = OcspResponder(
+            issuer=issuer,
+            clock=clock,
+            validity=self.settings.ocsp_validity,
+            issue_signer=self._issue_ocsp_signer if self.settings.ocsp_delegated else None,
+            signer_validity=self.settings.ocsp_signer_validity,
+        )
         self._crl = _CrlCache()
         # fingerprint -> when the store last said that certificate is ours and not revoked
         self._auth_ok: dict[str, dt.datetime] = {}
@@ -331,6 +353,7 @@ class CertificateAuthority:
                 ),
                 self.settings.public_urls,
             )
+            self.responder.forget_unknown(serial)
             record = CertificateRecord(
                 serial=serial_hex(serial),
                 identity=names.identity,
@@ -343,6 +366,8 @@ class CertificateAuthority:
                 requested_by=actor,
                 issued_at=now,
                 authorized_by=authorized_by or actor,
+                # Pre-signed now, so that answering for it costs no signature later.
+                ocsp=self.responder.sign(StatusAnswer(serial, CertStatus.GOOD)),
             )
             try:
                 # Stored (durably) before anyone sees it: nothing is handed out unrecorded.
@@ -367,7 +392,9 @@ class CertificateAuthority:
         if reason is Reason.REMOVE_FROM_CRL:
             check_is_admin(caller, "releasing a certificateHold (removeFromCRL)")
             outcome = self.store.release_hold(
-                serial, AuditEvent(now, "release-hold", caller.identity, serial)
+                serial,
+                AuditEvent(now, "release-hold", caller.identity, serial),
+                self.responder.sign(StatusAnswer(int(serial, 16), CertStatus.GOOD)),
             )
             if outcome is RevokeOutcome.NOT_HELD:
                 raise Conflict(
@@ -376,7 +403,11 @@ class CertificateAuthority:
                 )
         else:
             outcome = self.store.revoke(
-                serial, now, reason, AuditEvent(now, "revoke", caller.identity, serial, reason.name)
+                serial,
+                now,
+                reason,
+                AuditEvent(now, "revoke", caller.identity, serial, reason.name),
+                self.responder.sign(StatusAnswer(int(serial, 16), CertStatus.REVOKED, now, reason)),
             )
             if outcome is RevokeOutcome.ALREADY_REVOKED:
                 raise AlreadyRevoked(f"certificate {serial} is already revoked")
@@ -395,20 +426,72 @@ class CertificateAuthority:
 
     # -- status ---------------------------------------------------------------------------------
     def status(self, serial_text: str) -> StatusResult:
-        serial = parse_serial(serial_text)
-        record = self.store.get_certificate(serial)
-        if record is None:
-            answer = StatusAnswer(int(serial, 16), CertStatus.UNKNOWN)
-        elif record.status == "revoked":
-            answer = StatusAnswer(
-                int(serial, 16), CertStatus.REVOKED, record.revoked_at, record.reason
+        """Status and the OCSP response an RFC 6960 client sending a SHA-1 CertID and no nonce
+        would get from the HTTP responder: the same bytes."""
+        serial = int(parse_serial(serial_text), 16)
+        found = self._lookup(serial)
+        answer = found[0] if found else StatusAnswer(serial, CertStatus.UNKNOWN)
+        signed = self.responder.answer(self._plain_query(serial), self._lookup, self._store_back)
+        return StatusResult(answer, signed.this_update, signed.next_update, signed.der)
+
+    def ocsp_response(self, request_der: bytes) -> bytes:
+        """Answer a DER OCSPRequest (the HTTP responder's whole job); never raises for bad input."""
+        return self.responder.respond(request_der, self._lookup, self._store_back)
+
+    def refresh_ocsp(self, limit: int = 500) -> int:
+        """Re-sign up to `limit` stored responses past half their validity; return how many."""
+        now = self.clock.now()
+        stale = self.store.stale_ocsp(now - self.settings.ocsp_validity / 2, now, limit)
+        for record in stale:
+            answer = _answer_of(record)
+            self._store_back(answer, self.responder.sign(answer))
+        return len(stale)
+
+    def _plain_query(self, serial: int) -> OcspQuery:
+        name_hash, key_hash = issuer_hashes(self.issuer.certificate, hashes.SHA1())  # noqa: S303
+        return OcspQuery(serial, hashes.SHA1(), name_hash, key_hash, None)  # noqa: S303
+
+    def _lookup(self, serial: int) -> tuple[StatusAnswer, SignedStatus | None] | None:
+        record = self.store.get_certificate(serial_hex(serial))
+        return (_answer_of(record), record.ocsp) if record else None
+
+    def _store_back(self, answer: StatusAnswer, signed: SignedStatus) -> None:
+        status: Status = "revoked" if answer.status is CertStatus.REVOKED else "good"
+        self.store.update_ocsp(serial_hex(answer.serial), signed, status, answer.reason)
+
+    def _issue_ocsp_signer(
+        self, public_key: CertificatePublicKeyTypes, lifetime: dt.timedelta
+    ) -> x509.Certificate:
+        """Issue and record a delegated OCSP responder certificate (no OCSP of its own: it
+        carries id-pkix-ocsp-nocheck)."""
+        now = utc_seconds(self.clock.now())
+        identity = f"spiffe://{self.policy.trust_domain}/signet/ocsp-responder"
+        for _ in range(5):
+            serial = random_serial()
+            cert = build_ocsp_responder(
+                self.issuer, public_key, now - self.settings.backdate, now + lifetime, serial
             )
-        else:
-            answer = StatusAnswer(int(serial, 16), CertStatus.GOOD)
-        this_update = utc_seconds(self.clock.now())
-        next_update = this_update + self.settings.ocsp_validity
-        der = build_ocsp_response(self.issuer, answer, this_update, next_update)
-        return StatusResult(answer, this_update, next_update, der)
+            record = CertificateRecord(
+                serial=serial_hex(serial),
+                identity=identity,
+                dns_names=(),
+                ip_addresses=(),
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                fingerprint_sha256=fingerprint_sha256(cert),
+                der=cert.public_bytes(Encoding.DER),
+                requested_by=_CA_ACTOR,
+                issued_at=now,
+                authorized_by=_CA_ACTOR,
+            )
+            try:
+                self.store.add_certificate(
+                    record, AuditEvent(now, "issue-ocsp-signer", _CA_ACTOR, record.serial)
+                )
+            except DuplicateSerial:
+                continue
+            return cert
+        raise RuntimeError("could not find an unused serial number")
 
     def crl(self) -> CrlResult:
         """The current CRL, rebuilt only after a revocation (by any process sharing the store)

@@ -7,12 +7,13 @@ import enum
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509 import ocsp
 
-from .keys import signature_hash
+from .keys import SigningKey, signature_hash
 from .profile import Issuer
 from .revocation import Reason
 
@@ -60,18 +61,42 @@ _OCSP_STATUS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class OcspSigner:
+    """Who signs responses: a delegated responder certificate (EKU OCSPSigning, issued by the
+    CA) or the issuing CA itself (RFC 6960 4.2.2.2)."""
+
+    certificate: x509.Certificate
+    key: SigningKey
+    delegated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SignedStatus:
+    """A signed OCSP response and its validity window, as the store keeps it."""
+
+    der: bytes
+    this_update: dt.datetime
+    next_update: dt.datetime
+
+
 def build_ocsp_response(
     issuer: Issuer,
     answer: StatusAnswer,
     this_update: dt.datetime,
     next_update: dt.datetime,
     cert_id_hash: hashes.HashAlgorithm | None = None,
+    *,
+    signer: OcspSigner | None = None,
+    nonce: bytes | None = None,
 ) -> bytes:
     """A successful, signed BasicOCSPResponse for one serial, DER-encoded.
 
-    Signed by the issuing CA itself (RFC 6960 2.2, case 1), identified by key hash. SHA-1
-    CertIDs are the default because that is what OpenSSL and most clients send.
+    Signed by `signer` (default: the issuing CA itself), identified by key hash; a delegated
+    signer's certificate travels in the response so clients can verify it. SHA-1 CertIDs are
+    the default because that is what OpenSSL, nginx and most clients send.
     """
+    signer = signer or OcspSigner(issuer.certificate, issuer.key, delegated=False)
     algorithm = cert_id_hash or hashes.SHA1()  # noqa: S303 - CertID matching, not a signature
     name_hash, key_hash = issuer_hashes(issuer.certificate, algorithm)
     revoked = answer.status is CertStatus.REVOKED
@@ -87,7 +112,60 @@ def build_ocsp_response(
         revocation_time=answer.revoked_at if revoked else None,
         revocation_reason=reason.flag if reason not in (None, Reason.UNSPECIFIED) else None,
     )
-    response = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, issuer.certificate).sign(
-        issuer.key, signature_hash(issuer.key)
-    )
+    builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, signer.certificate)
+    if signer.delegated:
+        builder = builder.certificates([signer.certificate])
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+    response = builder.sign(signer.key, signature_hash(signer.key))
     return response.public_bytes(serialization.Encoding.DER)
+
+
+class MalformedOcspRequest(ValueError):
+    """The bytes are not an OCSP request we can answer (RFC 6960 malformedRequest)."""
+
+
+SUPPORTED_CERT_ID_HASHES = (hashes.SHA1, hashes.SHA256, hashes.SHA384, hashes.SHA512)
+
+
+@dataclass(frozen=True, slots=True)
+class OcspQuery:
+    serial: int
+    algorithm: hashes.HashAlgorithm
+    issuer_name_hash: bytes
+    issuer_key_hash: bytes
+    nonce: bytes | None
+
+
+def parse_ocsp_request(der: bytes) -> OcspQuery:
+    """Read a DER OCSPRequest with one CertID; raise MalformedOcspRequest otherwise."""
+    try:
+        request = ocsp.load_der_ocsp_request(der)
+        algorithm = request.hash_algorithm
+        try:
+            nonce: bytes | None = request.extensions.get_extension_for_class(
+                x509.OCSPNonce
+            ).value.nonce
+        except x509.ExtensionNotFound:
+            nonce = None
+        query = OcspQuery(
+            request.serial_number,
+            algorithm,
+            request.issuer_name_hash,
+            request.issuer_key_hash,
+            nonce,
+        )
+    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
+        raise MalformedOcspRequest(str(exc)) from None
+    if not isinstance(algorithm, SUPPORTED_CERT_ID_HASHES):
+        raise MalformedOcspRequest(f"CertID hash {algorithm.name} is not supported")
+    if query.serial < 0:
+        raise MalformedOcspRequest("negative serial number")
+    return query
+
+
+def unsuccessful_response(status: ocsp.OCSPResponseStatus) -> bytes:
+    """An unsigned error response: malformedRequest, unauthorized, internalError, tryLater."""
+    return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(
+        serialization.Encoding.DER
+    )

@@ -161,12 +161,43 @@ def build_intermediate(
     )
 
 
-def _leaf_key_usage(public_key: CertificatePublicKeyTypes) -> x509.KeyUsage:
+def build_ocsp_responder(
+    issuer: Issuer,
+    public_key: CertificatePublicKeyTypes,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    serial: int,
+) -> x509.Certificate:
+    """A delegated OCSP signing certificate (RFC 6960 4.2.2.2): EKU id-kp-OCSPSigning only,
+    id-pkix-ocsp-nocheck since it is too short-lived to be worth checking itself."""
+    trust_domain = issuer.certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    org = str(trust_domain[0].value) if trust_domain else "Signet"
+    return (
+        x509.CertificateBuilder()
+        .subject_name(ca_name(org, "Signet OCSP Responder"))
+        .issuer_name(issuer.certificate.subject)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(min(not_after, issuer.certificate.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_leaf_key_usage(public_key, encipherment=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
+        .add_extension(x509.OCSPNoCheck(), critical=False)
+        .add_extension(_ski(public_key), critical=False)
+        .add_extension(_aki(issuer.certificate), critical=False)
+        .sign(issuer.key, signature_hash(issuer.key))
+    )
+
+
+def _leaf_key_usage(
+    public_key: CertificatePublicKeyTypes, encipherment: bool = True
+) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
         # RSA key exchange (TLS 1.2 RSA kx) encrypts to the key; other key types never do.
-        key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
+        key_encipherment=encipherment and isinstance(public_key, rsa.RSAPublicKey),
         data_encipherment=False,
         key_agreement=False,
         key_cert_sign=False,

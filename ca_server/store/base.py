@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from ..core.ocsp import SignedStatus
 from ..core.revocation import Reason, RevokedEntry
 
 Status = Literal["good", "revoked"]
@@ -36,6 +37,8 @@ class CertificateRecord:
     status: Status = "good"
     revoked_at: dt.datetime | None = None
     reason: Reason | None = None
+    # The current pre-signed OCSP response (SHA-1 CertID, no nonce), if one was made.
+    ocsp: SignedStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +75,34 @@ class Store(Protocol):
     def get_certificate(self, serial: str) -> CertificateRecord | None: ...
 
     def revoke(
-        self, serial: str, revoked_at: dt.datetime, reason: Reason, audit: AuditEvent
+        self,
+        serial: str,
+        revoked_at: dt.datetime,
+        reason: Reason,
+        audit: AuditEvent,
+        ocsp: SignedStatus | None = None,
     ) -> RevokeOutcome:
         """Mark a certificate revoked, with its audit event, atomically: a good one, or one on
         certificateHold whose revocation becomes final (any reason but hold)."""
         ...
 
-    def release_hold(self, serial: str, audit: AuditEvent) -> RevokeOutcome:
+    def release_hold(
+        self, serial: str, audit: AuditEvent, ocsp: SignedStatus | None = None
+    ) -> RevokeOutcome:
         """Make a certificate on certificateHold good again (RELEASED), atomically."""
+        ...
+
+    def update_ocsp(
+        self, serial: str, ocsp: SignedStatus, status: Status, reason: Reason | None
+    ) -> bool:
+        """Store a re-signed response, only if the certificate's status is still the one it
+        was signed for (a refresh must never overwrite a newer revocation)."""
+        ...
+
+    def stale_ocsp(
+        self, signed_before: dt.datetime, now: dt.datetime, limit: int
+    ) -> Sequence[CertificateRecord]:
+        """Unexpired certificates with a stored response signed before signed_before."""
         ...
 
     def list_certificates(self, query: ListQuery) -> Sequence[CertificateRecord]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
+from ..core.ocsp import SignedStatus
 from ..core.revocation import Reason, RevokedEntry
 from .base import (
     AuditEvent,
@@ -26,6 +27,16 @@ from .base import (
     RevokeOutcome,
     Status,
 )
+
+
+def _ocsp_columns(ocsp: SignedStatus | None) -> dict[str, Any]:
+    if ocsp is None:
+        return {"ocsp_der": None, "ocsp_this_update": None, "ocsp_next_update": None}
+    return {
+        "ocsp_der": ocsp.der,
+        "ocsp_this_update": _epoch(ocsp.this_update),
+        "ocsp_next_update": _epoch(ocsp.next_update),
+    }
 
 
 def _epoch(when: dt.datetime) -> int:
@@ -88,14 +99,23 @@ def _v3(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE certificates SET authorized_by = requested_by")
 
 
+def _v4(db: sqlite_utils.Database) -> None:
+    for column, kind in [("ocsp_der", "BLOB"), ("ocsp_this_update", "INTEGER"),
+                         ("ocsp_next_update", "INTEGER")]:  # fmt: skip
+        db.execute(f"ALTER TABLE certificates ADD COLUMN {column} {kind}")
+    db.execute("CREATE INDEX idx_certificates_ocsp ON certificates (ocsp_this_update)")
+
+
 # Selected by name so that migrations adding columns never shift _record's unpacking.
 _COLUMNS = (
     "serial, identity, dns_names, ip_addresses, not_before, not_after, status, revoked_at, "
-    "reason, fingerprint_sha256, der, requested_by, issued_at, authorized_by"
+    "reason, fingerprint_sha256, der, requested_by, issued_at, authorized_by, "
+    "ocsp_der, ocsp_this_update, ocsp_next_update"
 )
+_COLUMN_NAMES = tuple(c.strip() for c in _COLUMNS.split(","))
 
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -193,6 +213,7 @@ class SqliteStore:
             "requested_by": record.requested_by,
             "issued_at": _epoch(record.issued_at),
             "authorized_by": record.authorized_by,
+            **_ocsp_columns(record.ocsp),
         }
 
         def tx(db: sqlite_utils.Database) -> None:
@@ -214,15 +235,22 @@ class SqliteStore:
         return self._record(row) if row else None
 
     def revoke(
-        self, serial: str, revoked_at: dt.datetime, reason: Reason, audit: AuditEvent
+        self,
+        serial: str,
+        revoked_at: dt.datetime,
+        reason: Reason,
+        audit: AuditEvent,
+        ocsp: SignedStatus | None = None,
     ) -> RevokeOutcome:
         hold = int(Reason.CERTIFICATE_HOLD)
+        o = _ocsp_columns(ocsp)
 
         def tx(db: sqlite_utils.Database) -> RevokeOutcome:
             cursor = db.execute(
-                "UPDATE certificates SET status = 'revoked', revoked_at = ?, reason = ? "
+                "UPDATE certificates SET status = 'revoked', revoked_at = ?, reason = ?, "
+                "ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ? "
                 "WHERE serial = ? AND (status = 'good' OR (reason = ? AND ? != ?))",
-                [_epoch(revoked_at), int(reason), serial, hold, int(reason), hold],
+                [_epoch(revoked_at), int(reason), *o.values(), serial, hold, int(reason), hold],
             )
             if cursor.rowcount == 1:
                 self._changed_revocations(db, audit)
@@ -233,12 +261,17 @@ class SqliteStore:
         outcome: RevokeOutcome = self._write(tx)
         return outcome
 
-    def release_hold(self, serial: str, audit: AuditEvent) -> RevokeOutcome:
+    def release_hold(
+        self, serial: str, audit: AuditEvent, ocsp: SignedStatus | None = None
+    ) -> RevokeOutcome:
+        o = _ocsp_columns(ocsp)
+
         def tx(db: sqlite_utils.Database) -> RevokeOutcome:
             cursor = db.execute(
-                "UPDATE certificates SET status = 'good', revoked_at = NULL, reason = NULL "
+                "UPDATE certificates SET status = 'good', revoked_at = NULL, reason = NULL, "
+                "ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ? "
                 "WHERE serial = ? AND status = 'revoked' AND reason = ?",
-                [serial, int(Reason.CERTIFICATE_HOLD)],
+                [*o.values(), serial, int(Reason.CERTIFICATE_HOLD)],
             )
             if cursor.rowcount == 1:
                 self._changed_revocations(db, audit)
@@ -248,6 +281,35 @@ class SqliteStore:
 
         outcome: RevokeOutcome = self._write(tx)
         return outcome
+
+    def update_ocsp(
+        self, serial: str, ocsp: SignedStatus, status: Status, reason: Reason | None
+    ) -> bool:
+        o = _ocsp_columns(ocsp)
+
+        def tx(db: sqlite_utils.Database) -> bool:
+            cursor = db.execute(
+                "UPDATE certificates SET ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ? "
+                "WHERE serial = ? AND status = ? AND COALESCE(reason, -1) = ?",
+                [*o.values(), serial, status, -1 if reason is None else int(reason)],
+            )
+            return bool(cursor.rowcount == 1)
+
+        updated: bool = self._write(tx)
+        return updated
+
+    def stale_ocsp(
+        self, signed_before: dt.datetime, now: dt.datetime, limit: int
+    ) -> Sequence[CertificateRecord]:
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM certificates "  # noqa: S608 - constant columns
+            # Rows without a response (the responder's own certificate, rows older than v4)
+            # are signed on demand instead.
+            "WHERE not_after >= ? AND ocsp_this_update < ? "
+            "ORDER BY ocsp_this_update LIMIT ?",
+            [_epoch(now), _epoch(signed_before), limit],
+        ).fetchall()
+        return [self._record(r) for r in rows]
 
     def _changed_revocations(self, db: sqlite_utils.Database, audit: AuditEvent) -> None:
         db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revocations'")
@@ -320,36 +382,29 @@ class SqliteStore:
     # -- helpers -------------------------------------------------------------------------------
     @staticmethod
     def _record(row: sqlite3.Row | tuple[Any, ...]) -> CertificateRecord:
-        (
-            serial,
-            identity,
-            dns,
-            ips,
-            nb,
-            na,
-            status,
-            revoked_at,
-            reason,
-            fp,
-            der,
-            by,
-            issued,
-            auth,
-        ) = row
-        st: Status = "revoked" if status == "revoked" else "good"
+        r = dict(zip(_COLUMN_NAMES, row, strict=True))
+        ocsp = None
+        if r["ocsp_der"] is not None:
+            ocsp = SignedStatus(
+                r["ocsp_der"],
+                _from_epoch(r["ocsp_this_update"]),
+                _from_epoch(r["ocsp_next_update"]),
+            )
+        status: Status = "revoked" if r["status"] == "revoked" else "good"
         return CertificateRecord(
-            serial=serial,
-            identity=identity,
-            dns_names=tuple(json.loads(dns)),
-            ip_addresses=tuple(json.loads(ips)),
-            not_before=_from_epoch(nb),
-            not_after=_from_epoch(na),
-            fingerprint_sha256=fp,
-            der=der,
-            requested_by=by or "",
-            issued_at=_from_epoch(issued),
-            authorized_by=auth or "",
-            status=st,
-            revoked_at=_from_epoch(revoked_at) if revoked_at is not None else None,
-            reason=Reason(reason) if reason is not None else None,
+            serial=r["serial"],
+            identity=r["identity"],
+            dns_names=tuple(json.loads(r["dns_names"])),
+            ip_addresses=tuple(json.loads(r["ip_addresses"])),
+            not_before=_from_epoch(r["not_before"]),
+            not_after=_from_epoch(r["not_after"]),
+            fingerprint_sha256=r["fingerprint_sha256"],
+            der=r["der"],
+            requested_by=r["requested_by"] or "",
+            issued_at=_from_epoch(r["issued_at"]),
+            authorized_by=r["authorized_by"] or "",
+            status=status,
+            revoked_at=_from_epoch(r["revoked_at"]) if r["revoked_at"] is not None else None,
+            reason=Reason(r["reason"]) if r["reason"] is not None else None,
+            ocsp=ocsp,
         )

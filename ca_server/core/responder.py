@@ -1,0 +1,160 @@
+"""The OCSP responder: who signs, when a stored response is still fresh, and answering raw
+RFC 6960 requests. Responses for issued certificates are signed ahead of time (at issuance, at
+revocation and by a periodic refresh) and kept in the store, so answering one costs a lookup,
+not a signature; the rest (nonces, SHA-256 CertIDs, unknown serials) are signed on demand."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509 import ocsp
+
+from .clock import Clock, utc_seconds
+from .keys import generate_key
+from .ocsp import (
+    CertStatus,
+    MalformedOcspRequest,
+    OcspQuery,
+    OcspSigner,
+    SignedStatus,
+    StatusAnswer,
+    build_ocsp_response,
+    issuer_hashes,
+    parse_ocsp_request,
+    unsuccessful_response,
+)
+from .profile import Issuer
+
+# issue_signer(public_key, lifetime) -> the delegated responder certificate, already recorded.
+IssueSigner = Callable[[CertificatePublicKeyTypes, dt.timedelta], x509.Certificate]
+# lookup(serial) -> (answer, stored response or None); None when the serial was never issued.
+Lookup = Callable[[int], tuple[StatusAnswer, SignedStatus | None] | None]
+# store_back(answer, signed): keep a response re-signed on demand so the next query reuses it.
+StoreBack = Callable[[StatusAnswer, SignedStatus], None]
+
+_UNKNOWN_CACHE_MAX = 10_000
+SIGNER_RENEW_AT = 2 / 3
+
+
+class OcspResponder:
+    def __init__(
+        self,
+        *,
+        issuer: Issuer,
+        clock: Clock,
+        validity: dt.timedelta,
+        issue_signer: IssueSigner | None = None,
+        signer_validity: dt.timedelta = dt.timedelta(days=3),
+    ) -> None:
+        """With issue_signer, responses are signed by a delegated responder certificate that is
+        replaced at 2/3 of its life; without, by the issuing CA itself."""
+        self.issuer = issuer
+        self.clock = clock
+        self.validity = validity
+        self._issue_signer = issue_signer
+        self._signer_validity = signer_validity
+        self._signer: OcspSigner | None = None
+        self._signer_renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
+        self._lock = threading.Lock()
+        self._unknown: OrderedDict[tuple[int, str], SignedStatus] = OrderedDict()
+        self._hashes = {
+            alg.name: issuer_hashes(issuer.certificate, alg())
+            for alg in (hashes.SHA1, hashes.SHA256, hashes.SHA384, hashes.SHA512)
+        }
+
+    # -- signing ----------------------------------------------------------------------------
+    def signer(self) -> OcspSigner:
+        if self._issue_signer is None:
+            return OcspSigner(self.issuer.certificate, self.issuer.key, delegated=False)
+        with self._lock:
+            now = self.clock.now()
+            if self._signer is None or now >= self._signer_renew_at:
+                key = generate_key("ec-p256")
+                cert = self._issue_signer(key.public_key(), self._signer_validity)
+                life = cert.not_valid_after_utc - now
+                self._signer = OcspSigner(cert, key, delegated=True)
+                self._signer_renew_at = now + life * SIGNER_RENEW_AT
+            return self._signer
+
+    def sign(
+        self,
+        answer: StatusAnswer,
+        algorithm: hashes.HashAlgorithm | None = None,
+        nonce: bytes | None = None,
+    ) -> SignedStatus:
+        signer = self.signer()
+        this_update = utc_seconds(self.clock.now())
+        # A response must not outlive the certificate that signs it.
+        next_update = min(this_update + self.validity, signer.certificate.not_valid_after_utc)
+        der = build_ocsp_response(
+            self.issuer, answer, this_update, next_update, algorithm, signer=signer, nonce=nonce
+        )
+        return SignedStatus(der, this_update, next_update)
+
+    def is_fresh(self, stored: SignedStatus | None) -> bool:
+        """Stored responses are used until half their validity has passed, then re-signed."""
+        return stored is not None and self.clock.now() < stored.this_update + self.validity / 2
+
+    # -- answering ---------------------------------------------------------------------------
+    def respond(self, request_der: bytes, lookup: Lookup, store_back: StoreBack) -> bytes:
+        """Answer a DER OCSPRequest with a DER OCSPResponse; never raises for bad input."""
+        try:
+            query = parse_ocsp_request(request_der)
+        except MalformedOcspRequest:
+            return unsuccessful_response(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+        if self._hashes.get(query.algorithm.name) != (
+            query.issuer_name_hash,
+            query.issuer_key_hash,
+        ):
+            # RFC 6960 2.3: not a CA we answer for.
+            return unsuccessful_response(ocsp.OCSPResponseStatus.UNAUTHORIZED)
+        return self.answer(query, lookup, store_back).der
+
+    def answer(self, query: OcspQuery, lookup: Lookup, store_back: StoreBack) -> SignedStatus:
+        found = lookup(query.serial)
+        # Only the common form (SHA-1 CertID, no nonce) is pre-signed; the rest cost a signature.
+        plain = query.nonce is None and isinstance(query.algorithm, hashes.SHA1)
+        if found is None:
+            return self._unknown_answer(query) if plain else self._sign_for(query, None)
+        answer, stored = found
+        if not plain:
+            return self._sign_for(query, answer)
+        if self.is_fresh(stored):
+            assert stored is not None
+            return stored
+        signed = self._sign_for(query, answer)  # the refresh has not reached it yet
+        store_back(answer, signed)
+        return signed
+
+    def _sign_for(self, query: OcspQuery, answer: StatusAnswer | None) -> SignedStatus:
+        answer = answer or StatusAnswer(query.serial, CertStatus.UNKNOWN)
+        return self.sign(answer, query.algorithm, query.nonce)
+
+    def _unknown_answer(self, query: OcspQuery) -> SignedStatus:
+        """Serials we never issued, signed once and kept a while (bounded): a flood of random
+        serials must not cost a signature each. Serials are 128 random bits, so one of them
+        turning into an issued certificate while cached is not a practical concern."""
+        key = (query.serial, query.algorithm.name)
+        with self._lock:
+            cached = self._unknown.get(key)
+        if self.is_fresh(cached):
+            assert cached is not None
+            return cached
+        signed = self._sign_for(query, None)
+        with self._lock:
+            self._unknown[key] = signed
+            while len(self._unknown) > _UNKNOWN_CACHE_MAX:
+                self._unknown.popitem(last=False)
+        return signed
+
+    def forget_unknown(self, serial: int) -> None:
+        """A serial was just issued here: drop any cached 'unknown' for it."""
+        with self._lock:
+            for name in self._hashes:
+                self._unknown.pop((serial, name), None)
