@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
         "comma-separated)",
     )
     serve.add_argument(
+        "--http-listen",
+        help='HTTP address HOST:PORT for OCSP and the CRL (default 127.0.0.1:8080; "" = off)',
+    )
+    serve.add_argument(
         "--public-url", help="base URL issued certificates carry for OCSP, CA issuers and CRL"
     )
     return p
@@ -94,6 +98,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "store": args.store,
         "log_level": args.log_level,
         "listen": getattr(args, "listen", None),
+        "http_listen": getattr(args, "http_listen", None),
         "server_name": getattr(args, "server_name", None),
         "public_url": getattr(args, "public_url", None),
     }
@@ -157,6 +162,9 @@ def _serve(data_dir: Path, args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     running = start_server(ca)
     print(f"Signet CA ready on {running.address} (trust domain {config.trust_domain})", flush=True)
+    if running.http_address:
+        base = f"http://{running.http_address}"
+        print(f"Relying parties: OCSP {base}/ocsp, CRL {base}/crl", flush=True)
     print(f"Try it: {grpcurl_command(data_dir, running.address)}", flush=True)
     stop.wait()
     log.info("shutting_down", grace_seconds=config.server.shutdown_grace.total_seconds())

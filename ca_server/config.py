@@ -21,6 +21,7 @@ from .core.policy import Policy, WorkloadRule
 from .core.profile import PublicUrls
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 DEFAULT_TRUST_DOMAIN = "signet.local"
 DEFAULT_KEY_TYPE = "ec-p256"
 
@@ -28,6 +29,7 @@ DEFAULT_KEY_TYPE = "ec-p256"
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     listen: str = DEFAULT_LISTEN
+    http_listen: str = DEFAULT_HTTP_LISTEN  # "" turns the relying-party listener off
     server_names: tuple[str, ...] = ()
     log_level: str = "info"
     serving_validity: dt.timedelta = dt.timedelta(hours=24)
@@ -72,6 +74,9 @@ key_type = "{key_type}"
 [server]
 # API address, mTLS only (flag --listen, env SIGNET_LISTEN). Port 0 picks a free port.
 listen = "{s.listen}"
+# Plain HTTP for relying parties: OCSP (/ocsp), the CRL (/crl), the CA certificate (/ca.crt)
+# (flag --http-listen, env SIGNET_HTTP_LISTEN). "" turns it off.
+http_listen = "{s.http_listen}"
 # Extra DNS names / IPs on the server's own certificate, besides localhost and 127.0.0.1.
 server_names = []
 # debug, info, warning, error (flag --log-level, env SIGNET_LOG_LEVEL).
@@ -85,7 +90,8 @@ max_workers = {s.max_workers}
 # Database URL; empty means sqlite:///<data-dir>/ca.db (flag --store, env SIGNET_STORE).
 store = ""
 # Base URL that issued certificates carry in AIA (OCSP, caIssuers) and CRL Distribution Points.
-# Unset: issued certificates carry no such URLs (flag --public-url, env SIGNET_PUBLIC_URL).
+# Unset: http://<the bound http_listen address>; set it to the name relying parties can reach
+# (flag --public-url, env SIGNET_PUBLIC_URL).
 # public_url = "http://ca.example.internal:8080"
 
 [issuance]
@@ -160,6 +166,16 @@ def _networks(
         raise ConfigurationError(f"config.toml {where}: {exc}") from None
 
 
+def _http_listen(value: object) -> str:
+    text = str(value).strip()
+    if text.lower() in ("", "off", "none"):
+        return ""
+    _host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigurationError(f'http_listen {text!r}: use HOST:PORT, or "" to turn it off')
+    return text
+
+
 def _ocsp_signing(value: object) -> bool:
     if value not in ("delegated", "ca"):
         raise ConfigurationError(
@@ -229,6 +245,7 @@ def load_config(
         "server",
         raw.get("server", {}),
         {
+            "http_listen",
             "listen",
             "server_names",
             "log_level",
@@ -296,6 +313,7 @@ def load_config(
     defaults = ServerSettings()
     server = ServerSettings(
         listen=str(pick("listen", srv.get("listen", DEFAULT_LISTEN))),
+        http_listen=_http_listen(pick("http_listen", srv.get("http_listen", DEFAULT_HTTP_LISTEN))),
         server_names=tuple(server_names),
         log_level=log_level,
         serving_validity=srv.duration("serving_validity", defaults.serving_validity),

@@ -3,6 +3,7 @@ graceful shutdown."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from concurrent import futures
@@ -15,12 +16,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
+from .api.http import HttpListener
 from .api.interceptor import RpcInterceptor
 from .api.reflection import enable_reflection
 from .api.servicer import CertificateAuthorityServicer
 from .core.errors import ConfigurationError
+from .core.profile import PublicUrls
 from .datadir import DataDir, LoadedCa
 from .files import atomic_write
+from .maintenance import Maintenance
 from .serving import ServingCertificate
 
 log = structlog.get_logger("signet.server")
@@ -36,11 +40,20 @@ class RunningServer:
     serving: ServingCertificate
     address: str  # host:port actually bound
     serve_json: Path
+    maintenance: Maintenance
+    http: HttpListener | None = None
+
+    @property
+    def http_address(self) -> str:
+        return self.http.address if self.http else ""
 
     def stop(self, grace_seconds: float) -> None:
         """Stop taking new RPCs, let in-flight ones finish within the grace period."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_seconds).wait()
+        if self.http:
+            self.http.stop()
+        self.maintenance.stop()
         self.serve_json.unlink(missing_ok=True)
 
 
@@ -49,8 +62,29 @@ def _bound_address(listen: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def _start_http(ca: LoadedCa) -> HttpListener | None:
+    """Bind the relying-party listener first: with port 0, its address is what certificates
+    carry in AIA and CRL Distribution Points unless --public-url says otherwise."""
+    listen = ca.config.server.http_listen
+    if not listen:
+        return None
+    http = HttpListener(ca.authority, listen)
+    try:
+        address = http.start()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {listen} (HTTP): {exc.strerror}") from None
+    if ca.authority.settings.public_urls is None:
+        ca.authority.settings = dataclasses.replace(
+            ca.authority.settings, public_urls=PublicUrls(f"http://{address}")
+        )
+    return http
+
+
 def start_server(ca: LoadedCa) -> RunningServer:
     settings = ca.config.server
+    http = _start_http(ca)
+    maintenance = Maintenance(ca.authority)
+    maintenance.start()
     serving = ServingCertificate(ca.authority, settings.server_names, settings.serving_validity)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
@@ -69,15 +103,21 @@ def start_server(ca: LoadedCa) -> RunningServer:
     enable_reflection(server, [SERVICE_NAME, health.SERVICE_NAME])
     try:
         port = server.add_secure_port(settings.listen, serving.credentials())
-    except RuntimeError as exc:
-        raise ConfigurationError(f"cannot listen on {settings.listen}: {exc}") from None
+    except RuntimeError:
+        port = 0
     if port == 0:
+        if http:
+            http.stop()
+        maintenance.stop()
         raise ConfigurationError(f"cannot listen on {settings.listen} (address in use?)")
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = _bound_address(settings.listen, port)
     serve_json = DataDir(ca.config.data_dir).serve_json
-    atomic_write(serve_json, json.dumps({"listen": address, "pid": os.getpid()}).encode() + b"\n")
-    log.info("server_ready", listen=address, trust_domain=ca.config.trust_domain)
-    return RunningServer(server, health_servicer, serving, address, serve_json)
+    ready = {"listen": address, "pid": os.getpid()}
+    if http:
+        ready["http_listen"] = http.address
+    atomic_write(serve_json, json.dumps(ready).encode() + b"\n")
+    log.info("server_ready", **ready, trust_domain=ca.config.trust_domain)
+    return RunningServer(server, health_servicer, serving, address, serve_json, maintenance, http)

@@ -138,7 +138,11 @@ def start_ca(
         settings = {"min_validity": "1s", **(issuance or {})}
         for name, value in settings.items():
             text = _set(text, name, f'"{value}"')
-        for name, value in {"listen": "127.0.0.1:0", **(server or {})}.items():
+        for name, value in {
+            "listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
+            **(server or {}),
+        }.items():
             text = _set(text, name, f'"{value}"' if not value.startswith("[") else value)
         config_path.write_text(text + extra_config)
     loaded = load_ca(load_config(data_dir, env={}), None, clock)

@@ -36,8 +36,10 @@ def _ca_server() -> list[str]:
 
 
 def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The test's environment without any SIGNET_* setting leaking in, plus extra."""
+    """The test's environment without any SIGNET_* setting leaking in, plus extra. The HTTP
+    listener takes a free port: tests run side by side with each other and with real CAs."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNET_")}
+    env["SIGNET_HTTP_LISTEN"] = "127.0.0.1:0"
     env.update(extra or {})
     return env
 

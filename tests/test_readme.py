@@ -22,11 +22,19 @@ def _walkthrough() -> str:
 
 def test_readme_walkthrough_runs_as_printed(ca: CaServer, tmp_path: Path) -> None:
     script = _walkthrough()
-    assert "127.0.0.1:50051" in script
+    assert "127.0.0.1:50051" in script and "127.0.0.1:8080" in script
     (tmp_path / "ca-data").symlink_to(ca.data_dir)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script.replace("127.0.0.1:50051", ca.address)],
+        [
+            "bash",
+            "-euo",
+            "pipefail",
+            "-c",
+            script.replace("127.0.0.1:50051", ca.address).replace(
+                "127.0.0.1:8080", ca.running.http_address
+            ),
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -43,3 +51,5 @@ def test_readme_walkthrough_runs_as_printed(ca: CaServer, tmp_path: Path) -> Non
     assert "Key Compromise" in out
     assert "certificate revoked" in out
     assert '"certificates"' in out
+    assert "web2.pem: good" in out  # OCSP over HTTP, at the URL the certificate carries
+    assert "crlNumber=" in out

@@ -12,7 +12,7 @@ import json
 import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -30,7 +30,7 @@ from ..store.base import (
     Store,
 )
 from .clock import Clock, utc_seconds
-from .crl import build_crl
+from .crl_publisher import CrlPublisher, CrlResult
 from .csr import parse_csr
 from .durations import format_duration
 from .errors import AlreadyRevoked, Conflict, InvalidRequest, NotFound, Unauthenticated
@@ -113,14 +113,6 @@ class StatusResult:
 
 
 @dataclass(frozen=True, slots=True)
-class CrlResult:
-    der: bytes
-    number: int
-    this_update: dt.datetime
-    next_update: dt.datetime
-
-
-@dataclass(frozen=True, slots=True)
 class Page:
     records: Sequence[CertificateRecord]
     next_page_token: str
@@ -185,13 +177,6 @@ def _decode_cursor(token: str) -> tuple[int, str]:
         raise InvalidRequest("page_token is not one this server returned") from None
 
 
-@dataclass
-class _CrlCache:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    current: CrlResult | None = None
-    epoch: int = -1  # the store's revocation_epoch() the current CRL was built at
-
-
 class CertificateAuthority:
     def __init__(
         self,
@@ -216,7 +201,9 @@ class CertificateAuthority:
             issue_signer=self._issue_ocsp_signer if self.settings.ocsp_delegated else None,
             signer_validity=self.settings.ocsp_signer_validity,
         )
-        self._crl = _CrlCache()
+        self.crls = CrlPublisher(
+            store=store, clock=clock, issuer=issuer, validity=self.settings.crl_validity
+        )
         # fingerprint -> when the store last said that certificate is ours and not revoked
         self._auth_ok: dict[str, dt.datetime] = {}
         self._auth_generation = 0  # bumped by every revocation this process makes
@@ -416,6 +403,7 @@ class CertificateAuthority:
         with self._auth_lock:
             self._auth_generation += 1  # also voids "good" answers read before this point
             self._auth_ok.pop(record.fingerprint_sha256, None)
+        self.crls.wanted.set()
         for listener in self._revocation_listeners:
             listener(serial)
         return serial, now
@@ -494,24 +482,9 @@ class CertificateAuthority:
         raise RuntimeError("could not find an unused serial number")
 
     def crl(self) -> CrlResult:
-        """The current CRL, rebuilt only after a revocation (by any process sharing the store)
-        or past half its validity."""
-        cache = self._crl
-        with cache.lock:
-            now = utc_seconds(self.clock.now())
-            current = cache.current
-            epoch = self.store.revocation_epoch()
-            stale = current is None or now >= current.this_update + self.settings.crl_validity / 2
-            if stale or epoch != cache.epoch:
-                cache.epoch = epoch
-                number = self.store.next_crl_number()
-                next_update = now + self.settings.crl_validity
-                der = build_crl(
-                    self.issuer, self.store.revoked_unexpired(now), number, now, next_update
-                )
-                cache.current = CrlResult(der, number, now, next_update)
-            assert cache.current is not None
-            return cache.current
+        """The current CRL (see CrlPublisher: never built on the request path when a
+        background publisher runs)."""
+        return self.crls.current()
 
     def trust_bundle(self) -> tuple[str, str]:
         return pem(self.root), self.issuer.chain_pem
