@@ -238,3 +238,19 @@ def test_a_refresh_never_overwrites_a_newer_revocation(
     assert not authority.store.update_ocsp(issued.serial, good, "good", None)
     response = load_ocsp(authority.status(issued.serial).ocsp_response, pki)
     assert response.certificate_status is ocsp.OCSPCertStatus.REVOKED
+
+
+def test_a_repeated_request_is_answered_from_memory_until_anything_is_revoked(
+    authority: CertificateAuthority, pki: Pki, clock: FakeClock, tmp_path: Path
+) -> None:
+    issued = issue(authority)
+    der = request_for(issued.certificate, pki.issuer.certificate)
+    first = authority.ocsp_response(der)
+    assert authority.ocsp_response(der) == first
+    other_store = SqliteStore(tmp_path / "ca.db")  # another worker process, same database
+    try:
+        make(pki, other_store, clock).revoke(ADMIN, issued.serial, Reason.KEY_COMPROMISE)
+    finally:
+        other_store.close()
+    response = load_ocsp(authority.ocsp_response(der), pki)
+    assert response.certificate_status is ocsp.OCSPCertStatus.REVOKED

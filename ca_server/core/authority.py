@@ -423,8 +423,15 @@ class CertificateAuthority:
         return StatusResult(answer, signed.this_update, signed.next_update, signed.der)
 
     def ocsp_response(self, request_der: bytes) -> bytes:
-        """Answer a DER OCSPRequest (the HTTP responder's whole job); never raises for bad input."""
-        return self.responder.respond(request_der, self._lookup, self._store_back)
+        """Answer a DER OCSPRequest with a DER OCSPResponse; never raises for bad input."""
+        reply = self.ocsp_answer(request_der)
+        return reply.der if isinstance(reply, SignedStatus) else reply
+
+    def ocsp_answer(self, request_der: bytes) -> SignedStatus | bytes:
+        """As ocsp_response, keeping the validity window of a signed answer (for HTTP caching
+        headers) instead of the bare bytes of an unsuccessful one."""
+        epoch = self.store.revocation_epoch()  # read first: a later revocation is never missed
+        return self.responder.respond(request_der, self._lookup, self._store_back, epoch)
 
     def refresh_ocsp(self, limit: int = 500) -> int:
         """Re-sign up to `limit` stored responses past half their validity; return how many."""
@@ -440,8 +447,12 @@ class CertificateAuthority:
         return OcspQuery(serial, hashes.SHA1(), name_hash, key_hash, None)  # noqa: S303
 
     def _lookup(self, serial: int) -> tuple[StatusAnswer, SignedStatus | None] | None:
-        record = self.store.get_certificate(serial_hex(serial))
-        return (_answer_of(record), record.ocsp) if record else None
+        row = self.store.get_status(serial_hex(serial))
+        if row is None:
+            return None
+        if row.status == "revoked":
+            return StatusAnswer(serial, CertStatus.REVOKED, row.revoked_at, row.reason), row.ocsp
+        return StatusAnswer(serial, CertStatus.GOOD), row.ocsp
 
     def _store_back(self, answer: StatusAnswer, signed: SignedStatus) -> None:
         status: Status = "revoked" if answer.status is CertStatus.REVOKED else "good"

@@ -39,6 +39,7 @@ Lookup = Callable[[int], tuple[StatusAnswer, SignedStatus | None] | None]
 StoreBack = Callable[[StatusAnswer, SignedStatus], None]
 
 _UNKNOWN_CACHE_MAX = 10_000
+_ANSWER_CACHE_MAX = 50_000
 SIGNER_RENEW_AT = 2 / 3
 
 
@@ -63,6 +64,9 @@ class OcspResponder:
         self._signer_renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._lock = threading.Lock()
         self._unknown: OrderedDict[tuple[int, str], SignedStatus] = OrderedDict()
+        # request bytes -> (store revocation epoch, answer): a repeated plain request costs a
+        # dictionary lookup, valid while no revocation happened anywhere and it is fresh.
+        self._answers: OrderedDict[bytes, tuple[int, SignedStatus]] = OrderedDict()
         self._hashes = {
             alg.name: issuer_hashes(issuer.certificate, alg())
             for alg in (hashes.SHA1, hashes.SHA256, hashes.SHA384, hashes.SHA512)
@@ -102,8 +106,16 @@ class OcspResponder:
         return stored is not None and self.clock.now() < stored.this_update + self.validity / 2
 
     # -- answering ---------------------------------------------------------------------------
-    def respond(self, request_der: bytes, lookup: Lookup, store_back: StoreBack) -> bytes:
-        """Answer a DER OCSPRequest with a DER OCSPResponse; never raises for bad input."""
+    def respond(
+        self, request_der: bytes, lookup: Lookup, store_back: StoreBack, epoch: int
+    ) -> SignedStatus | bytes:
+        """Answer a DER OCSPRequest: a signed response, or the DER of an unsuccessful one
+        (malformedRequest, unauthorized). Never raises for bad input. `epoch` is the store's
+        current revocation epoch: answers remembered under another one are not reused."""
+        with self._lock:
+            hit = self._answers.get(request_der)
+        if hit is not None and hit[0] == epoch and self.is_fresh(hit[1]):
+            return hit[1]
         try:
             query = parse_ocsp_request(request_der)
         except MalformedOcspRequest:
@@ -114,23 +126,37 @@ class OcspResponder:
         ):
             # RFC 6960 2.3: not a CA we answer for.
             return unsuccessful_response(ocsp.OCSPResponseStatus.UNAUTHORIZED)
-        return self.answer(query, lookup, store_back).der
+        signed, reusable = self._answer(query, lookup, store_back)
+        if reusable:
+            with self._lock:
+                self._answers[request_der] = (epoch, signed)
+                if len(self._answers) > _ANSWER_CACHE_MAX:
+                    self._answers.popitem(last=False)
+        return signed
 
     def answer(self, query: OcspQuery, lookup: Lookup, store_back: StoreBack) -> SignedStatus:
+        return self._answer(query, lookup, store_back)[0]
+
+    def _answer(
+        self, query: OcspQuery, lookup: Lookup, store_back: StoreBack
+    ) -> tuple[SignedStatus, bool]:
+        """The answer, and whether it may be reused for the same request bytes: not with a
+        nonce (every request differs), not for unknown serials (they have their own cache,
+        which issuance clears)."""
         found = lookup(query.serial)
         # Only the common form (SHA-1 CertID, no nonce) is pre-signed; the rest cost a signature.
         plain = query.nonce is None and isinstance(query.algorithm, hashes.SHA1)
         if found is None:
-            return self._unknown_answer(query) if plain else self._sign_for(query, None)
+            return (self._unknown_answer(query) if plain else self._sign_for(query, None)), False
         answer, stored = found
         if not plain:
-            return self._sign_for(query, answer)
+            return self._sign_for(query, answer), query.nonce is None
         if self.is_fresh(stored):
             assert stored is not None
-            return stored
+            return stored, True
         signed = self._sign_for(query, answer)  # the refresh has not reached it yet
         store_back(answer, signed)
-        return signed
+        return signed, True
 
     def _sign_for(self, query: OcspQuery, answer: StatusAnswer | None) -> SignedStatus:
         answer = answer or StatusAnswer(query.serial, CertStatus.UNKNOWN)

@@ -7,6 +7,7 @@ from .base import (
     DuplicateSerial,
     ListQuery,
     RevokeOutcome,
+    StatusRow,
     Store,
 )
 
@@ -16,6 +17,7 @@ __all__ = [
     "DuplicateSerial",
     "ListQuery",
     "RevokeOutcome",
+    "StatusRow",
     "Store",
     "open_store",
 ]

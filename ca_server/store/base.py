@@ -42,6 +42,16 @@ class CertificateRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusRow:
+    """The part of a record that status answers need (the OCSP hot path reads only this)."""
+
+    status: Status
+    revoked_at: dt.datetime | None
+    reason: Reason | None
+    ocsp: SignedStatus | None
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     at: dt.datetime
     action: str  # "issue", "renew", "revoke", "init", ...
@@ -73,6 +83,8 @@ class Store(Protocol):
         ...
 
     def get_certificate(self, serial: str) -> CertificateRecord | None: ...
+
+    def get_status(self, serial: str) -> StatusRow | None: ...
 
     def revoke(
         self,

@@ -26,6 +26,7 @@ from .base import (
     ListQuery,
     RevokeOutcome,
     Status,
+    StatusRow,
 )
 
 
@@ -233,6 +234,24 @@ class SqliteStore:
             [serial],
         ).fetchone()
         return self._record(row) if row else None
+
+    def get_status(self, serial: str) -> StatusRow | None:
+        row = self._db.execute(
+            "SELECT status, revoked_at, reason, ocsp_der, ocsp_this_update, ocsp_next_update "
+            "FROM certificates WHERE serial = ?",
+            [serial],
+        ).fetchone()
+        if row is None:
+            return None
+        status, revoked_at, reason, der, this_update, next_update = row
+        return StatusRow(
+            "revoked" if status == "revoked" else "good",
+            _from_epoch(revoked_at) if revoked_at is not None else None,
+            Reason(reason) if reason is not None else None,
+            SignedStatus(der, _from_epoch(this_update), _from_epoch(next_update))
+            if der is not None
+            else None,
+        )
 
     def revoke(
         self,
