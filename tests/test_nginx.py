@@ -1,0 +1,117 @@
+"""A real relying party: nginx (Debian's package) verifying client certificates we issue and
+asking our OCSP responder about them (ssl_ocsp), accepts a good certificate and refuses it as
+soon as RevokeCertificate has returned."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from signet.ca.v1 import ca_pb2
+from tests.conftest import CaServer, Credentials
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def nginx(ca: CaServer, tmp_path: Path) -> Iterator[int]:
+    if NGINX is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed: .ci/run installs it (apt-get install nginx)")
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    server = ca.issue("nginx", dns=("localhost",), ips=("127.0.0.1",))
+    cert, key = server.write(tmp_path / "server")
+    trust = tmp_path / "client-ca.pem"
+    trust.write_bytes(ca.root_pem + (ca.data_dir / "intermediate.pem").read_bytes())
+    port = _free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+master_process off;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}/body;
+    proxy_temp_path {tmp_path}/proxy;
+    fastcgi_temp_path {tmp_path}/fastcgi;
+    uwsgi_temp_path {tmp_path}/uwsgi;
+    scgi_temp_path {tmp_path}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_verify_client on;
+        ssl_verify_depth 2;
+        ssl_client_certificate {trust};
+        ssl_ocsp leaf;
+        ssl_ocsp_responder http://{ca.running.http_address}/ocsp;
+        location / {{ return 200 "hello $ssl_client_s_dn_legacy\\n"; }}
+    }}
+}}
+""")
+    check = subprocess.run(
+        [NGINX, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
+    )
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([NGINX, "-c", str(conf)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # ready when it accepts connections (nginx has no readiness signal)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "error.log").read_text()
+                assert time.monotonic() < deadline, "nginx did not start listening"
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _get(ca: CaServer, port: int, client: Credentials, tmp_path: Path) -> int:
+    """HTTPS GET with a client certificate; the HTTP status nginx answers."""
+    cert, key = client.write(tmp_path / "client")
+    ctx = ssl.create_default_context(cafile=str(ca.data_dir / "root.pem"))
+    ctx.load_cert_chain(cert, key)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := tls.recv(4096):
+            reply += chunk
+    return int(reply.split(b" ", 2)[1])
+
+
+def test_nginx_accepts_our_client_certificate_and_refuses_it_once_revoked(
+    ca: CaServer, admin, nginx: int, tmp_path: Path
+) -> None:
+    client = ca.issue("web/nginx-client")
+    assert _get(ca, nginx, client, tmp_path) == 200
+    admin.RevokeCertificate(
+        ca_pb2.RevokeCertificateRequest(serial_number=client.serial, reason=ca_pb2.KEY_COMPROMISE),
+        timeout=30,
+    )
+    # nginx asks the responder on each handshake (no ssl_ocsp_cache): refused at once.
+    assert _get(ca, nginx, client, tmp_path) == 400
+    other = ca.issue("web/nginx-other")
+    assert _get(ca, nginx, other, tmp_path) == 200
