@@ -593,3 +593,40 @@ def test_hold_and_release_through_the_api(ca: CaServer, admin) -> None:
     )
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert "not on certificateHold" in details
+
+
+def test_renewal_with_revoke_previous_supersedes_the_old_certificate(ca: CaServer, admin) -> None:
+    creds = ca.issue("web/supersede")
+    _, csr = make_csr()
+    with ca.channel(creds.fullchain, creds.key_pem) as ch:
+        reply = ca.stub(ch).RenewCertificate(
+            ca_pb2.RenewCertificateRequest(csr_pem=csr, revoke_previous=True), timeout=30
+        )
+    old = admin.GetCertificateStatus(
+        ca_pb2.GetCertificateStatusRequest(serial_number=creds.serial), timeout=30
+    )
+    assert (old.status, old.reason) == (ca_pb2.REVOKED, ca_pb2.SUPERSEDED)
+    new = admin.GetCertificateStatus(
+        ca_pb2.GetCertificateStatusRequest(serial_number=reply.serial_number), timeout=30
+    )
+    assert new.status == ca_pb2.GOOD
+
+
+def test_invalidity_date_reaches_the_crl_and_may_not_be_in_the_future(ca: CaServer, admin) -> None:
+    creds = ca.issue("web/invalid-since")
+    since = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=2)
+    request = ca_pb2.RevokeCertificateRequest(
+        serial_number=creds.serial, reason=ca_pb2.KEY_COMPROMISE
+    )
+    request.invalidity_date.FromDatetime(since + dt.timedelta(days=3))
+    code, details = _call_code(admin.RevokeCertificate, request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "future" in details
+    request.invalidity_date.FromDatetime(since)
+    admin.RevokeCertificate(request, timeout=30)
+    crl = x509.load_der_x509_crl(admin.GetCRL(ca_pb2.GetCRLRequest(), timeout=30).crl)
+    entry = crl.get_revoked_certificate_by_serial_number(int(creds.serial, 16))
+    assert entry is not None
+    assert (
+        entry.extensions.get_extension_for_class(x509.InvalidityDate).value.invalidity_date_utc
+        == since
+    )

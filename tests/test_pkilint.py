@@ -128,7 +128,8 @@ def test_crls_lint_clean(authority, tmp_path: Path) -> None:  # type: ignore[no-
     assert _lint(lint_crl.main, ["-t", "CRL", "-p", "PKIX"], _write(tmp_path, "e", empty)) == []
     for reason in (Reason.UNSPECIFIED, Reason.KEY_COMPROMISE, Reason.CERTIFICATE_HOLD):
         issued = authority.sign(ADMIN, make_csr(uris=[spiffe("web/crl")])[1], None)
-        authority.revoke(ADMIN, issued.serial, reason)
+        invalid_since = START - dt.timedelta(days=1) if reason is Reason.KEY_COMPROMISE else None
+        authority.revoke(ADMIN, issued.serial, reason, invalid_since)
     full = authority.crl().der
     assert len(x509.load_der_x509_crl(full)) == 3
     assert _lint(lint_crl.main, ["-t", "CRL", "-p", "PKIX"], _write(tmp_path, "f", full)) == []

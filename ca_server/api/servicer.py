@@ -100,7 +100,7 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
     ) -> ca_pb2.IssuedCertificate:
         caller = self._caller(context)
         validity = _validity(request.HasField("validity"), request.validity)
-        return _issued(self._ca.renew(caller, request.csr_pem, validity))
+        return _issued(self._ca.renew(caller, request.csr_pem, validity, request.revoke_previous))
 
     def RevokeCertificate(
         self, request: ca_pb2.RevokeCertificateRequest, context: grpc.ServicerContext
@@ -112,7 +112,13 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             raise InvalidRequest(
                 f"reason {request.reason} is not an RFC 5280 reason code"
             ) from None
-        serial, revoked_at = self._ca.revoke(caller, request.serial_number, reason)
+        invalidity_date = None
+        if request.HasField("invalidity_date"):
+            try:
+                invalidity_date = request.invalidity_date.ToDatetime(dt.UTC)
+            except (ValueError, OverflowError):
+                raise InvalidRequest("invalidity_date is not a valid timestamp") from None
+        serial, revoked_at = self._ca.revoke(caller, request.serial_number, reason, invalidity_date)
         structlog.contextvars.bind_contextvars(serial=serial)
         return ca_pb2.RevokeCertificateResponse(serial_number=serial, revoked_at=_ts(revoked_at))
 

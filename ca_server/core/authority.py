@@ -5,6 +5,7 @@ gRPC or SQL, and raises only the errors in ``errors``."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import functools
 import ipaddress
@@ -230,7 +231,23 @@ class CertificateAuthority:
             action="issue",
         )
 
-    def renew(self, caller: Caller, csr_pem: str, validity: dt.timedelta | None) -> Issued:
+    def renew(
+        self,
+        caller: Caller,
+        csr_pem: str,
+        validity: dt.timedelta | None,
+        revoke_previous: bool = False,
+    ) -> Issued:
+        """A new certificate for the caller's identity and names, for the CSR's (new) key;
+        with revoke_previous, the caller's certificate is then revoked as superseded."""
+        issued = self._renew(caller, csr_pem, validity)
+        if revoke_previous:
+            # A concurrent revocation may get there first: the outcome is the same.
+            with contextlib.suppress(AlreadyRevoked):
+                self.revoke(caller, caller.serial, Reason.SUPERSEDED)
+        return issued
+
+    def _renew(self, caller: Caller, csr_pem: str, validity: dt.timedelta | None) -> Issued:
         csr = parse_csr(csr_pem)  # only its key counts: names come from the current certificate
         current = self.store.get_certificate(caller.serial)
         if current is None:
@@ -367,10 +384,18 @@ class CertificateAuthority:
         raise RuntimeError("could not find an unused serial number")
 
     # -- revocation -----------------------------------------------------------------------------
-    def revoke(self, caller: Caller, serial_text: str, reason: Reason) -> tuple[str, dt.datetime]:
+    def revoke(
+        self,
+        caller: Caller,
+        serial_text: str,
+        reason: Reason,
+        invalidity_date: dt.datetime | None = None,
+    ) -> tuple[str, dt.datetime]:
         """Revoke with an RFC 5280 reason. certificateHold is revocable later with any other
         reason, or released with removeFromCRL (admins only), as RFC 5280 5.3.1 describes."""
         serial = parse_serial(serial_text)
+        if invalidity_date is not None and invalidity_date > self.clock.now():
+            raise InvalidRequest("invalidity_date must not be in the future (RFC 5280 5.3.2)")
         record = self.store.get_certificate(serial)
         if record is None:
             raise NotFound(f"no certificate with serial {serial} was issued by this CA")
@@ -395,6 +420,7 @@ class CertificateAuthority:
                 reason,
                 AuditEvent(now, "revoke", caller.identity, serial, reason.name),
                 self.responder.sign(StatusAnswer(int(serial, 16), CertStatus.REVOKED, now, reason)),
+                utc_seconds(invalidity_date) if invalidity_date else None,
             )
             if outcome is RevokeOutcome.ALREADY_REVOKED:
                 raise AlreadyRevoked(f"certificate {serial} is already revoked")

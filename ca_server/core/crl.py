@@ -20,6 +20,12 @@ def _revoked(entry: RevokedEntry) -> x509.RevokedCertificate:
         extensions.append(
             x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(entry.reason.flag))
         )
+    if entry.invalidity_date is not None:
+        extensions.append(
+            x509.Extension(
+                x509.InvalidityDate.oid, False, x509.InvalidityDate(entry.invalidity_date)
+            )
+        )
     return x509.RevokedCertificateBuilder(
         serial_number=entry.serial, revocation_date=entry.revoked_at, extensions=extensions
     ).build()

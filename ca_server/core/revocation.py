@@ -47,3 +47,4 @@ class RevokedEntry:
     serial: int
     revoked_at: dt.datetime
     reason: Reason
+    invalidity_date: dt.datetime | None = None

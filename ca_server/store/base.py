@@ -93,6 +93,7 @@ class Store(Protocol):
         reason: Reason,
         audit: AuditEvent,
         ocsp: SignedStatus | None = None,
+        invalidity_date: dt.datetime | None = None,
     ) -> RevokeOutcome:
         """Mark a certificate revoked, with its audit event, atomically: a good one, or one on
         certificateHold whose revocation becomes final (any reason but hold)."""

@@ -107,6 +107,10 @@ def _v4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_certificates_ocsp ON certificates (ocsp_this_update)")
 
 
+def _v5(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE certificates ADD COLUMN invalidity_date INTEGER")
+
+
 # Selected by name so that migrations adding columns never shift _record's unpacking.
 _COLUMNS = (
     "serial, identity, dns_names, ip_addresses, not_before, not_after, status, revoked_at, "
@@ -116,7 +120,7 @@ _COLUMNS = (
 _COLUMN_NAMES = tuple(c.strip() for c in _COLUMNS.split(","))
 
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -260,16 +264,27 @@ class SqliteStore:
         reason: Reason,
         audit: AuditEvent,
         ocsp: SignedStatus | None = None,
+        invalidity_date: dt.datetime | None = None,
     ) -> RevokeOutcome:
         hold = int(Reason.CERTIFICATE_HOLD)
         o = _ocsp_columns(ocsp)
+        invalid = _epoch(invalidity_date) if invalidity_date else None
 
         def tx(db: sqlite_utils.Database) -> RevokeOutcome:
             cursor = db.execute(
                 "UPDATE certificates SET status = 'revoked', revoked_at = ?, reason = ?, "
-                "ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ? "
+                "ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ?, invalidity_date = ? "
                 "WHERE serial = ? AND (status = 'good' OR (reason = ? AND ? != ?))",
-                [_epoch(revoked_at), int(reason), *o.values(), serial, hold, int(reason), hold],
+                [
+                    _epoch(revoked_at),
+                    int(reason),
+                    *o.values(),
+                    invalid,
+                    serial,
+                    hold,
+                    int(reason),
+                    hold,
+                ],
             )
             if cursor.rowcount == 1:
                 self._changed_revocations(db, audit)
@@ -288,7 +303,7 @@ class SqliteStore:
         def tx(db: sqlite_utils.Database) -> RevokeOutcome:
             cursor = db.execute(
                 "UPDATE certificates SET status = 'good', revoked_at = NULL, reason = NULL, "
-                "ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ? "
+                "invalidity_date = NULL, ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ? "
                 "WHERE serial = ? AND status = 'revoked' AND reason = ?",
                 [*o.values(), serial, int(Reason.CERTIFICATE_HOLD)],
             )
@@ -355,11 +370,14 @@ class SqliteStore:
 
     def revoked_unexpired(self, now: dt.datetime) -> Sequence[RevokedEntry]:
         rows = self._db.execute(
-            "SELECT serial, revoked_at, reason FROM certificates "
+            "SELECT serial, revoked_at, reason, invalidity_date FROM certificates "
             "WHERE status = 'revoked' AND not_after >= ? ORDER BY serial",
             [_epoch(now)],
         ).fetchall()
-        return [RevokedEntry(int(s, 16), _from_epoch(at), Reason(r)) for s, at, r in rows]
+        return [
+            RevokedEntry(int(s, 16), _from_epoch(at), Reason(r), _from_epoch(inv) if inv else None)
+            for s, at, r, inv in rows
+        ]
 
     def revocation_epoch(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'revocations'").fetchone()

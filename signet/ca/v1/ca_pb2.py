@@ -26,45 +26,45 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15signet/ca/v1/ca.proto\x12\x0csignet.ca.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x16SignCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12+\n\x08validity\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"W\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12+\n\x08validity\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd1\x01\n\x11IssuedCertificate\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x11\n\tchain_pem\x18\x02 \x01(\t\x12\x15\n\rserial_number\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x66ingerprint_sha256\x18\x06 \x01(\t\"a\n\x18RevokeCertificateRequest\x12\x15\n\rserial_number\x18\x01 \x01(\t\x12.\n\x06reason\x18\x02 \x01(\x0e\x32\x1e.signet.ca.v1.RevocationReason\"b\n\x19RevokeCertificateResponse\x12\x15\n\rserial_number\x18\x01 \x01(\t\x12.\n\nrevoked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x1bGetCertificateStatusRequest\x12\x15\n\rserial_number\x18\x01 \x01(\t\"\xa8\x02\n\x1cGetCertificateStatusResponse\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x1f.signet.ca.v1.CertificateStatus\x12.\n\nrevoked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06reason\x18\x03 \x01(\x0e\x32\x1e.signet.ca.v1.RevocationReason\x12/\n\x0bthis_update\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bnext_update\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rocsp_response\x18\x06 \x01(\x0c\"\x0f\n\rGetCRLRequest\"\x93\x01\n\x0eGetCRLResponse\x12\x0b\n\x03\x63rl\x18\x01 \x01(\x0c\x12\x12\n\ncrl_number\x18\x02 \x01(\x04\x12/\n\x0bthis_update\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bnext_update\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x17\n\x15GetTrustBundleRequest\"^\n\x16GetTrustBundleResponse\x12\x1d\n\x15root_certificates_pem\x18\x01 \x01(\t\x12%\n\x1dintermediate_certificates_pem\x18\x02 \x01(\t\"\xa6\x01\n\x17ListCertificatesRequest\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x1f.signet.ca.v1.CertificateStatus\x12\x33\n\x0f\x65xpiring_before\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x88\x03\n\x12\x43\x65rtificateSummary\x12\x15\n\rserial_number\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x11\n\tdns_names\x18\x03 \x03(\t\x12\x14\n\x0cip_addresses\x18\x04 \x03(\t\x12.\n\nnot_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06status\x18\x07 \x01(\x0e\x32\x1f.signet.ca.v1.CertificateStatus\x12.\n\nrevoked_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06reason\x18\t \x01(\x0e\x32\x1e.signet.ca.v1.RevocationReason\x12\x1a\n\x12\x66ingerprint_sha256\x18\n \x01(\t\x12\x14\n\x0crequested_by\x18\x0b \x01(\t\"k\n\x18ListCertificatesResponse\x12\x36\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0b\x32 .signet.ca.v1.CertificateSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*O\n\x11\x43\x65rtificateStatus\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x08\n\x04GOOD\x10\x01\x12\x0b\n\x07REVOKED\x10\x02\x12\x0b\n\x07UNKNOWN\x10\x03*\xe6\x01\n\x10RevocationReason\x12\x0f\n\x0bUNSPECIFIED\x10\x00\x12\x12\n\x0eKEY_COMPROMISE\x10\x01\x12\x11\n\rCA_COMPROMISE\x10\x02\x12\x17\n\x13\x41\x46\x46ILIATION_CHANGED\x10\x03\x12\x0e\n\nSUPERSEDED\x10\x04\x12\x1a\n\x16\x43\x45SSATION_OF_OPERATION\x10\x05\x12\x14\n\x10\x43\x45RTIFICATE_HOLD\x10\x06\x12\x13\n\x0fREMOVE_FROM_CRL\x10\x08\x12\x17\n\x13PRIVILEGE_WITHDRAWN\x10\t\x12\x11\n\rAA_COMPROMISE\x10\n2\xa6\x05\n\x14\x43\x65rtificateAuthority\x12X\n\x0fSignCertificate\x12$.signet.ca.v1.SignCertificateRequest\x1a\x1f.signet.ca.v1.IssuedCertificate\x12Z\n\x10RenewCertificate\x12%.signet.ca.v1.RenewCertificateRequest\x1a\x1f.signet.ca.v1.IssuedCertificate\x12\x64\n\x11RevokeCertificate\x12&.signet.ca.v1.RevokeCertificateRequest\x1a\'.signet.ca.v1.RevokeCertificateResponse\x12m\n\x14GetCertificateStatus\x12).signet.ca.v1.GetCertificateStatusRequest\x1a*.signet.ca.v1.GetCertificateStatusResponse\x12\x43\n\x06GetCRL\x12\x1b.signet.ca.v1.GetCRLRequest\x1a\x1c.signet.ca.v1.GetCRLResponse\x12[\n\x0eGetTrustBundle\x12#.signet.ca.v1.GetTrustBundleRequest\x1a$.signet.ca.v1.GetTrustBundleResponse\x12\x61\n\x10ListCertificates\x12%.signet.ca.v1.ListCertificatesRequest\x1a&.signet.ca.v1.ListCertificatesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15signet/ca/v1/ca.proto\x12\x0csignet.ca.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x16SignCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12+\n\x08validity\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"p\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12+\n\x08validity\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0frevoke_previous\x18\x03 \x01(\x08\"\xd1\x01\n\x11IssuedCertificate\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x11\n\tchain_pem\x18\x02 \x01(\t\x12\x15\n\rserial_number\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x66ingerprint_sha256\x18\x06 \x01(\t\"\x96\x01\n\x18RevokeCertificateRequest\x12\x15\n\rserial_number\x18\x01 \x01(\t\x12.\n\x06reason\x18\x02 \x01(\x0e\x32\x1e.signet.ca.v1.RevocationReason\x12\x33\n\x0finvalidity_date\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x19RevokeCertificateResponse\x12\x15\n\rserial_number\x18\x01 \x01(\t\x12.\n\nrevoked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x1bGetCertificateStatusRequest\x12\x15\n\rserial_number\x18\x01 \x01(\t\"\xa8\x02\n\x1cGetCertificateStatusResponse\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x1f.signet.ca.v1.CertificateStatus\x12.\n\nrevoked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06reason\x18\x03 \x01(\x0e\x32\x1e.signet.ca.v1.RevocationReason\x12/\n\x0bthis_update\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bnext_update\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rocsp_response\x18\x06 \x01(\x0c\"\x0f\n\rGetCRLRequest\"\x93\x01\n\x0eGetCRLResponse\x12\x0b\n\x03\x63rl\x18\x01 \x01(\x0c\x12\x12\n\ncrl_number\x18\x02 \x01(\x04\x12/\n\x0bthis_update\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bnext_update\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x17\n\x15GetTrustBundleRequest\"^\n\x16GetTrustBundleResponse\x12\x1d\n\x15root_certificates_pem\x18\x01 \x01(\t\x12%\n\x1dintermediate_certificates_pem\x18\x02 \x01(\t\"\xa6\x01\n\x17ListCertificatesRequest\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x1f.signet.ca.v1.CertificateStatus\x12\x33\n\x0f\x65xpiring_before\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x88\x03\n\x12\x43\x65rtificateSummary\x12\x15\n\rserial_number\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x11\n\tdns_names\x18\x03 \x03(\t\x12\x14\n\x0cip_addresses\x18\x04 \x03(\t\x12.\n\nnot_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06status\x18\x07 \x01(\x0e\x32\x1f.signet.ca.v1.CertificateStatus\x12.\n\nrevoked_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06reason\x18\t \x01(\x0e\x32\x1e.signet.ca.v1.RevocationReason\x12\x1a\n\x12\x66ingerprint_sha256\x18\n \x01(\t\x12\x14\n\x0crequested_by\x18\x0b \x01(\t\"k\n\x18ListCertificatesResponse\x12\x36\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0b\x32 .signet.ca.v1.CertificateSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*O\n\x11\x43\x65rtificateStatus\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x08\n\x04GOOD\x10\x01\x12\x0b\n\x07REVOKED\x10\x02\x12\x0b\n\x07UNKNOWN\x10\x03*\xe6\x01\n\x10RevocationReason\x12\x0f\n\x0bUNSPECIFIED\x10\x00\x12\x12\n\x0eKEY_COMPROMISE\x10\x01\x12\x11\n\rCA_COMPROMISE\x10\x02\x12\x17\n\x13\x41\x46\x46ILIATION_CHANGED\x10\x03\x12\x0e\n\nSUPERSEDED\x10\x04\x12\x1a\n\x16\x43\x45SSATION_OF_OPERATION\x10\x05\x12\x14\n\x10\x43\x45RTIFICATE_HOLD\x10\x06\x12\x13\n\x0fREMOVE_FROM_CRL\x10\x08\x12\x17\n\x13PRIVILEGE_WITHDRAWN\x10\t\x12\x11\n\rAA_COMPROMISE\x10\n2\xa6\x05\n\x14\x43\x65rtificateAuthority\x12X\n\x0fSignCertificate\x12$.signet.ca.v1.SignCertificateRequest\x1a\x1f.signet.ca.v1.IssuedCertificate\x12Z\n\x10RenewCertificate\x12%.signet.ca.v1.RenewCertificateRequest\x1a\x1f.signet.ca.v1.IssuedCertificate\x12\x64\n\x11RevokeCertificate\x12&.signet.ca.v1.RevokeCertificateRequest\x1a\'.signet.ca.v1.RevokeCertificateResponse\x12m\n\x14GetCertificateStatus\x12).signet.ca.v1.GetCertificateStatusRequest\x1a*.signet.ca.v1.GetCertificateStatusResponse\x12\x43\n\x06GetCRL\x12\x1b.signet.ca.v1.GetCRLRequest\x1a\x1c.signet.ca.v1.GetCRLResponse\x12[\n\x0eGetTrustBundle\x12#.signet.ca.v1.GetTrustBundleRequest\x1a$.signet.ca.v1.GetTrustBundleResponse\x12\x61\n\x10ListCertificates\x12%.signet.ca.v1.ListCertificatesRequest\x1a&.signet.ca.v1.ListCertificatesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'signet.ca.v1.ca_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CERTIFICATESTATUS']._serialized_start=2006
-  _globals['_CERTIFICATESTATUS']._serialized_end=2085
-  _globals['_REVOCATIONREASON']._serialized_start=2088
-  _globals['_REVOCATIONREASON']._serialized_end=2318
+  _globals['_CERTIFICATESTATUS']._serialized_start=2085
+  _globals['_CERTIFICATESTATUS']._serialized_end=2164
+  _globals['_REVOCATIONREASON']._serialized_start=2167
+  _globals['_REVOCATIONREASON']._serialized_end=2397
   _globals['_SIGNCERTIFICATEREQUEST']._serialized_start=104
   _globals['_SIGNCERTIFICATEREQUEST']._serialized_end=190
   _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=192
-  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=279
-  _globals['_ISSUEDCERTIFICATE']._serialized_start=282
-  _globals['_ISSUEDCERTIFICATE']._serialized_end=491
-  _globals['_REVOKECERTIFICATEREQUEST']._serialized_start=493
-  _globals['_REVOKECERTIFICATEREQUEST']._serialized_end=590
-  _globals['_REVOKECERTIFICATERESPONSE']._serialized_start=592
-  _globals['_REVOKECERTIFICATERESPONSE']._serialized_end=690
-  _globals['_GETCERTIFICATESTATUSREQUEST']._serialized_start=692
-  _globals['_GETCERTIFICATESTATUSREQUEST']._serialized_end=744
-  _globals['_GETCERTIFICATESTATUSRESPONSE']._serialized_start=747
-  _globals['_GETCERTIFICATESTATUSRESPONSE']._serialized_end=1043
-  _globals['_GETCRLREQUEST']._serialized_start=1045
-  _globals['_GETCRLREQUEST']._serialized_end=1060
-  _globals['_GETCRLRESPONSE']._serialized_start=1063
-  _globals['_GETCRLRESPONSE']._serialized_end=1210
-  _globals['_GETTRUSTBUNDLEREQUEST']._serialized_start=1212
-  _globals['_GETTRUSTBUNDLEREQUEST']._serialized_end=1235
-  _globals['_GETTRUSTBUNDLERESPONSE']._serialized_start=1237
-  _globals['_GETTRUSTBUNDLERESPONSE']._serialized_end=1331
-  _globals['_LISTCERTIFICATESREQUEST']._serialized_start=1334
-  _globals['_LISTCERTIFICATESREQUEST']._serialized_end=1500
-  _globals['_CERTIFICATESUMMARY']._serialized_start=1503
-  _globals['_CERTIFICATESUMMARY']._serialized_end=1895
-  _globals['_LISTCERTIFICATESRESPONSE']._serialized_start=1897
-  _globals['_LISTCERTIFICATESRESPONSE']._serialized_end=2004
-  _globals['_CERTIFICATEAUTHORITY']._serialized_start=2321
-  _globals['_CERTIFICATEAUTHORITY']._serialized_end=2999
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=304
+  _globals['_ISSUEDCERTIFICATE']._serialized_start=307
+  _globals['_ISSUEDCERTIFICATE']._serialized_end=516
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_start=519
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_end=669
+  _globals['_REVOKECERTIFICATERESPONSE']._serialized_start=671
+  _globals['_REVOKECERTIFICATERESPONSE']._serialized_end=769
+  _globals['_GETCERTIFICATESTATUSREQUEST']._serialized_start=771
+  _globals['_GETCERTIFICATESTATUSREQUEST']._serialized_end=823
+  _globals['_GETCERTIFICATESTATUSRESPONSE']._serialized_start=826
+  _globals['_GETCERTIFICATESTATUSRESPONSE']._serialized_end=1122
+  _globals['_GETCRLREQUEST']._serialized_start=1124
+  _globals['_GETCRLREQUEST']._serialized_end=1139
+  _globals['_GETCRLRESPONSE']._serialized_start=1142
+  _globals['_GETCRLRESPONSE']._serialized_end=1289
+  _globals['_GETTRUSTBUNDLEREQUEST']._serialized_start=1291
+  _globals['_GETTRUSTBUNDLEREQUEST']._serialized_end=1314
+  _globals['_GETTRUSTBUNDLERESPONSE']._serialized_start=1316
+  _globals['_GETTRUSTBUNDLERESPONSE']._serialized_end=1410
+  _globals['_LISTCERTIFICATESREQUEST']._serialized_start=1413
+  _globals['_LISTCERTIFICATESREQUEST']._serialized_end=1579
+  _globals['_CERTIFICATESUMMARY']._serialized_start=1582
+  _globals['_CERTIFICATESUMMARY']._serialized_end=1974
+  _globals['_LISTCERTIFICATESRESPONSE']._serialized_start=1976
+  _globals['_LISTCERTIFICATESRESPONSE']._serialized_end=2083
+  _globals['_CERTIFICATEAUTHORITY']._serialized_start=2400
+  _globals['_CERTIFICATEAUTHORITY']._serialized_end=3078
 # @@protoc_insertion_point(module_scope)

@@ -113,8 +113,13 @@ class RenewCertificateRequest(_message.Message):
 
     CSR_PEM_FIELD_NUMBER: _builtins.int
     VALIDITY_FIELD_NUMBER: _builtins.int
+    REVOKE_PREVIOUS_FIELD_NUMBER: _builtins.int
     csr_pem: _builtins.str
     """CSR for the new key; its subject and SANs are ignored."""
+    revoke_previous: _builtins.bool
+    """Revoke the certificate the caller authenticated with (reason SUPERSEDED) once the new
+    one is stored: for workloads that switch over at once and want no overlap.
+    """
     @_builtins.property
     def validity(self) -> _duration_pb2.Duration:
         """Requested lifetime; the renewed certificate's own lifetime when unset."""
@@ -124,10 +129,11 @@ class RenewCertificateRequest(_message.Message):
         *,
         csr_pem: _builtins.str = ...,
         validity: _duration_pb2.Duration | None = ...,
+        revoke_previous: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["validity", b"validity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "validity", b"validity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "revoke_previous", b"revoke_previous", "validity", b"validity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -177,17 +183,25 @@ class RevokeCertificateRequest(_message.Message):
 
     SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    INVALIDITY_DATE_FIELD_NUMBER: _builtins.int
     serial_number: _builtins.str
     reason: Global___RevocationReason.ValueType
+    @_builtins.property
+    def invalidity_date(self) -> _timestamp_pb2.Timestamp:
+        """When the key is known or suspected to have been compromised, or the certificate
+        otherwise became invalid (RFC 5280 5.3.2 invalidityDate); not in the future. Optional.
+        """
+
     def __init__(
         self,
         *,
         serial_number: _builtins.str = ...,
         reason: Global___RevocationReason.ValueType = ...,
+        invalidity_date: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invalidity_date", b"invalidity_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "serial_number", b"serial_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invalidity_date", b"invalidity_date", "reason", b"reason", "serial_number", b"serial_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
