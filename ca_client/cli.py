@@ -1,0 +1,161 @@
+"""The `ca-client` command: renew a workload's certificate on disk, and the status, revoke and
+crl RPCs for scripts (`--json`). The credentials in --out DIR (cert.pem, key.pem, ca.pem) are
+the mTLS identity every call uses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from ca_server.core.durations import parse_duration
+from signet.ca.v1 import ca_pb2
+
+from .client import CaClient
+from .files import FORMATS, read_credentials, render, write_atomically
+
+P12_PASSWORD_ENV = "SIGNET_P12_PASSWORD"  # noqa: S105 - the variable's name, not a secret
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ca-client", description="Signet CA client")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--server", default=os.environ.get("SIGNET_SERVER"), help="CA address HOST:PORT"
+        )
+        sp.add_argument(
+            "--out",
+            default=os.environ.get("SIGNET_OUT"),
+            help="directory holding cert.pem, key.pem and ca.pem (the identity to call with)",
+        )
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    renew = sub.add_parser("renew", help="renew DIR's certificate with a new key, atomically")
+    common(renew)
+    renew.add_argument("--validity", help="requested lifetime, e.g. 24h (default: as before)")
+    renew.add_argument(
+        "--format",
+        default="pem",
+        help=f"comma-separated outputs: {', '.join(FORMATS)} (default pem)",
+    )
+    renew.add_argument(
+        "--p12-password-file", help=f"password for keystore.p12 (or env {P12_PASSWORD_ENV})"
+    )
+    renew.add_argument(
+        "--revoke-previous", action="store_true", help="revoke the old certificate (superseded)"
+    )
+
+    status = sub.add_parser("status", help="a certificate's status (GetCertificateStatus)")
+    common(status)
+    status.add_argument("serial", help="serial number, hex")
+
+    revoke = sub.add_parser("revoke", help="revoke a certificate (RevokeCertificate)")
+    common(revoke)
+    revoke.add_argument("serial", help="serial number, hex")
+    revoke.add_argument(
+        "--reason",
+        default="UNSPECIFIED",
+        choices=list(ca_pb2.RevocationReason.keys()),
+        help="RFC 5280 reason",
+    )
+
+    crl = sub.add_parser("crl", help="fetch the current CRL (GetCRL)")
+    common(crl)
+    crl.add_argument("--output", help="write the DER CRL to this file")
+    return p
+
+
+def _client(args: argparse.Namespace) -> CaClient:
+    if not args.server:
+        raise UsageError("--server HOST:PORT is required (or SIGNET_SERVER)")
+    if not args.out:
+        raise UsageError("--out DIR is required (or SIGNET_OUT)")
+    creds = read_credentials(Path(args.out))
+    if creds is None:
+        raise UsageError(f"no cert.pem and key.pem in {args.out}: enroll first")
+    return CaClient(args.server, creds)
+
+
+def _p12_password(args: argparse.Namespace) -> bytes | None:
+    if args.p12_password_file:
+        return Path(args.p12_password_file).read_bytes().rstrip(b"\r\n")
+    secret = os.environ.get(P12_PASSWORD_ENV)
+    return secret.encode() if secret else None
+
+
+def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else text)
+
+
+def _message(msg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.command == "renew":
+            formats = [f.strip() for f in args.format.split(",") if f.strip()]
+            validity = parse_duration(args.validity) if args.validity else None
+            render(client.creds, formats, _p12_password(args))  # bad formats fail before the CA
+            creds = client.renew(validity, args.revoke_previous)
+            files = render(creds, formats, _p12_password(args))
+            write_atomically(Path(args.out), files)
+            serial = f"{creds.certificate.serial_number:x}"
+            _print(
+                args,
+                {
+                    "serial_number": serial,
+                    "not_after": creds.not_after.isoformat(),
+                    "files": sorted(files),
+                },
+                f"renewed: serial {serial}, valid until {creds.not_after.isoformat()}, "
+                f"written to {args.out}",
+            )
+        elif args.command == "status":
+            reply = client.status(args.serial)
+            data = _message(reply)
+            data.pop("ocsp_response", None)
+            status = ca_pb2.CertificateStatus.Name(reply.status)
+            _print(args, data, f"{args.serial}: {status}")
+        elif args.command == "revoke":
+            reason = ca_pb2.RevocationReason.Value(args.reason)
+            revoked = client.revoke(args.serial, reason)
+            _print(args, _message(revoked), f"{revoked.serial_number}: revoked ({args.reason})")
+        elif args.command == "crl":
+            crl = client.crl()
+            if args.output:
+                Path(args.output).write_bytes(crl.crl)
+            data = _message(crl)
+            data.pop("crl", None)
+            _print(args, data, f"CRL number {crl.crl_number}, next update {data['next_update']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except grpc.RpcError as exc:
+        print(f"ca-client: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (UsageError, ValueError, OSError) as exc:
+        print(f"ca-client: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""When to renew, and how to back off: pure functions of the certificate's validity, the
+current time and a random source, so they are tested with a fake clock and a seeded RNG.
+
+Renewal happens at a fraction of the lifetime (default 2/3, as step-ca) minus a random jitter
+(up to 1/20 of the lifetime) so that a fleet issued together does not renew together.
+Failures back off exponentially with full jitter, capped, and never past the certificate's
+expiry: an agent must try again while the certificate still works."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass, replace
+
+DEFAULT_FRACTION = 2 / 3
+DEFAULT_JITTER = 1 / 20
+
+
+def renewal_time(
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    rng: random.Random,
+    fraction: float = DEFAULT_FRACTION,
+    jitter: float = DEFAULT_JITTER,
+) -> dt.datetime:
+    """When to renew a certificate valid from not_before to not_after."""
+    if not 0 < fraction < 1:
+        raise ValueError("fraction must be between 0 and 1 (exclusive)")
+    if not 0 <= jitter < fraction:
+        raise ValueError("jitter must be at least 0 and less than fraction")
+    lifetime = not_after - not_before
+    return not_before + lifetime * fraction - lifetime * jitter * rng.random()
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """An immutable retry schedule: `delay()` for this attempt, `next()` for the following one.
+    Reset by going back to a fresh Backoff after a success."""
+
+    initial: dt.timedelta = dt.timedelta(seconds=1)
+    factor: float = 2.0
+    cap: dt.timedelta = dt.timedelta(minutes=5)
+    attempt: int = 0
+
+    def next(self) -> Backoff:
+        return replace(self, attempt=self.attempt + 1)
+
+    def delay(self, rng: random.Random) -> dt.timedelta:
+        """Full jitter (AWS architecture blog): uniform in [0, min(cap, initial * factor^n)]."""
+        ceiling = min(
+            self.cap.total_seconds(), self.initial.total_seconds() * self.factor**self.attempt
+        )
+        return dt.timedelta(seconds=rng.uniform(0, ceiling))
+
+    def retry_at(
+        self, now: dt.datetime, not_after: dt.datetime | None, rng: random.Random
+    ) -> dt.datetime:
+        """When to try again: now plus the delay, but never past expiry (a retry must come
+        while the current certificate still authenticates us)."""
+        at = now + self.delay(rng)
+        if not_after is not None and at >= not_after:
+            # Halfway to expiry: later tries still fit before it, each one closer.
+            at = now + (not_after - now) / 2 if not_after > now else now
+        return at
