@@ -30,6 +30,8 @@ DEFAULT_KEY_TYPE = "ec-p256"
 class ServerSettings:
     listen: str = DEFAULT_LISTEN
     http_listen: str = DEFAULT_HTTP_LISTEN  # "" turns the relying-party listener off
+    http_request_timeout: dt.timedelta = dt.timedelta(seconds=10)
+    http_max_body: int = 16 * 1024
     server_names: tuple[str, ...] = ()
     log_level: str = "info"
     serving_validity: dt.timedelta = dt.timedelta(hours=24)
@@ -77,6 +79,10 @@ listen = "{s.listen}"
 # Plain HTTP for relying parties: OCSP (/ocsp), the CRL (/crl), the CA certificate (/ca.crt)
 # (flag --http-listen, env SIGNET_HTTP_LISTEN). "" turns it off.
 http_listen = "{s.http_listen}"
+# Limits of that listener: time to receive a request body, and its largest size in bytes
+# (an OCSP request is ~100 bytes).
+http_request_timeout = "{d(s.http_request_timeout)}"
+http_max_body = {s.http_max_body}
 # Extra DNS names / IPs on the server's own certificate, besides localhost and 127.0.0.1.
 server_names = []
 # debug, info, warning, error (flag --log-level, env SIGNET_LOG_LEVEL).
@@ -246,6 +252,8 @@ def load_config(
         raw.get("server", {}),
         {
             "http_listen",
+            "http_request_timeout",
+            "http_max_body",
             "listen",
             "server_names",
             "log_level",
@@ -314,6 +322,10 @@ def load_config(
     server = ServerSettings(
         listen=str(pick("listen", srv.get("listen", DEFAULT_LISTEN))),
         http_listen=_http_listen(pick("http_listen", srv.get("http_listen", DEFAULT_HTTP_LISTEN))),
+        http_request_timeout=srv.duration("http_request_timeout", defaults.http_request_timeout),
+        http_max_body=_positive_int(
+            srv.get("http_max_body", defaults.http_max_body), "http_max_body"
+        ),
         server_names=tuple(server_names),
         log_level=log_level,
         serving_validity=srv.duration("serving_validity", defaults.serving_validity),

@@ -61,11 +61,16 @@ class Maintenance:
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + self._refresh_every
                 try:
+                    # Rotate the delegated responder here, not on a request's thread.
+                    self._ca.responder.signer()
                     total = 0
                     while not self._stop.is_set():
                         n = self._ca.refresh_ocsp(REFRESH_BATCH)
                         total += n
                         if n < REFRESH_BATCH:
+                            break
+                        if crls.wanted.is_set():  # a revocation's CRL comes first
+                            next_refresh = 0.0
                             break
                     if total:
                         log.info("ocsp_refreshed", responses=total)

@@ -68,7 +68,13 @@ def _start_http(ca: LoadedCa) -> HttpListener | None:
     listen = ca.config.server.http_listen
     if not listen:
         return None
-    http = HttpListener(ca.authority, listen)
+    settings = ca.config.server
+    http = HttpListener(
+        ca.authority,
+        listen,
+        settings.http_request_timeout.total_seconds(),
+        settings.http_max_body,
+    )
     try:
         address = http.start()
     except OSError as exc:

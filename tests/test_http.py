@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import random
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -211,3 +212,59 @@ def test_ca_issuers_url_serves_the_intermediate(ca: CaServer) -> None:
 
 def test_unknown_paths_are_404(ca: CaServer) -> None:
     assert _fetch(_url(ca, "/nope"))[0] == 404
+
+
+def test_if_modified_since_never_hides_a_crl_rebuilt_within_the_same_second(
+    ca: CaServer, admin
+) -> None:
+    _, before, _ = _fetch(_url(ca, "/crl"))
+    creds = ca.issue("web/ims")
+    admin.RevokeCertificate(ca_pb2.RevokeCertificateRequest(serial_number=creds.serial), timeout=30)
+    status, _, body = _fetch(
+        _url(ca, "/crl"), headers={"If-Modified-Since": before["Last-Modified"]}
+    )
+    assert status == 200
+    crl = x509.load_der_x509_crl(body)
+    assert crl.get_revoked_certificate_by_serial_number(int(creds.serial, 16)) is not None
+
+
+def _raw(ca: CaServer, data: bytes, half_close: bool = True) -> bytes:
+    """Send bytes on a plain socket and read until the server closes. Half-closing tells the
+    server no more is coming (an incomplete request then ends instead of waiting)."""
+    host, port = ca.running.http_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return reply
+
+
+def test_an_absolute_form_request_target_is_understood(ca: CaServer) -> None:
+    cert = x509.load_pem_x509_certificate(ca.issue("web/absolute").cert_pem)
+    der = _ocsp_request(cert, ca.authority.issuer.certificate)
+    path = urllib.parse.quote(base64.b64encode(der).decode(), safe="")
+    host = ca.running.http_address
+    request = f"GET http://{host}/ocsp/{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    reply = _raw(ca, request.encode(), half_close=False)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert ocsp.load_der_ocsp_response(body).certificate_status is ocsp.OCSPCertStatus.GOOD
+
+
+def test_raw_garbage_on_the_socket_never_breaks_the_listener(ca: CaServer) -> None:
+    rng = random.Random(99)
+    samples = [
+        b"\x00" * 64,
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"POST /ocsp HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n",
+        b"POST /ocsp HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ]
+    samples += [bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 400))) for _ in range(100)]
+    for blob in samples:
+        reply = _raw(ca, blob)
+        assert reply == b"" or reply.startswith(b"HTTP/1.")
+    assert _fetch(_url(ca, "/crl"))[0] == 200

@@ -17,6 +17,7 @@ from ca_server.core.authority import CertificateAuthority, IssuanceSettings
 from ca_server.core.clock import FakeClock
 from ca_server.core.profile import LeafRequest, build_leaf
 from ca_server.core.revocation import Reason
+from ca_server.store import OcspUpdate
 from ca_server.store.sqlite import SqliteStore
 from tests.pki import make_key
 from tests.test_authority import (
@@ -225,6 +226,7 @@ def test_a_stale_response_is_re_signed_on_demand_and_kept(
     clock.advance(VALIDITY / 2 + dt.timedelta(seconds=1))
     first = authority.status(issued.serial).ocsp_response
     assert load_ocsp(first, pki).this_update_utc == clock.now().replace(microsecond=0)
+    authority.wait_for_writebacks()  # kept off the request's thread, best effort
     assert authority.status(issued.serial).ocsp_response == first
 
 
@@ -235,7 +237,7 @@ def test_a_refresh_never_overwrites_a_newer_revocation(
     good = authority.store.get_certificate(issued.serial).ocsp  # type: ignore[union-attr]
     authority.revoke(ADMIN, issued.serial, Reason.SUPERSEDED)
     assert good is not None
-    assert not authority.store.update_ocsp(issued.serial, good, "good", None)
+    assert authority.store.update_ocsp([OcspUpdate(issued.serial, good, "good", None, None)]) == 0
     response = load_ocsp(authority.status(issued.serial).ocsp_response, pki)
     assert response.certificate_status is ocsp.OCSPCertStatus.REVOKED
 
@@ -254,3 +256,57 @@ def test_a_repeated_request_is_answered_from_memory_until_anything_is_revoked(
         other_store.close()
     response = load_ocsp(authority.ocsp_response(der), pki)
     assert response.certificate_status is ocsp.OCSPCertStatus.REVOKED
+
+
+@pytest.mark.parametrize("size", [0, 129])
+def test_a_nonce_of_the_wrong_length_is_a_malformed_request(
+    authority: CertificateAuthority, pki: Pki, size: int
+) -> None:
+    issued = issue(authority)
+    der = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate(issued.certificate, pki.issuer.certificate, hashes.SHA1())  # noqa: S303
+        .add_extension(x509.OCSPNonce(b"\x01" * size), critical=False)
+        .build()
+        .public_bytes(serialization.Encoding.DER)
+    )
+    response = ocsp.load_der_ocsp_response(authority.ocsp_response(der))
+    assert response.response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+
+
+def test_freshness_follows_next_update_when_the_configured_validity_grows(
+    pki: Pki, store: SqliteStore, clock: FakeClock
+) -> None:
+    short = make(pki, store, clock)  # 4h responses
+    issued = issue(short)
+    longer = make(pki, store, clock, ocsp_validity=dt.timedelta(hours=24))
+    result = longer.status(issued.serial)
+    assert result.next_update == clock.now() + dt.timedelta(hours=24)
+    longer.wait_for_writebacks()  # the re-signed response is kept
+    assert longer.refresh_ocsp() == 0
+
+
+def test_a_revoked_delegated_responder_certificate_is_replaced(
+    authority: CertificateAuthority, pki: Pki
+) -> None:
+    first = authority.responder.signer().certificate
+    authority.revoke(ADMIN, f"{first.serial_number:x}", Reason.KEY_COMPROMISE)
+    issued = issue(authority)
+    response = load_ocsp(authority.status(issued.serial).ocsp_response, pki)
+    assert response.certificates[0].serial_number != first.serial_number
+
+
+def test_a_refresh_racing_hold_release_hold_keeps_the_latest_revocation_time(
+    authority: CertificateAuthority, clock: FakeClock
+) -> None:
+    issued = issue(authority)
+    authority.revoke(ADMIN, issued.serial, Reason.CERTIFICATE_HOLD)
+    first_hold = authority.store.get_status(issued.serial)
+    assert first_hold is not None and first_hold.ocsp is not None
+    authority.revoke(ADMIN, issued.serial, Reason.REMOVE_FROM_CRL)
+    clock.advance(dt.timedelta(hours=1))
+    authority.revoke(ADMIN, issued.serial, Reason.CERTIFICATE_HOLD)
+    stale = OcspUpdate(
+        issued.serial, first_hold.ocsp, "revoked", Reason.CERTIFICATE_HOLD, first_hold.revoked_at
+    )
+    assert authority.store.update_ocsp([stale]) == 0

@@ -14,6 +14,7 @@ import datetime as dt
 import email.utils
 import functools
 import hashlib
+import logging
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,9 @@ from ..core.authority import CertificateAuthority
 from ..core.ocsp import SignedStatus, unsuccessful_response
 
 log = structlog.get_logger("signet.http")
+# aiohttp reports every malformed request it rejects with a multi-line traceback on the stdlib
+# logger: noise (and a log flood) for what is only a client's mistake, answered with a 400.
+logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 OCSP_REQUEST_MAX = 16 * 1024  # an OCSP request is ~100 bytes; anything near this is not one
 CRL_MAX_AGE = 60  # seconds: CRLs are rebuilt on revocation, so caches should look again soon
@@ -55,19 +59,25 @@ def _not_modified(request: web.Request, etag: str, last_modified: dt.datetime) -
     if request.headers.get("If-None-Match"):
         return etag in [t.strip() for t in request.headers["If-None-Match"].split(",")]
     since = request.if_modified_since
-    return since is not None and last_modified <= since
+    # Strictly earlier: HTTP dates have one-second resolution, and a CRL rebuilt within the
+    # second a client last fetched must not be answered "not modified".
+    return since is not None and last_modified < since
 
 
 class RelyingPartyApp:
-    def __init__(self, authority: CertificateAuthority, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        authority: CertificateAuthority,
+        request_timeout: float = 10.0,
+        max_body: int = OCSP_REQUEST_MAX,
+    ) -> None:
         self._ca = authority
         self._timeout = request_timeout
+        self._max_body = max_body
         self._ca_cert_der = authority.issuer.certificate.public_bytes(serialization.Encoding.DER)
 
     def build(self) -> web.Application:
-        app = web.Application(
-            client_max_size=OCSP_REQUEST_MAX, middlewares=[self._guard], handler_args=None
-        )
+        app = web.Application(client_max_size=self._max_body, middlewares=[self._guard])
         app.router.add_post(OCSP_PATH, self.ocsp_post)
         app.router.add_post(OCSP_PATH + "/", self.ocsp_post)
         app.router.add_get(OCSP_PATH + "/{request:.+}", self.ocsp_get)
@@ -100,7 +110,8 @@ class RelyingPartyApp:
 
     async def ocsp_get(self, request: web.Request) -> web.StreamResponse:
         # RFC 6960 A.1: GET {url}/{url-encoding of base-64 encoding of the DER request}.
-        encoded = request.raw_path[len(OCSP_PATH) + 1 :].split("?", 1)[0]
+        # rel_url: also right for an absolute-form target (GET http://host/ocsp/...).
+        encoded = request.rel_url.raw_path[len(OCSP_PATH) + 1 :]
         try:
             der = base64.b64decode(urllib.parse.unquote(encoded), validate=True)
         except (binascii.Error, ValueError):
@@ -146,8 +157,14 @@ class RelyingPartyApp:
 class HttpListener:
     """The relying-party app on its own event loop thread."""
 
-    def __init__(self, authority: CertificateAuthority, listen: str) -> None:
-        self._app = RelyingPartyApp(authority).build()
+    def __init__(
+        self,
+        authority: CertificateAuthority,
+        listen: str,
+        request_timeout: float = 10.0,
+        max_body: int = OCSP_REQUEST_MAX,
+    ) -> None:
+        self._app = RelyingPartyApp(authority, request_timeout, max_body).build()
         self._listen = listen
         # uvloop's libuv loop serves this small-request traffic markedly faster than asyncio's.
         self._loop = uvloop.new_event_loop() if uvloop else asyncio.new_event_loop()

@@ -13,6 +13,7 @@ import json
 import re
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -26,6 +27,7 @@ from ..store.base import (
     CertificateRecord,
     DuplicateSerial,
     ListQuery,
+    OcspUpdate,
     RevokeOutcome,
     Status,
     Store,
@@ -141,6 +143,17 @@ def _parse_peer(cert_pem: bytes) -> _PeerCertificate:
     )
 
 
+def _update(answer: StatusAnswer, signed: SignedStatus) -> OcspUpdate:
+    revoked = answer.status is CertStatus.REVOKED
+    return OcspUpdate(
+        serial_hex(answer.serial),
+        signed,
+        "revoked" if revoked else "good",
+        answer.reason if revoked else None,
+        answer.revoked_at if revoked else None,
+    )
+
+
 def _answer_of(record: CertificateRecord) -> StatusAnswer:
     serial = int(record.serial, 16)
     if record.status == "revoked":
@@ -202,6 +215,7 @@ class CertificateAuthority:
             issue_signer=self._issue_ocsp_signer if self.settings.ocsp_delegated else None,
             signer_validity=self.settings.ocsp_signer_validity,
         )
+        self._writeback = ThreadPoolExecutor(1, thread_name_prefix="ocsp-writeback")
         self.crls = CrlPublisher(
             store=store, clock=clock, issuer=issuer, validity=self.settings.crl_validity
         )
@@ -429,6 +443,7 @@ class CertificateAuthority:
         with self._auth_lock:
             self._auth_generation += 1  # also voids "good" answers read before this point
             self._auth_ok.pop(record.fingerprint_sha256, None)
+        self.responder.drop_signer(int(serial, 16))  # if it was our OCSP responder's
         self.crls.wanted.set()
         for listener in self._revocation_listeners:
             listener(serial)
@@ -443,9 +458,9 @@ class CertificateAuthority:
         """Status and the OCSP response an RFC 6960 client sending a SHA-1 CertID and no nonce
         would get from the HTTP responder: the same bytes."""
         serial = int(parse_serial(serial_text), 16)
-        found = self._lookup(serial)
+        found = self._lookup(serial)  # read once: the status and the DER must agree
         answer = found[0] if found else StatusAnswer(serial, CertStatus.UNKNOWN)
-        signed = self.responder.answer(self._plain_query(serial), self._lookup, self._store_back)
+        signed = self.responder.answer(self._plain_query(serial), found, self._store_back)
         return StatusResult(answer, signed.this_update, signed.next_update, signed.der)
 
     def ocsp_response(self, request_der: bytes) -> bytes:
@@ -460,12 +475,20 @@ class CertificateAuthority:
         return self.responder.respond(request_der, self._lookup, self._store_back, epoch)
 
     def refresh_ocsp(self, limit: int = 500) -> int:
-        """Re-sign up to `limit` stored responses past half their validity; return how many."""
+        """Re-sign up to `limit` stored responses no longer fresh (see OcspResponder.is_fresh),
+        in one transaction; return how many were found."""
         now = self.clock.now()
-        stale = self.store.stale_ocsp(now - self.settings.ocsp_validity / 2, now, limit)
-        for record in stale:
-            answer = _answer_of(record)
-            self._store_back(answer, self.responder.sign(answer))
+        stale = self.store.stale_ocsp(now + self.settings.ocsp_validity / 2, now, limit)
+        updates = []
+        for row in stale:
+            serial = int(row.serial, 16)
+            if row.status == "revoked":
+                answer = StatusAnswer(serial, CertStatus.REVOKED, row.revoked_at, row.reason)
+            else:
+                answer = StatusAnswer(serial, CertStatus.GOOD)
+            updates.append(_update(answer, self.responder.sign(answer)))
+        if updates:
+            self.store.update_ocsp(updates)
         return len(stale)
 
     def _plain_query(self, serial: int) -> OcspQuery:
@@ -480,9 +503,15 @@ class CertificateAuthority:
             return StatusAnswer(serial, CertStatus.REVOKED, row.revoked_at, row.reason), row.ocsp
         return StatusAnswer(serial, CertStatus.GOOD), row.ocsp
 
+    def wait_for_writebacks(self) -> None:
+        """Block until on-demand re-signed responses queued so far are stored (for tests and
+        tools that read the store right after)."""
+        self._writeback.submit(lambda: None).result()
+
     def _store_back(self, answer: StatusAnswer, signed: SignedStatus) -> None:
-        status: Status = "revoked" if answer.status is CertStatus.REVOKED else "good"
-        self.store.update_ocsp(serial_hex(answer.serial), signed, status, answer.reason)
+        """Keep an on-demand re-signed response, best effort and off the caller's thread: the
+        caller may be an event loop that must not wait for the database's write lock."""
+        self._writeback.submit(self.store.update_ocsp, [_update(answer, signed)])
 
     def _issue_ocsp_signer(
         self, public_key: CertificatePublicKeyTypes, lifetime: dt.timedelta

@@ -37,9 +37,11 @@ class CrlPublisher:
         self.background = False  # a thread calls run_pending(); readers then only wait
 
     def _is_current(self, crl: CrlResult | None, epoch: int) -> bool:
+        """Reflects every revocation up to `epoch` (a newer build reflects more) and is not
+        past half its validity."""
         return (
             crl is not None
-            and crl.epoch == epoch
+            and crl.epoch >= epoch
             and self._clock.now() < crl.this_update + self._validity / 2
         )
 

@@ -128,6 +128,10 @@ class MalformedOcspRequest(ValueError):
 SUPPORTED_CERT_ID_HASHES = (hashes.SHA1, hashes.SHA256, hashes.SHA384, hashes.SHA512)
 
 
+# RFC 8954 2.1 as updated by RFC 9654: a nonce is 1 to 128 octets, else malformedRequest.
+NONCE_MAX = 128
+
+
 @dataclass(frozen=True, slots=True)
 class OcspQuery:
     serial: int
@@ -135,6 +139,7 @@ class OcspQuery:
     issuer_name_hash: bytes
     issuer_key_hash: bytes
     nonce: bytes | None
+    plain: bool = False  # no request extensions at all: the answer depends on the serial only
 
 
 def parse_ocsp_request(der: bytes) -> OcspQuery:
@@ -154,6 +159,7 @@ def parse_ocsp_request(der: bytes) -> OcspQuery:
             request.issuer_name_hash,
             request.issuer_key_hash,
             nonce,
+            plain=len(request.extensions) == 0,
         )
     except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
         raise MalformedOcspRequest(str(exc)) from None
@@ -161,6 +167,8 @@ def parse_ocsp_request(der: bytes) -> OcspQuery:
         raise MalformedOcspRequest(f"CertID hash {algorithm.name} is not supported")
     if query.serial < 0:
         raise MalformedOcspRequest("negative serial number")
+    if nonce is not None and not 1 <= len(nonce) <= NONCE_MAX:
+        raise MalformedOcspRequest(f"a nonce must be 1 to {NONCE_MAX} octets")
     return query
 
 

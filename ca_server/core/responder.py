@@ -64,9 +64,9 @@ class OcspResponder:
         self._signer_renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._lock = threading.Lock()
         self._unknown: OrderedDict[tuple[int, str], SignedStatus] = OrderedDict()
-        # request bytes -> (store revocation epoch, answer): a repeated plain request costs a
+        # (serial, hash) -> (store revocation epoch, answer): a repeated plain request costs a
         # dictionary lookup, valid while no revocation happened anywhere and it is fresh.
-        self._answers: OrderedDict[bytes, tuple[int, SignedStatus]] = OrderedDict()
+        self._answers: OrderedDict[tuple[int, str], tuple[int, SignedStatus]] = OrderedDict()
         self._hashes = {
             alg.name: issuer_hashes(issuer.certificate, alg())
             for alg in (hashes.SHA1, hashes.SHA256, hashes.SHA384, hashes.SHA512)
@@ -102,8 +102,10 @@ class OcspResponder:
         return SignedStatus(der, this_update, next_update)
 
     def is_fresh(self, stored: SignedStatus | None) -> bool:
-        """Stored responses are used until half their validity has passed, then re-signed."""
-        return stored is not None and self.clock.now() < stored.this_update + self.validity / 2
+        """Stored responses are used while more than half the configured validity remains
+        before their nextUpdate, then re-signed (also catches a nextUpdate capped by a signer
+        or CA expiry, and a validity changed in the configuration)."""
+        return stored is not None and self.clock.now() < stored.next_update - self.validity / 2
 
     # -- answering ---------------------------------------------------------------------------
     def respond(
@@ -112,10 +114,6 @@ class OcspResponder:
         """Answer a DER OCSPRequest: a signed response, or the DER of an unsuccessful one
         (malformedRequest, unauthorized). Never raises for bad input. `epoch` is the store's
         current revocation epoch: answers remembered under another one are not reused."""
-        with self._lock:
-            hit = self._answers.get(request_der)
-        if hit is not None and hit[0] == epoch and self.is_fresh(hit[1]):
-            return hit[1]
         try:
             query = parse_ocsp_request(request_der)
         except MalformedOcspRequest:
@@ -126,30 +124,46 @@ class OcspResponder:
         ):
             # RFC 6960 2.3: not a CA we answer for.
             return unsuccessful_response(ocsp.OCSPResponseStatus.UNAUTHORIZED)
-        signed, reusable = self._answer(query, lookup, store_back)
-        if reusable:
+        # Requests without extensions depend only on (serial, CertID hash): remember those
+        # answers, bounded, under the epoch they were read at.
+        key = (query.serial, query.algorithm.name)
+        if query.plain:
             with self._lock:
-                self._answers[request_der] = (epoch, signed)
+                hit = self._answers.get(key)
+            if hit is not None and hit[0] == epoch and self.is_fresh(hit[1]):
+                return hit[1]
+        signed, reusable = self._answer(query, lookup(query.serial), store_back)
+        if reusable and query.plain:
+            with self._lock:
+                self._answers[key] = (epoch, signed)
                 if len(self._answers) > _ANSWER_CACHE_MAX:
                     self._answers.popitem(last=False)
         return signed
 
-    def answer(self, query: OcspQuery, lookup: Lookup, store_back: StoreBack) -> SignedStatus:
-        return self._answer(query, lookup, store_back)[0]
+    def answer(
+        self,
+        query: OcspQuery,
+        found: tuple[StatusAnswer, SignedStatus | None] | None,
+        store_back: StoreBack,
+    ) -> SignedStatus:
+        """The signed answer for what `lookup` found (None: never issued)."""
+        return self._answer(query, found, store_back)[0]
 
     def _answer(
-        self, query: OcspQuery, lookup: Lookup, store_back: StoreBack
+        self,
+        query: OcspQuery,
+        found: tuple[StatusAnswer, SignedStatus | None] | None,
+        store_back: StoreBack,
     ) -> tuple[SignedStatus, bool]:
-        """The answer, and whether it may be reused for the same request bytes: not with a
-        nonce (every request differs), not for unknown serials (they have their own cache,
-        which issuance clears)."""
-        found = lookup(query.serial)
-        # Only the common form (SHA-1 CertID, no nonce) is pre-signed; the rest cost a signature.
-        plain = query.nonce is None and isinstance(query.algorithm, hashes.SHA1)
+        """The answer, and whether it may be reused for the same (serial, hash): not with a
+        nonce, not for unknown serials (they have their own cache, which issuance clears)."""
         if found is None:
-            return (self._unknown_answer(query) if plain else self._sign_for(query, None)), False
+            if query.nonce is None:
+                return self._unknown_answer(query), False
+            return self._sign_for(query, None), False
         answer, stored = found
-        if not plain:
+        # Only the common form (SHA-1 CertID, no nonce) is pre-signed; the rest cost a signature.
+        if query.nonce is not None or not isinstance(query.algorithm, hashes.SHA1):
             return self._sign_for(query, answer), query.nonce is None
         if self.is_fresh(stored):
             assert stored is not None
@@ -178,6 +192,12 @@ class OcspResponder:
             while len(self._unknown) > _UNKNOWN_CACHE_MAX:
                 self._unknown.popitem(last=False)
         return signed
+
+    def drop_signer(self, serial: int) -> None:
+        """Our delegated responder certificate was revoked: never sign with it again."""
+        with self._lock:
+            if self._signer is not None and self._signer.certificate.serial_number == serial:
+                self._signer = None
 
     def forget_unknown(self, serial: int) -> None:
         """A serial was just issued here: drop any cached 'unknown' for it."""

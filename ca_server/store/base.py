@@ -49,6 +49,19 @@ class StatusRow:
     revoked_at: dt.datetime | None
     reason: Reason | None
     ocsp: SignedStatus | None
+    serial: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OcspUpdate:
+    """A re-signed response, to be stored only if the certificate is still in the state it
+    was signed for (status, reason and revocation time): a refresh never undoes a revocation."""
+
+    serial: str
+    ocsp: SignedStatus
+    status: Status
+    reason: Reason | None
+    revoked_at: dt.datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,17 +118,15 @@ class Store(Protocol):
         """Make a certificate on certificateHold good again (RELEASED), atomically."""
         ...
 
-    def update_ocsp(
-        self, serial: str, ocsp: SignedStatus, status: Status, reason: Reason | None
-    ) -> bool:
-        """Store a re-signed response, only if the certificate's status is still the one it
-        was signed for (a refresh must never overwrite a newer revocation)."""
+    def update_ocsp(self, updates: Sequence[OcspUpdate]) -> int:
+        """Store re-signed responses in one transaction (see OcspUpdate); return how many."""
         ...
 
     def stale_ocsp(
-        self, signed_before: dt.datetime, now: dt.datetime, limit: int
-    ) -> Sequence[CertificateRecord]:
-        """Unexpired certificates with a stored response signed before signed_before."""
+        self, next_update_before: dt.datetime, now: dt.datetime, limit: int
+    ) -> Sequence[StatusRow]:
+        """Unexpired certificates whose stored response's nextUpdate is before the given
+        time, soonest first."""
         ...
 
     def list_certificates(self, query: ListQuery) -> Sequence[CertificateRecord]:

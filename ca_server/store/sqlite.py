@@ -24,6 +24,7 @@ from .base import (
     CertificateRecord,
     DuplicateSerial,
     ListQuery,
+    OcspUpdate,
     RevokeOutcome,
     Status,
     StatusRow,
@@ -111,6 +112,12 @@ def _v5(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE certificates ADD COLUMN invalidity_date INTEGER")
 
 
+def _v6(db: sqlite_utils.Database) -> None:
+    # Freshness is judged by nextUpdate (it may be capped by a signer's or the CA's expiry).
+    db.execute("DROP INDEX idx_certificates_ocsp")
+    db.execute("CREATE INDEX idx_certificates_ocsp_next ON certificates (ocsp_next_update)")
+
+
 # Selected by name so that migrations adding columns never shift _record's unpacking.
 _COLUMNS = (
     "serial, identity, dns_names, ip_addresses, not_before, not_after, status, revoked_at, "
@@ -120,7 +127,7 @@ _COLUMNS = (
 _COLUMN_NAMES = tuple(c.strip() for c in _COLUMNS.split(","))
 
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -255,6 +262,7 @@ class SqliteStore:
             SignedStatus(der, _from_epoch(this_update), _from_epoch(next_update))
             if der is not None
             else None,
+            serial,
         )
 
     def revoke(
@@ -316,34 +324,48 @@ class SqliteStore:
         outcome: RevokeOutcome = self._write(tx)
         return outcome
 
-    def update_ocsp(
-        self, serial: str, ocsp: SignedStatus, status: Status, reason: Reason | None
-    ) -> bool:
-        o = _ocsp_columns(ocsp)
+    def update_ocsp(self, updates: Sequence[OcspUpdate]) -> int:
+        def tx(db: sqlite_utils.Database) -> int:
+            changed = 0
+            for u in updates:
+                cursor = db.execute(
+                    "UPDATE certificates SET ocsp_der = ?, ocsp_this_update = ?, "
+                    "ocsp_next_update = ? WHERE serial = ? AND status = ? "
+                    "AND COALESCE(reason, -1) = ? AND COALESCE(revoked_at, -1) = ?",
+                    [
+                        *_ocsp_columns(u.ocsp).values(),
+                        u.serial,
+                        u.status,
+                        -1 if u.reason is None else int(u.reason),
+                        -1 if u.revoked_at is None else _epoch(u.revoked_at),
+                    ],
+                )
+                changed += cursor.rowcount
+            return changed
 
-        def tx(db: sqlite_utils.Database) -> bool:
-            cursor = db.execute(
-                "UPDATE certificates SET ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ? "
-                "WHERE serial = ? AND status = ? AND COALESCE(reason, -1) = ?",
-                [*o.values(), serial, status, -1 if reason is None else int(reason)],
-            )
-            return bool(cursor.rowcount == 1)
-
-        updated: bool = self._write(tx)
-        return updated
+        changed: int = self._write(tx)
+        return changed
 
     def stale_ocsp(
-        self, signed_before: dt.datetime, now: dt.datetime, limit: int
-    ) -> Sequence[CertificateRecord]:
+        self, next_update_before: dt.datetime, now: dt.datetime, limit: int
+    ) -> Sequence[StatusRow]:
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM certificates "  # noqa: S608 - constant columns
+            "SELECT serial, status, revoked_at, reason FROM certificates "
             # Rows without a response (the responder's own certificate, rows older than v4)
-            # are signed on demand instead.
-            "WHERE not_after >= ? AND ocsp_this_update < ? "
-            "ORDER BY ocsp_this_update LIMIT ?",
-            [_epoch(now), _epoch(signed_before), limit],
+            # are signed on demand instead. Expired certificates are left as they are.
+            "WHERE ocsp_next_update < ? AND not_after >= ? ORDER BY ocsp_next_update LIMIT ?",
+            [_epoch(next_update_before), _epoch(now), limit],
         ).fetchall()
-        return [self._record(r) for r in rows]
+        return [
+            StatusRow(
+                "revoked" if status == "revoked" else "good",
+                _from_epoch(revoked_at) if revoked_at is not None else None,
+                Reason(reason) if reason is not None else None,
+                None,
+                serial,
+            )
+            for serial, status, revoked_at, reason in rows
+        ]
 
     def _changed_revocations(self, db: sqlite_utils.Database, audit: AuditEvent) -> None:
         db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revocations'")
