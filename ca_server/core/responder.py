@@ -40,6 +40,9 @@ StoreBack = Callable[[StatusAnswer, SignedStatus], None]
 
 _UNKNOWN_CACHE_MAX = 10_000
 _ANSWER_CACHE_MAX = 50_000
+# An extension-free request for one CertID is ~80-120 bytes; only such short requests are
+# remembered by their bytes (so the cache's memory stays bounded: ~50k x 256 bytes of keys).
+_PLAIN_REQUEST_MAX = 256
 SIGNER_RENEW_AT = 2 / 3
 
 
@@ -67,6 +70,8 @@ class OcspResponder:
         # (serial, hash) -> (store revocation epoch, answer): a repeated plain request costs a
         # dictionary lookup, valid while no revocation happened anywhere and it is fresh.
         self._answers: OrderedDict[tuple[int, str], tuple[int, SignedStatus]] = OrderedDict()
+        # Same, keyed by the request's bytes: a repeated request is answered without parsing.
+        self._by_bytes: OrderedDict[bytes, tuple[int, SignedStatus]] = OrderedDict()
         self._hashes = {
             alg.name: issuer_hashes(issuer.certificate, alg())
             for alg in (hashes.SHA1, hashes.SHA256, hashes.SHA384, hashes.SHA512)
@@ -114,6 +119,11 @@ class OcspResponder:
         """Answer a DER OCSPRequest: a signed response, or the DER of an unsuccessful one
         (malformedRequest, unauthorized). Never raises for bad input. `epoch` is the store's
         current revocation epoch: answers remembered under another one are not reused."""
+        if len(request_der) <= _PLAIN_REQUEST_MAX:
+            with self._lock:
+                seen = self._by_bytes.get(request_der)
+            if seen is not None and seen[0] == epoch and self.is_fresh(seen[1]):
+                return seen[1]
         try:
             query = parse_ocsp_request(request_der)
         except MalformedOcspRequest:
@@ -138,6 +148,10 @@ class OcspResponder:
                 self._answers[key] = (epoch, signed)
                 if len(self._answers) > _ANSWER_CACHE_MAX:
                     self._answers.popitem(last=False)
+                if len(request_der) <= _PLAIN_REQUEST_MAX:
+                    self._by_bytes[request_der] = (epoch, signed)
+                    if len(self._by_bytes) > _ANSWER_CACHE_MAX:
+                        self._by_bytes.popitem(last=False)
         return signed
 
     def answer(
