@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
         "comma-separated)",
     )
     serve.add_argument(
+        "--bootstrap-listen",
+        help='enrollment address HOST:PORT, server TLS (default 127.0.0.1:50052; "" = off)',
+    )
+    serve.add_argument(
         "--http-listen",
         help='HTTP address HOST:PORT for OCSP and the CRL (default 127.0.0.1:8080; "" = off)',
     )
@@ -99,6 +103,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "log_level": args.log_level,
         "listen": getattr(args, "listen", None),
         "http_listen": getattr(args, "http_listen", None),
+        "bootstrap_listen": getattr(args, "bootstrap_listen", None),
         "server_name": getattr(args, "server_name", None),
         "public_url": getattr(args, "public_url", None),
     }

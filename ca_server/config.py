@@ -22,6 +22,7 @@ from .core.profile import PublicUrls
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
+DEFAULT_BOOTSTRAP_LISTEN = "127.0.0.1:50052"
 DEFAULT_TRUST_DOMAIN = "signet.local"
 DEFAULT_KEY_TYPE = "ec-p256"
 
@@ -29,6 +30,7 @@ DEFAULT_KEY_TYPE = "ec-p256"
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     listen: str = DEFAULT_LISTEN
+    bootstrap_listen: str = DEFAULT_BOOTSTRAP_LISTEN  # "" turns enrollment off
     http_listen: str = DEFAULT_HTTP_LISTEN  # "" turns the relying-party listener off
     http_request_timeout: dt.timedelta = dt.timedelta(seconds=10)
     http_max_body: int = 16 * 1024
@@ -76,6 +78,9 @@ key_type = "{key_type}"
 [server]
 # API address, mTLS only (flag --listen, env SIGNET_LISTEN). Port 0 picks a free port.
 listen = "{s.listen}"
+# Server-authenticated TLS serving Enroll alone: a one-time bootstrap token stands in for a
+# client certificate (flag --bootstrap-listen, env SIGNET_BOOTSTRAP_LISTEN). "" turns it off.
+bootstrap_listen = "{s.bootstrap_listen}"
 # Plain HTTP for relying parties: OCSP (/ocsp), the CRL (/crl), the CA certificate (/ca.crt)
 # (flag --http-listen, env SIGNET_HTTP_LISTEN). "" turns it off.
 http_listen = "{s.http_listen}"
@@ -172,13 +177,13 @@ def _networks(
         raise ConfigurationError(f"config.toml {where}: {exc}") from None
 
 
-def _http_listen(value: object) -> str:
+def _listen_or_off(name: str, value: object) -> str:
     text = str(value).strip()
     if text.lower() in ("", "off", "none"):
         return ""
     _host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigurationError(f'http_listen {text!r}: use HOST:PORT, or "" to turn it off')
+        raise ConfigurationError(f'{name} {text!r}: use HOST:PORT, or "" to turn it off')
     return text
 
 
@@ -251,6 +256,7 @@ def load_config(
         "server",
         raw.get("server", {}),
         {
+            "bootstrap_listen",
             "http_listen",
             "http_request_timeout",
             "http_max_body",
@@ -321,7 +327,13 @@ def load_config(
     defaults = ServerSettings()
     server = ServerSettings(
         listen=str(pick("listen", srv.get("listen", DEFAULT_LISTEN))),
-        http_listen=_http_listen(pick("http_listen", srv.get("http_listen", DEFAULT_HTTP_LISTEN))),
+        bootstrap_listen=_listen_or_off(
+            "bootstrap_listen",
+            pick("bootstrap_listen", srv.get("bootstrap_listen", DEFAULT_BOOTSTRAP_LISTEN)),
+        ),
+        http_listen=_listen_or_off(
+            "http_listen", pick("http_listen", srv.get("http_listen", DEFAULT_HTTP_LISTEN))
+        ),
         http_request_timeout=srv.duration("http_request_timeout", defaults.http_request_timeout),
         http_max_body=_positive_int(
             srv.get("http_max_body", defaults.http_max_body), "http_max_body"

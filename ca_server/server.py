@@ -9,6 +9,7 @@ import os
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -42,6 +43,8 @@ class RunningServer:
     serve_json: Path
     maintenance: Maintenance
     http: HttpListener | None = None
+    bootstrap: grpc.Server | None = None
+    bootstrap_address: str = ""
 
     @property
     def http_address(self) -> str:
@@ -50,6 +53,8 @@ class RunningServer:
     def stop(self, grace_seconds: float) -> None:
         """Stop taking new RPCs, let in-flight ones finish within the grace period."""
         self.health.enter_graceful_shutdown()
+        if self.bootstrap:
+            self.bootstrap.stop(grace_seconds).wait()
         self.server.stop(grace_seconds).wait()
         if self.http:
             self.http.stop()
@@ -86,6 +91,38 @@ def _start_http(ca: LoadedCa) -> HttpListener | None:
     return http
 
 
+def _start_bootstrap(
+    ca: LoadedCa, servicer: CertificateAuthorityServicer, serving: ServingCertificate
+) -> tuple[grpc.Server | None, str]:
+    """The server-TLS listener that serves Enroll and nothing else."""
+    listen = ca.config.server.bootstrap_listen
+    if not listen:
+        return None, ""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="bootstrap"),
+        interceptors=[RpcInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    enroll = grpc.unary_unary_rpc_method_handler(
+        servicer.Enroll,
+        request_deserializer=ca_pb2.EnrollRequest.FromString,
+        response_serializer=ca_pb2.IssuedCertificate.SerializeToString,
+    )
+    generic: Any = grpc.method_handlers_generic_handler(SERVICE_NAME, {"Enroll": enroll})
+    server.add_generic_rpc_handlers((generic,))
+    try:
+        port = server.add_secure_port(listen, serving.bootstrap_credentials())
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise ConfigurationError(f"cannot listen on {listen} (bootstrap; address in use?)")
+    server.start()
+    return server, _bound_address(listen, port)
+
+
 def start_server(ca: LoadedCa) -> RunningServer:
     settings = ca.config.server
     http = _start_http(ca)
@@ -101,9 +138,8 @@ def start_server(ca: LoadedCa) -> RunningServer:
             ("grpc.so_reuseport", 0),
         ],
     )
-    ca_pb2_grpc.add_CertificateAuthorityServicer_to_server(
-        CertificateAuthorityServicer(ca.authority), server
-    )
+    servicer = CertificateAuthorityServicer(ca.authority)
+    ca_pb2_grpc.add_CertificateAuthorityServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(server, [SERVICE_NAME, health.SERVICE_NAME])
@@ -117,13 +153,33 @@ def start_server(ca: LoadedCa) -> RunningServer:
         maintenance.stop()
         raise ConfigurationError(f"cannot listen on {settings.listen} (address in use?)")
     server.start()
+    try:
+        bootstrap, bootstrap_address = _start_bootstrap(ca, servicer, serving)
+    except ConfigurationError:
+        server.stop(0)
+        if http:
+            http.stop()
+        maintenance.stop()
+        raise
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = _bound_address(settings.listen, port)
     serve_json = DataDir(ca.config.data_dir).serve_json
-    ready = {"listen": address, "pid": os.getpid()}
+    ready: dict[str, object] = {"listen": address, "pid": os.getpid()}
+    if bootstrap_address:
+        ready["bootstrap_listen"] = bootstrap_address
     if http:
         ready["http_listen"] = http.address
     atomic_write(serve_json, json.dumps(ready).encode() + b"\n")
     log.info("server_ready", **ready, trust_domain=ca.config.trust_domain)
-    return RunningServer(server, health_servicer, serving, address, serve_json, maintenance, http)
+    return RunningServer(
+        server,
+        health_servicer,
+        serving,
+        address,
+        serve_json,
+        maintenance,
+        http,
+        bootstrap,
+        bootstrap_address,
+    )

@@ -52,6 +52,8 @@ class ServingCertificate:
         self._current: Issued | None = None
         self._renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._config: grpc.ServerCertificateConfiguration | None = None
+        self._bootstrap_config: grpc.ServerCertificateConfiguration | None = None
+        self._generation = 0
         self._rotate()
         authority.on_revocation(self._on_revocation)
 
@@ -84,11 +86,17 @@ class ServingCertificate:
         # Clients are verified against the root and the intermediate, so a client may present
         # its leaf alone or with its chain.
         trust = (pem(self._ca.root) + self._ca.issuer.chain_pem).encode()
+        chain = (issued.certificate_pem + issued.chain_pem).encode()
         self._config = grpc.ssl_server_certificate_configuration(
-            [(key_pem, (issued.certificate_pem + issued.chain_pem).encode())],
-            root_certificates=trust,
+            [(key_pem, chain)], root_certificates=trust
+        )
+        # The bootstrap listener also sends the root: a client that pins only the root's
+        # fingerprint finds it in the handshake, checks it, and only then trusts it.
+        self._bootstrap_config = grpc.ssl_server_certificate_configuration(
+            [(key_pem, chain + pem(self._ca.root).encode())]
         )
         self._current = issued
+        self._generation += 1
         # From the moment of issue, not from not_before: the backdate is not usable lifetime.
         now = self._ca.clock.now()
         self._renew_at = now + (issued.not_after - now) * RENEW_AT_FRACTION
@@ -104,22 +112,42 @@ class ServingCertificate:
             log.warning("serving_certificate_revoked", serial=serial)
             self._renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
 
-    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """gRPC calls this at each new handshake: a new configuration, or None to keep the old."""
+    def _maybe_rotate(self) -> None:
         if self._ca.clock.now() < self._renew_at:
-            return None
+            return
         with self._lock:
             if self._ca.clock.now() >= self._renew_at:
                 try:
                     self._rotate()
                 except Exception:  # keep serving with the current one; retried next handshake
                     log.exception("serving_certificate_rotation_failed")
-                    return None
-            return self._config
+
+    def _fetcher(self, bootstrap: bool) -> Callable[[], grpc.ServerCertificateConfiguration]:
+        """gRPC calls the fetcher at each new handshake of one listener: it returns the new
+        configuration once after any rotation (whichever listener's handshake caused it),
+        None otherwise (keep the current one)."""
+        seen = self._generation
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            nonlocal seen
+            self._maybe_rotate()
+            if seen == self._generation:
+                return None
+            seen = self._generation
+            return self._bootstrap_config if bootstrap else self._config
+
+        # grpc-stubs types the fetcher as never returning None; gRPC documents None as "keep".
+        return cast(Callable[[], grpc.ServerCertificateConfiguration], fetch)
+
+    def bootstrap_credentials(self) -> grpc.ServerCredentials:
+        """Server-authenticated TLS only (gRPC cannot ask for a client certificate without
+        requiring one), with the same certificate, rotated the same way."""
+        assert self._bootstrap_config is not None
+        return grpc.dynamic_ssl_server_credentials(
+            self._bootstrap_config, self._fetcher(True), require_client_authentication=False
+        )
 
     def credentials(self) -> grpc.ServerCredentials:
-        # grpc-stubs types the fetcher as never returning None; gRPC documents None as "no change".
-        fetch = cast(Callable[[], grpc.ServerCertificateConfiguration], self.fetch)
         return grpc.dynamic_ssl_server_credentials(
-            self.configuration, fetch, require_client_authentication=True
+            self.configuration, self._fetcher(False), require_client_authentication=True
         )

@@ -73,6 +73,7 @@ def serve(data: Path) -> subprocess.Popen[str]:
             **os.environ,
             "SIGNET_LISTEN": "127.0.0.1:0",
             "SIGNET_HTTP_LISTEN": "127.0.0.1:0",
+            "SIGNET_BOOTSTRAP_LISTEN": "127.0.0.1:0",
             "SIGNET_LOG_LEVEL": "warning",
         },
         stdout=subprocess.PIPE,

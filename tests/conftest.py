@@ -141,6 +141,7 @@ def start_ca(
         for name, value in {
             "listen": "127.0.0.1:0",
             "http_listen": "127.0.0.1:0",
+            "bootstrap_listen": "127.0.0.1:0",
             **(server or {}),
         }.items():
             text = _set(text, name, f'"{value}"' if not value.startswith("[") else value)

@@ -159,6 +159,32 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             root_certificates_pem=root, intermediate_certificates_pem=intermediates
         )
 
+    def CreateBootstrapToken(
+        self, request: ca_pb2.CreateBootstrapTokenRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.CreateBootstrapTokenResponse:
+        caller = self._caller(context)
+        token, expires_at = self._ca.create_token(
+            caller,
+            request.identity,
+            list(request.dns_names),
+            list(request.ip_addresses),
+            _validity(request.HasField("token_ttl"), request.token_ttl),
+            _validity(request.HasField("certificate_ttl"), request.certificate_ttl),
+        )
+        return ca_pb2.CreateBootstrapTokenResponse(
+            token=token,
+            expires_at=_ts(expires_at),
+            root_fingerprint_sha256=self._ca.root_fingerprint(),
+        )
+
+    def Enroll(
+        self, request: ca_pb2.EnrollRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.IssuedCertificate:
+        # The peer's address (without its port) is what failed attempts are counted by.
+        peer = context.peer().rsplit(":", 1)[0]
+        structlog.contextvars.bind_contextvars(caller=f"bootstrap:{peer}")
+        return _issued(self._ca.enroll(request.token, request.csr_pem, peer))
+
     def ListCertificates(
         self, request: ca_pb2.ListCertificatesRequest, context: grpc.ServicerContext
     ) -> ca_pb2.ListCertificatesResponse:

@@ -31,13 +31,21 @@ from ..store.base import (
     RevokeOutcome,
     Status,
     Store,
+    TokenRecord,
+)
+from .bootstrap import (
+    DEFAULT_TOKEN_TTL,
+    MAX_TOKEN_TTL,
+    FailureLimiter,
+    new_token,
+    token_hash,
 )
 from .clock import Clock, utc_seconds
 from .crl_publisher import CrlPublisher, CrlResult
 from .csr import parse_csr
 from .durations import format_duration
 from .errors import AlreadyRevoked, Conflict, InvalidRequest, NotFound, Unauthenticated
-from .names import IPAddress
+from .names import IPAddress, normalize_dns_name, parse_spiffe_id
 from .ocsp import CertStatus, OcspQuery, SignedStatus, StatusAnswer, issuer_hashes
 from .policy import (
     Caller,
@@ -216,6 +224,7 @@ class CertificateAuthority:
             signer_validity=self.settings.ocsp_signer_validity,
         )
         self._writeback = ThreadPoolExecutor(1, thread_name_prefix="ocsp-writeback")
+        self._enroll_failures = FailureLimiter(clock)
         self.crls = CrlPublisher(
             store=store, clock=clock, issuer=issuer, validity=self.settings.crl_validity
         )
@@ -301,6 +310,76 @@ class CertificateAuthority:
         if not authorized_by.startswith("spiffe://"):
             return Caller(authorized_by, "", is_admin=True)
         return Caller(authorized_by, "", is_admin=self.policy.is_admin(authorized_by))
+
+    # -- bootstrap ------------------------------------------------------------------------------
+    def create_token(
+        self,
+        caller: Caller,
+        identity: str,
+        dns_names: Sequence[str],
+        ip_addresses: Sequence[str],
+        token_ttl: dt.timedelta | None,
+        certificate_ttl: dt.timedelta | None,
+    ) -> tuple[str, dt.datetime]:
+        """A one-time token for `identity` and the names given; returns (token, expires_at).
+        The token itself is never stored or logged."""
+        check_is_admin(caller, "CreateBootstrapToken")
+        try:
+            sid = str(parse_spiffe_id(identity))
+            dns = tuple(dict.fromkeys(normalize_dns_name(n) for n in dns_names))
+            ips = tuple(dict.fromkeys(ipaddress.ip_address(i) for i in ip_addresses))
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        check_request(self.policy, caller, RequestedNames(sid, dns, ips))
+        ttl = token_ttl or DEFAULT_TOKEN_TTL
+        if not dt.timedelta(0) < ttl <= MAX_TOKEN_TTL:
+            raise InvalidRequest(f"token_ttl must be more than 0 and at most {MAX_TOKEN_TTL}")
+        lifetime = self._lifetime(certificate_ttl, self.settings.default_validity)
+        now = utc_seconds(self.clock.now())
+        token = new_token()
+        record = TokenRecord(
+            token_hash(token),
+            sid,
+            dns,
+            tuple(str(i) for i in ips),
+            lifetime,
+            now + ttl,
+            caller.identity,
+            now,
+        )
+        detail = f"token for {sid} ({record.token_hash[:12]}), expires {record.expires_at}"
+        self.store.add_token(record, AuditEvent(now, "token-create", caller.identity, None, detail))
+        return token, record.expires_at
+
+    def enroll(self, token: str, csr_pem: str, peer: str) -> Issued:
+        """A first certificate for whoever holds a valid, unused token; the names are the
+        token's, the key the CSR's. Refusals are audited and rate-limited per peer."""
+        self._enroll_failures.check(peer)
+        csr = parse_csr(csr_pem)  # a bad CSR must not burn the token
+        now = utc_seconds(self.clock.now())
+        record = self.store.consume_token(token_hash(token), now) if token else None
+        if record is None:
+            self._enroll_failures.failed(peer)
+            self.store.append_audit(AuditEvent(now, "enroll-refused", peer, None, "bad token"))
+            raise Unauthenticated("the bootstrap token is unknown, already used or expired")
+        names = RequestedNames(
+            record.identity,
+            record.dns_names,
+            tuple(ipaddress.ip_address(i) for i in record.ip_addresses),
+        )
+        return self._issue(
+            public_key=csr.public_key,
+            names=names,
+            common_name=record.dns_names[0] if record.dns_names else None,
+            lifetime=min(record.certificate_ttl, self.settings.max_validity),
+            actor=f"token:{record.token_hash[:12]}",
+            authorized_by=record.created_by,
+            action="enroll",
+            detail=f"peer {peer}",
+        )
+
+    def root_fingerprint(self) -> str:
+        return fingerprint_sha256(self.root)
 
     def issue_for(
         self,

@@ -10,6 +10,7 @@ from .base import (
     RevokeOutcome,
     StatusRow,
     Store,
+    TokenRecord,
 )
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "RevokeOutcome",
     "StatusRow",
     "Store",
+    "TokenRecord",
     "open_store",
 ]
 

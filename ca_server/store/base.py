@@ -73,6 +73,20 @@ class AuditEvent:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A bootstrap token, kept only as the SHA-256 of its text."""
+
+    token_hash: str
+    identity: str
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    certificate_ttl: dt.timedelta
+    expires_at: dt.datetime
+    created_by: str
+    created_at: dt.datetime
+
+
 class RevokeOutcome(enum.Enum):
     REVOKED = "revoked"
     ALREADY_REVOKED = "already_revoked"
@@ -143,6 +157,15 @@ class Store(Protocol):
 
     def next_crl_number(self) -> int:
         """Atomically increment and return the persisted CRL number (monotonic, from 1)."""
+        ...
+
+    def add_token(self, token: TokenRecord, audit: AuditEvent) -> None:
+        """Store a new bootstrap token (its hash) with its audit event."""
+        ...
+
+    def consume_token(self, token_hash: str, now: dt.datetime) -> TokenRecord | None:
+        """Mark an unused, unexpired token used and return it, atomically: of concurrent
+        attempts with one token exactly one gets it. None when unknown, used or expired."""
         ...
 
     def append_audit(self, event: AuditEvent) -> None:

@@ -28,6 +28,7 @@ from .base import (
     RevokeOutcome,
     Status,
     StatusRow,
+    TokenRecord,
 )
 
 
@@ -118,6 +119,23 @@ def _v6(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_certificates_ocsp_next ON certificates (ocsp_next_update)")
 
 
+def _v7(db: sqlite_utils.Database) -> None:
+    db.table("bootstrap_tokens").create(
+        {
+            "token_hash": str,
+            "identity": str,
+            "dns_names": str,
+            "ip_addresses": str,
+            "certificate_ttl": int,  # seconds
+            "expires_at": int,
+            "created_by": str,
+            "created_at": int,
+            "used_at": int,
+        },
+        pk="token_hash",
+    )
+
+
 # Selected by name so that migrations adding columns never shift _record's unpacking.
 _COLUMNS = (
     "serial, identity, dns_names, ip_addresses, not_before, not_after, status, revoked_at, "
@@ -127,7 +145,7 @@ _COLUMNS = (
 _COLUMN_NAMES = tuple(c.strip() for c in _COLUMNS.split(","))
 
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -428,6 +446,51 @@ class SqliteStore:
                 "detail": event.detail,
             }
         )
+
+    def add_token(self, token: TokenRecord, audit: AuditEvent) -> None:
+        row = {
+            "token_hash": token.token_hash,
+            "identity": token.identity,
+            "dns_names": json.dumps(list(token.dns_names)),
+            "ip_addresses": json.dumps(list(token.ip_addresses)),
+            "certificate_ttl": int(token.certificate_ttl.total_seconds()),
+            "expires_at": _epoch(token.expires_at),
+            "created_by": token.created_by,
+            "created_at": _epoch(token.created_at),
+            "used_at": None,
+        }
+
+        def tx(db: sqlite_utils.Database) -> None:
+            db.table("bootstrap_tokens").insert(row)
+            self._append_audit(db, audit)
+
+        self._write(tx)
+
+    def consume_token(self, token_hash: str, now: dt.datetime) -> TokenRecord | None:
+        def tx(db: sqlite_utils.Database) -> TokenRecord | None:
+            row = db.execute(
+                "UPDATE bootstrap_tokens SET used_at = ? "
+                "WHERE token_hash = ? AND used_at IS NULL AND expires_at > ? "
+                "RETURNING identity, dns_names, ip_addresses, certificate_ttl, expires_at, "
+                "created_by, created_at",
+                [_epoch(now), token_hash, _epoch(now)],
+            ).fetchone()
+            if row is None:
+                return None
+            identity, dns, ips, ttl, expires_at, created_by, created_at = row
+            return TokenRecord(
+                token_hash,
+                identity,
+                tuple(json.loads(dns)),
+                tuple(json.loads(ips)),
+                dt.timedelta(seconds=ttl),
+                _from_epoch(expires_at),
+                created_by,
+                _from_epoch(created_at),
+            )
+
+        token: TokenRecord | None = self._write(tx)
+        return token
 
     def append_audit(self, event: AuditEvent) -> None:
         self._write(lambda db: self._append_audit(db, event))

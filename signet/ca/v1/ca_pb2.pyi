@@ -461,6 +461,96 @@ class CertificateSummary(_message.Message):
 Global___CertificateSummary: _TypeAlias = CertificateSummary  # noqa: Y015
 
 @_typing.final
+class CreateBootstrapTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    DNS_NAMES_FIELD_NUMBER: _builtins.int
+    IP_ADDRESSES_FIELD_NUMBER: _builtins.int
+    TOKEN_TTL_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_TTL_FIELD_NUMBER: _builtins.int
+    identity: _builtins.str
+    """The SPIFFE ID the enrolled certificate will carry."""
+    @_builtins.property
+    def dns_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def ip_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def token_ttl(self) -> _duration_pb2.Duration:
+        """How long the token can be used (default 15 minutes, at most 24 hours)."""
+
+    @_builtins.property
+    def certificate_ttl(self) -> _duration_pb2.Duration:
+        """Lifetime of the certificate it yields (the CA's default when unset)."""
+
+    def __init__(
+        self,
+        *,
+        identity: _builtins.str = ...,
+        dns_names: _abc.Iterable[_builtins.str] | None = ...,
+        ip_addresses: _abc.Iterable[_builtins.str] | None = ...,
+        token_ttl: _duration_pb2.Duration | None = ...,
+        certificate_ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_ttl", b"certificate_ttl", "token_ttl", b"token_ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_ttl", b"certificate_ttl", "dns_names", b"dns_names", "identity", b"identity", "ip_addresses", b"ip_addresses", "token_ttl", b"token_ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBootstrapTokenRequest: _TypeAlias = CreateBootstrapTokenRequest  # noqa: Y015
+
+@_typing.final
+class CreateBootstrapTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    ROOT_FINGERPRINT_SHA256_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    root_fingerprint_sha256: _builtins.str
+    """Lowercase hex SHA-256 of the root certificate's DER: what the enrolling client pins."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        root_fingerprint_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "root_fingerprint_sha256", b"root_fingerprint_sha256", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBootstrapTokenResponse: _TypeAlias = CreateBootstrapTokenResponse  # noqa: Y015
+
+@_typing.final
+class EnrollRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    CSR_PEM_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    csr_pem: _builtins.str
+    """CSR for the workload's key (made on the workload); its names are ignored."""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        csr_pem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrollRequest: _TypeAlias = EnrollRequest  # noqa: Y015
+
+@_typing.final
 class ListCertificatesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

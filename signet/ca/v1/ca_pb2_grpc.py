@@ -69,6 +69,16 @@ class CertificateAuthorityStub:
                 request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListCertificatesRequest.SerializeToString,
                 response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListCertificatesResponse.FromString,
                 _registered_method=True)
+        self.CreateBootstrapToken = channel.unary_unary(
+                '/signet.ca.v1.CertificateAuthority/CreateBootstrapToken',
+                request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.CreateBootstrapTokenRequest.SerializeToString,
+                response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.CreateBootstrapTokenResponse.FromString,
+                _registered_method=True)
+        self.Enroll = channel.unary_unary(
+                '/signet.ca.v1.CertificateAuthority/Enroll',
+                request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.IssuedCertificate.FromString,
+                _registered_method=True)
 
 
 class CertificateAuthorityServicer:
@@ -127,6 +137,22 @@ class CertificateAuthorityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateBootstrapToken(self, request, context):
+        """Mints a one-time token that lets a new workload enroll for `identity` and the names
+        given (admin only). The token is shown once and stored only as a hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Enroll(self, request, context):
+        """Exchanges a bootstrap token and a CSR for a first certificate. Served on the bootstrap
+        listener (server-authenticated TLS): the token stands in for a client certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CertificateAuthorityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +190,16 @@ def add_CertificateAuthorityServicer_to_server(servicer, server):
                     servicer.ListCertificates,
                     request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListCertificatesRequest.FromString,
                     response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListCertificatesResponse.SerializeToString,
+            ),
+            'CreateBootstrapToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBootstrapToken,
+                    request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.CreateBootstrapTokenRequest.FromString,
+                    response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.CreateBootstrapTokenResponse.SerializeToString,
+            ),
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.EnrollRequest.FromString,
+                    response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.IssuedCertificate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +391,60 @@ class CertificateAuthority:
             '/signet.ca.v1.CertificateAuthority/ListCertificates',
             signet_dot_ca_dot_v1_dot_ca__pb2.ListCertificatesRequest.SerializeToString,
             signet_dot_ca_dot_v1_dot_ca__pb2.ListCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBootstrapToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signet.ca.v1.CertificateAuthority/CreateBootstrapToken',
+            signet_dot_ca_dot_v1_dot_ca__pb2.CreateBootstrapTokenRequest.SerializeToString,
+            signet_dot_ca_dot_v1_dot_ca__pb2.CreateBootstrapTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signet.ca.v1.CertificateAuthority/Enroll',
+            signet_dot_ca_dot_v1_dot_ca__pb2.EnrollRequest.SerializeToString,
+            signet_dot_ca_dot_v1_dot_ca__pb2.IssuedCertificate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,14 @@ class CertificateAuthorityStub:
     """The root and intermediate certificates clients should trust / chain."""
     ListCertificates: _grpc.UnaryUnaryMultiCallable[_ca_pb2.ListCertificatesRequest, _ca_pb2.ListCertificatesResponse]
     """Pages through issued certificates (admin only)."""
+    CreateBootstrapToken: _grpc.UnaryUnaryMultiCallable[_ca_pb2.CreateBootstrapTokenRequest, _ca_pb2.CreateBootstrapTokenResponse]
+    """Mints a one-time token that lets a new workload enroll for `identity` and the names
+    given (admin only). The token is shown once and stored only as a hash.
+    """
+    Enroll: _grpc.UnaryUnaryMultiCallable[_ca_pb2.EnrollRequest, _ca_pb2.IssuedCertificate]
+    """Exchanges a bootstrap token and a CSR for a first certificate. Served on the bootstrap
+    listener (server-authenticated TLS): the token stands in for a client certificate.
+    """
 
 @_typing.type_check_only
 class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
@@ -82,6 +90,14 @@ class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
     """The root and intermediate certificates clients should trust / chain."""
     ListCertificates: _aio.UnaryUnaryMultiCallable[_ca_pb2.ListCertificatesRequest, _ca_pb2.ListCertificatesResponse]  # type: ignore[assignment]
     """Pages through issued certificates (admin only)."""
+    CreateBootstrapToken: _aio.UnaryUnaryMultiCallable[_ca_pb2.CreateBootstrapTokenRequest, _ca_pb2.CreateBootstrapTokenResponse]  # type: ignore[assignment]
+    """Mints a one-time token that lets a new workload enroll for `identity` and the names
+    given (admin only). The token is shown once and stored only as a hash.
+    """
+    Enroll: _aio.UnaryUnaryMultiCallable[_ca_pb2.EnrollRequest, _ca_pb2.IssuedCertificate]  # type: ignore[assignment]
+    """Exchanges a bootstrap token and a CSR for a first certificate. Served on the bootstrap
+    listener (server-authenticated TLS): the token stands in for a client certificate.
+    """
 
 class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -146,5 +162,25 @@ class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ca_pb2.ListCertificatesResponse, _abc.Awaitable[_ca_pb2.ListCertificatesResponse]]:
         """Pages through issued certificates (admin only)."""
+
+    @_abc_1.abstractmethod
+    def CreateBootstrapToken(
+        self,
+        request: _ca_pb2.CreateBootstrapTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ca_pb2.CreateBootstrapTokenResponse, _abc.Awaitable[_ca_pb2.CreateBootstrapTokenResponse]]:
+        """Mints a one-time token that lets a new workload enroll for `identity` and the names
+        given (admin only). The token is shown once and stored only as a hash.
+        """
+
+    @_abc_1.abstractmethod
+    def Enroll(
+        self,
+        request: _ca_pb2.EnrollRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ca_pb2.IssuedCertificate, _abc.Awaitable[_ca_pb2.IssuedCertificate]]:
+        """Exchanges a bootstrap token and a CSR for a first certificate. Served on the bootstrap
+        listener (server-authenticated TLS): the token stands in for a client certificate.
+        """
 
 def add_CertificateAuthorityServicer_to_server(servicer: CertificateAuthorityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
