@@ -19,6 +19,7 @@ from ca_server.core.durations import parse_duration
 from signet.ca.v1 import ca_pb2
 
 from .client import CaClient
+from .enroll import PinMismatch, enroll, fetch_pinned_root, normalize_fingerprint
 from .files import FORMATS, read_credentials, render, write_atomically
 
 P12_PASSWORD_ENV = "SIGNET_P12_PASSWORD"  # noqa: S105 - the variable's name, not a secret
@@ -42,6 +43,21 @@ def _parser() -> argparse.ArgumentParser:
             help="directory holding cert.pem, key.pem and ca.pem (the identity to call with)",
         )
         sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    enroll = sub.add_parser("enroll", help="first certificate for a new service, with a token")
+    enroll.add_argument(
+        "--server", default=os.environ.get("SIGNET_SERVER"), help="bootstrap address HOST:PORT"
+    )
+    enroll.add_argument("--token", default=os.environ.get("SIGNET_TOKEN"), help="one-time token")
+    enroll.add_argument(
+        "--root-fingerprint",
+        default=os.environ.get("SIGNET_ROOT_FINGERPRINT"),
+        help="SHA-256 of the root certificate (CreateBootstrapToken returns it)",
+    )
+    enroll.add_argument("--out", default=os.environ.get("SIGNET_OUT"), help="where to write")
+    enroll.add_argument("--json", action="store_true", help="machine-readable output")
+    enroll.add_argument("--format", default="pem", help="comma-separated outputs (as renew)")
+    enroll.add_argument("--p12-password-file", help=f"or env {P12_PASSWORD_ENV}")
 
     renew = sub.add_parser("renew", help="renew DIR's certificate with a new key, atomically")
     common(renew)
@@ -105,7 +121,28 @@ def _message(msg: Any) -> dict[str, Any]:
     return out
 
 
+def _enroll(args: argparse.Namespace) -> int:
+    for flag in ("server", "token", "root_fingerprint", "out"):
+        if not getattr(args, flag):
+            raise UsageError(f"--{flag.replace('_', '-')} is required")
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    root = fetch_pinned_root(args.server, normalize_fingerprint(args.root_fingerprint))
+    creds = enroll(args.server, args.token, root)
+    files = render(creds, formats, _p12_password(args))
+    write_atomically(Path(args.out), files)
+    serial = f"{creds.certificate.serial_number:x}"
+    _print(
+        args,
+        {"serial_number": serial, "not_after": creds.not_after.isoformat(), "files": sorted(files)},
+        f"enrolled: serial {serial}, valid until {creds.not_after.isoformat()}, "
+        f"written to {args.out}",
+    )
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "enroll":
+        return _enroll(args)
     with _client(args) as client:
         if args.command == "renew":
             formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -152,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as exc:
         print(f"ca-client: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    except (UsageError, ValueError, OSError) as exc:
+    except (UsageError, ValueError, OSError, PinMismatch) as exc:
         print(f"ca-client: error: {exc}", file=sys.stderr)
         return 2
 

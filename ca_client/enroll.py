@@ -1,0 +1,69 @@
+"""First contact: find the CA's root in the bootstrap listener's handshake, check it against
+the fingerprint the operator pinned, and only then trust it to enroll with a token."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import ssl
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from signet.ca.v1 import ca_pb2, ca_pb2_grpc
+
+from .client import TIMEOUT, csr_for, new_key
+from .files import Credentials
+
+
+class PinMismatch(Exception):
+    """The server did not present a root with the pinned fingerprint: trust nothing."""
+
+
+def normalize_fingerprint(text: str) -> str:
+    cleaned = text.strip().lower().removeprefix("sha256:").replace(":", "")
+    if len(cleaned) != 64 or any(c not in "0123456789abcdef" for c in cleaned):
+        raise ValueError("--root-fingerprint must be a SHA-256 in hex (64 digits, colons allowed)")
+    return cleaned
+
+
+def fetch_pinned_root(server: str, fingerprint: str) -> x509.Certificate:
+    """The certificate in the server's handshake whose SHA-256 is `fingerprint`."""
+    host, _, port = server.rpartition(":")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # Nothing is trusted yet: the chain is read, not verified, and then pinned below.
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection((host, int(port)), timeout=TIMEOUT) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        # Public as SSLSocket.get_unverified_chain() from Python 3.13; _sslobj's before.
+        source: Any = tls if hasattr(tls, "get_unverified_chain") else tls._sslobj  # type: ignore[attr-defined]
+        chain = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in source.get_unverified_chain() or []]  # type: ignore[attr-defined]
+    for der in chain:
+        if hashlib.sha256(der).hexdigest() == fingerprint:
+            return x509.load_der_x509_certificate(der)
+    raise PinMismatch(
+        f"{server} presented no certificate with SHA-256 {fingerprint}: refusing to trust it"
+    )
+
+
+def enroll(server: str, token: str, root: x509.Certificate) -> Credentials:
+    """A new key made here, and a certificate for it in exchange for the token."""
+    key = new_key()
+    root_pem = root.public_bytes(serialization.Encoding.PEM)
+    with grpc.secure_channel(server, grpc.ssl_channel_credentials(root_pem)) as channel:
+        stub = ca_pb2_grpc.CertificateAuthorityStub(channel)
+        reply = stub.Enroll(
+            ca_pb2.EnrollRequest(token=token, csr_pem=csr_for(key)), timeout=TIMEOUT
+        )
+    return Credentials(
+        key,
+        x509.load_pem_x509_certificate(reply.certificate_pem.encode()),
+        tuple(x509.load_pem_x509_certificates(reply.chain_pem.encode())),
+        (root,),
+    )

@@ -1,0 +1,190 @@
+"""Bootstrap: one-time tokens (CreateBootstrapToken), Enroll on the server-TLS bootstrap
+listener, and `ca-client enroll` pinning the root by fingerprint."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca_client.cli import main as ca_client
+from ca_client.files import read_credentials
+from signet.ca.v1 import ca_pb2, ca_pb2_grpc
+from tests.conftest import CaServer, start_ca, stop_ca
+from tests.pki import make_csr, spiffe
+
+
+def _token(admin, path: str, **kwargs) -> ca_pb2.CreateBootstrapTokenResponse:  # type: ignore[no-untyped-def]
+    return admin.CreateBootstrapToken(
+        ca_pb2.CreateBootstrapTokenRequest(identity=spiffe(path), **kwargs), timeout=30
+    )
+
+
+def _bootstrap_stub(ca: CaServer) -> tuple[grpc.Channel, ca_pb2_grpc.CertificateAuthorityStub]:
+    channel = grpc.secure_channel(
+        ca.running.bootstrap_address, grpc.ssl_channel_credentials(ca.root_pem)
+    )
+    return channel, ca_pb2_grpc.CertificateAuthorityStub(channel)
+
+
+def _enroll(ca: CaServer, token: str, csr: str | None = None) -> ca_pb2.IssuedCertificate:
+    channel, stub = _bootstrap_stub(ca)
+    with channel:
+        return stub.Enroll(
+            ca_pb2.EnrollRequest(token=token, csr_pem=csr or make_csr()[1]), timeout=30
+        )
+
+
+def test_a_token_yields_a_certificate_with_exactly_its_identity_and_names(
+    ca: CaServer, admin
+) -> None:
+    minted = _token(admin, "web/boot", dns_names=["boot.web.internal"], ip_addresses=["10.9.9.9"])
+    assert minted.token.startswith("sgt_") and len(minted.token) > 40
+    root = x509.load_pem_x509_certificate(ca.root_pem)
+    assert (
+        minted.root_fingerprint_sha256
+        == hashlib.sha256(root.public_bytes(serialization.Encoding.DER)).hexdigest()
+    )
+    assert minted.expires_at.ToDatetime(dt.UTC) > dt.datetime.now(dt.UTC)
+    # The CSR asks for other names: the token's are what the certificate gets.
+    _, csr = make_csr(uris=[spiffe("admin")], dns=["evil.example.com"])
+    reply = _enroll(ca, minted.token, csr)
+    cert = x509.load_pem_x509_certificate(reply.certificate_pem.encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [spiffe("web/boot")]
+    assert san.get_values_for_type(x509.DNSName) == ["boot.web.internal"]
+    assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["10.9.9.9"]
+
+
+@pytest.fixture
+def own_ca(tmp_path: Path) -> Iterator[CaServer]:
+    """A CA of its own: bad-token limits are per CA and per peer (all tests are 127.0.0.1)."""
+    server = start_ca(tmp_path / "ca-data")
+    yield server
+    stop_ca(server)
+
+
+def test_a_token_is_single_use_even_under_concurrent_attempts(own_ca: CaServer) -> None:
+    ca = own_ca
+    with ca.admin_channel() as ch:
+        token = _token(ca.stub(ch), "web/race").token
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def attempt() -> None:
+        try:
+            _enroll(ca, token)
+            result = "ok"
+        except grpc.RpcError as exc:
+            result = exc.code().name
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outcomes) == ["UNAUTHENTICATED"] * 7 + ["ok"]
+
+
+def test_wrong_and_reused_tokens_are_unauthenticated_and_audited(ca: CaServer, admin) -> None:
+    token = _token(admin, "web/reuse").token
+    _enroll(ca, token)
+    for bad in (token, "sgt_" + "A" * 43):
+        with pytest.raises(grpc.RpcError) as info:
+            _enroll(ca, bad)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "already used or expired" in (info.value.details() or "")
+    refused = [e for e in ca.store.audit_events(200) if e.action == "enroll-refused"]
+    assert len(refused) >= 2
+
+
+def test_a_bad_csr_does_not_burn_the_token(ca: CaServer, admin) -> None:
+    token = _token(admin, "web/careful").token
+    with pytest.raises(grpc.RpcError) as info:
+        _enroll(ca, token, "not a csr")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _enroll(ca, token).serial_number
+
+
+def test_only_admins_mint_tokens_and_only_for_the_trust_domain(ca: CaServer, admin) -> None:
+    creds = ca.issue("web/not-admin")
+    with ca.channel(creds.fullchain, creds.key_pem) as ch, pytest.raises(grpc.RpcError) as info:
+        _token(ca.stub(ch), "web/x")
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as info:
+        admin.CreateBootstrapToken(
+            ca_pb2.CreateBootstrapTokenRequest(identity="spiffe://elsewhere/x"), timeout=30
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_tokens_are_stored_only_as_hashes(ca: CaServer, admin) -> None:
+    token = _token(admin, "web/hashed").token
+    with sqlite3.connect(ca.data_dir / "ca.db") as db:
+        stored = [r[0] for r in db.execute("SELECT token_hash FROM bootstrap_tokens")]
+    assert hashlib.sha256(token.encode()).hexdigest() in stored
+    assert token not in stored
+    assert not any(token in (e.detail or "") for e in ca.store.audit_events(500))
+
+
+def test_the_bootstrap_listener_serves_enroll_and_nothing_else(ca: CaServer) -> None:
+    channel, stub = _bootstrap_stub(ca)
+    with channel, pytest.raises(grpc.RpcError) as info:
+        stub.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=30)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_burst_of_bad_tokens_from_one_peer_is_rate_limited(own_ca: CaServer) -> None:
+    codes = []
+    for _ in range(12):
+        with pytest.raises(grpc.RpcError) as info:
+            _enroll(own_ca, "sgt_wrong")
+        codes.append(info.value.code())
+    assert codes[:10] == [grpc.StatusCode.UNAUTHENTICATED] * 10
+    assert codes[10:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+
+
+def test_ca_client_enroll_pins_the_root_and_writes_credentials(
+    ca: CaServer, admin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    minted = _token(admin, "web/enrolled", dns_names=["enrolled.web.internal"])
+    out = tmp_path / "tls"
+    code = ca_client(
+        ["enroll", "--server", ca.running.bootstrap_address, "--token", minted.token,
+         "--root-fingerprint", minted.root_fingerprint_sha256, "--out", str(out), "--json"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    reply = json.loads(capsys.readouterr().out)
+    creds = read_credentials(out)
+    assert creds is not None
+    assert f"{creds.certificate.serial_number:x}" == reply["serial_number"]
+    assert creds.key.public_key() == creds.certificate.public_key()
+    assert (out / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert creds.roots[0] == x509.load_pem_x509_certificate(ca.root_pem)
+    # The enrolled identity can renew with the main, mTLS API at once.
+    assert ca_client(["renew", "--server", ca.address, "--out", str(out)]) == 0
+
+
+def test_ca_client_enroll_refuses_a_root_that_does_not_match_the_pin(
+    ca: CaServer, admin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    minted = _token(admin, "web/pinned")
+    code = ca_client(
+        ["enroll", "--server", ca.running.bootstrap_address, "--token", minted.token,
+         "--root-fingerprint", "00" * 32, "--out", str(tmp_path / "tls")]
+    )  # fmt: skip
+    assert code == 2
+    assert "refusing to trust it" in capsys.readouterr().err
+    assert not (tmp_path / "tls").exists()
+    assert _enroll(ca, minted.token).serial_number  # the token was not spent
