@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,10 @@ import grpc
 from google.protobuf import json_format
 
 from ca_server.core.durations import parse_duration
+from ca_server.logs import configure_logging
 from signet.ca.v1 import ca_pb2
 
+from .agent import Agent, AgentConfig, AgentGaveUp
 from .client import CaClient
 from .enroll import PinMismatch, enroll, fetch_pinned_root, normalize_fingerprint
 from .files import FORMATS, read_credentials, render, write_atomically
@@ -58,6 +62,29 @@ def _parser() -> argparse.ArgumentParser:
     enroll.add_argument("--json", action="store_true", help="machine-readable output")
     enroll.add_argument("--format", default="pem", help="comma-separated outputs (as renew)")
     enroll.add_argument("--p12-password-file", help=f"or env {P12_PASSWORD_ENV}")
+
+    agent = sub.add_parser("agent", help="keep DIR's certificate renewed, for ever")
+    agent.add_argument("--server", default=os.environ.get("SIGNET_SERVER"), help="HOST:PORT")
+    agent.add_argument("--out", default=os.environ.get("SIGNET_OUT"), help="credentials directory")
+    agent.add_argument(
+        "--bootstrap-server",
+        default=os.environ.get("SIGNET_BOOTSTRAP_SERVER"),
+        help="bootstrap address for (re-)enrolling (default: --server's host, port 50052)",
+    )
+    agent.add_argument("--token", default=os.environ.get("SIGNET_TOKEN"))
+    agent.add_argument("--token-file", help="file holding a token (re-read at each enroll)")
+    agent.add_argument("--root-fingerprint", default=os.environ.get("SIGNET_ROOT_FINGERPRINT"))
+    agent.add_argument("--format", default="pem", help="comma-separated outputs (as renew)")
+    agent.add_argument("--p12-password-file", help=f"or env {P12_PASSWORD_ENV}")
+    agent.add_argument("--validity", help="requested lifetime of each renewal, e.g. 24h")
+    agent.add_argument(
+        "--renew-at", type=float, default=2 / 3, help="fraction of the lifetime (default 2/3)"
+    )
+    agent.add_argument("--on-renew", help="shell command to run after each renewal")
+    agent.add_argument("--signal", default="HUP", help="signal for --signal-pid / --pid-file")
+    agent.add_argument("--signal-pid", type=int, help="process to signal after each renewal")
+    agent.add_argument("--pid-file", help="file holding the pid of the process to signal")
+    agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
 
     renew = sub.add_parser("renew", help="renew DIR's certificate with a new key, atomically")
     common(renew)
@@ -140,9 +167,48 @@ def _enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent(args: argparse.Namespace) -> int:
+    if not args.server or not args.out:
+        raise UsageError("--server and --out are required")
+    configure_logging(args.log_level)
+    host = args.server.rpartition(":")[0]
+    name = args.signal.upper().removeprefix("SIG")
+    try:
+        signal_number = signal.Signals["SIG" + name]
+    except KeyError:
+        raise UsageError(f"unknown signal {args.signal!r}") from None
+    config = AgentConfig(
+        server=args.server,
+        out=Path(args.out),
+        bootstrap_server=args.bootstrap_server or f"{host}:50052",
+        token_file=Path(args.token_file) if args.token_file else None,
+        token=args.token,
+        root_fingerprint=args.root_fingerprint,
+        formats=tuple(f.strip() for f in args.format.split(",") if f.strip()),
+        p12_password=_p12_password(args),
+        validity=parse_duration(args.validity) if args.validity else None,
+        fraction=args.renew_at,
+        on_renew=args.on_renew,
+        signal_number=signal_number,
+        signal_pid=args.signal_pid,
+        pid_file=Path(args.pid_file) if args.pid_file else None,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        Agent(config).run(stop)
+    except AgentGaveUp as exc:
+        print(f"ca-client: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "enroll":
         return _enroll(args)
+    if args.command == "agent":
+        return _agent(args)
     with _client(args) as client:
         if args.command == "renew":
             formats = [f.strip() for f in args.format.split(",") if f.strip()]

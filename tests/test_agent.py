@@ -1,0 +1,132 @@
+"""`ca-client agent` end to end: it enrolls with a token, renews for ever at 2/3 of short
+lifetimes (running --on-renew each time), stops cleanly on SIGTERM, and exits non-zero with
+a clear message once its identity is revoked and no usable token is left."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import itertools
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from signet.ca.v1 import ca_pb2
+from tests.conftest import CaServer, start_ca, stop_ca
+
+DEADLINE = 60.0
+
+
+class AgentProcess:
+    def __init__(self, *args: str) -> None:
+        cli = Path(sys.executable).parent / "ca-client"
+        command = [str(cli)] if cli.exists() else [sys.executable, "-m", "ca_client.cli"]
+        self.proc = subprocess.Popen(
+            [*command, "agent", *args], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.lines: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            with contextlib.suppress(ValueError):  # not every line is one of our events
+                self.events.put(json.loads(line))
+        self.events.put(None)
+
+    def wait_for(self, event: str, count: int = 1) -> list[dict[str, Any]]:
+        """The first `count` log events named `event`, awaited with a deadline."""
+        deadline = time.monotonic() + DEADLINE
+        found: list[dict[str, Any]] = []
+        while len(found) < count:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {count} x {event!r} in time:\n{''.join(self.lines)}"
+            try:
+                item = self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            assert item is not None, f"agent exited early:\n{''.join(self.lines)}"
+            if item.get("event") == event:
+                found.append(item)
+        return found
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=DEADLINE)
+
+
+@pytest.fixture
+def short_lived_ca(tmp_path: Path) -> Iterator[CaServer]:
+    server = start_ca(tmp_path / "ca-data")
+    yield server
+    stop_ca(server)
+
+
+def _token(ca: CaServer, path: str, seconds: int) -> ca_pb2.CreateBootstrapTokenResponse:
+    request = ca_pb2.CreateBootstrapTokenRequest(identity=f"spiffe://signet.local/{path}")
+    request.certificate_ttl.FromSeconds(seconds)
+    with ca.admin_channel() as ch:
+        return ca.stub(ch).CreateBootstrapToken(request, timeout=30)
+
+
+def test_agent_enrolls_then_renews_again_and_again(
+    short_lived_ca: CaServer, tmp_path: Path
+) -> None:
+    ca = short_lived_ca
+    minted = _token(ca, "web/agent", seconds=3)
+    out, marker = tmp_path / "tls", tmp_path / "renewed.log"
+    agent = AgentProcess(
+        "--server", ca.address, "--bootstrap-server", ca.running.bootstrap_address,
+        "--token", minted.token, "--root-fingerprint", minted.root_fingerprint_sha256,
+        "--out", str(out), "--on-renew", f"echo renewed >> {marker}",
+    )  # fmt: skip
+    try:
+        agent.wait_for("enrolled")
+        renewals = agent.wait_for("renewed", count=3)
+        serials = [r["serial"] for r in renewals]
+        assert len(set(serials)) == 3
+        # Each at about 2/3 of a 3 s lifetime, not all at once: the backdate is not lifetime.
+        times = [dt.datetime.fromisoformat(r["timestamp"]) for r in renewals]
+        assert all(b - a >= dt.timedelta(seconds=1) for a, b in itertools.pairwise(times))
+        assert agent.stop() == 0
+    finally:
+        agent.stop()
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    assert f"{cert.serial_number:x}" in serials
+    assert marker.read_text().count("renewed") >= 3
+
+
+def test_agent_gives_up_clearly_once_revoked_without_a_usable_token(
+    short_lived_ca: CaServer, tmp_path: Path
+) -> None:
+    ca = short_lived_ca
+    minted = _token(ca, "web/doomed-agent", seconds=3)
+    agent = AgentProcess(
+        "--server", ca.address, "--bootstrap-server", ca.running.bootstrap_address,
+        "--token", minted.token, "--root-fingerprint", minted.root_fingerprint_sha256,
+        "--out", str(tmp_path / "tls"),
+    )  # fmt: skip
+    try:
+        serial = agent.wait_for("renewed")[0]["serial"]
+        with ca.admin_channel() as ch:
+            ca.stub(ch).RevokeCertificate(
+                ca_pb2.RevokeCertificateRequest(serial_number=serial), timeout=30
+            )
+        code = agent.proc.wait(timeout=DEADLINE)
+        assert code == 1
+        assert "token was refused" in "".join(agent.lines)
+    finally:
+        agent.stop()
