@@ -4,6 +4,7 @@ the data directory is empty). Every flag can also come from SIGNET_<FLAG> or con
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -16,14 +17,17 @@ from pathlib import Path
 import structlog
 
 from .config import DEFAULT_KEY_TYPE, DEFAULT_TRUST_DOMAIN, load_config
-from .core.errors import ConfigurationError
+from .core.durations import parse_duration
+from .core.errors import ConfigurationError, SignetError
 from .core.keys import CA_KEY_TYPES
+from .core.policy import Caller
 from .datadir import DataDir, init_ca, load_ca
 from .logs import configure_logging
 from .server import start_server
 
 log = structlog.get_logger("signet.cli")
 
+LOCAL_OPERATOR = "signet:local-operator"
 PASSPHRASE_ENV = "SIGNET_CA_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 
 
@@ -55,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="create a new CA in the data directory")
     common(init)
+
+    token = sub.add_parser("token", help="bootstrap tokens, minted locally (no server needed)")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="mint a one-time enrollment token")
+    common(create)
+    create.add_argument("--identity", required=True, help="SPIFFE ID the certificate will carry")
+    create.add_argument("--dns-name", action="append", default=[], help="repeatable")
+    create.add_argument("--ip-address", action="append", default=[], help="repeatable")
+    create.add_argument("--token-ttl", help="how long the token can be used (default 15m)")
+    create.add_argument("--certificate-ttl", help="lifetime of the certificate it yields")
+    create.add_argument("--json", action="store_true", help="machine-readable output")
 
     serve = sub.add_parser("serve", help="run the CA (initialises an empty data directory first)")
     common(serve)
@@ -180,11 +195,46 @@ def _serve(data_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_create(data_dir: Path, args: argparse.Namespace) -> int:
+    """Mint a token straight into the store, as the operator at this machine (an admin)."""
+    if not DataDir(data_dir).exists():
+        raise ConfigurationError(f"{data_dir} holds no Signet CA: run ca-server init first")
+    ca = load_ca(load_config(data_dir, _overrides(args)), _passphrase(args))
+    try:
+        operator = Caller(LOCAL_OPERATOR, "", is_admin=True)
+        token, expires_at = ca.authority.create_token(
+            operator,
+            args.identity,
+            args.dns_name,
+            args.ip_address,
+            parse_duration(args.token_ttl) if args.token_ttl else None,
+            parse_duration(args.certificate_ttl) if args.certificate_ttl else None,
+        )
+        fingerprint = ca.authority.root_fingerprint()
+    finally:
+        ca.store.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "token": token,
+                    "expires_at": expires_at.isoformat(),
+                    "root_fingerprint_sha256": fingerprint,
+                }
+            )
+        )
+    else:
+        print(f"token: {token}\nexpires: {expires_at.isoformat()}\nroot fingerprint: {fingerprint}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level or _env("log_level") or "info")
     data_dir = Path(args.data_dir or _env("data_dir") or "ca-data")
     try:
+        if args.command == "token":
+            return _token_create(data_dir, args)
         if args.command == "init":
             _init(data_dir, args)
             print(
@@ -193,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         return _serve(data_dir, args)
-    except ConfigurationError as exc:
+    except (ConfigurationError, SignetError, ValueError) as exc:
         print(f"ca-server: error: {exc}", file=sys.stderr)
         return 1
 

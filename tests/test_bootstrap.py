@@ -7,6 +7,8 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,3 +190,27 @@ def test_ca_client_enroll_refuses_a_root_that_does_not_match_the_pin(
     assert "refusing to trust it" in capsys.readouterr().err
     assert not (tmp_path / "tls").exists()
     assert _enroll(ca, minted.token).serial_number  # the token was not spent
+
+
+def test_ca_server_token_create_mints_locally_into_the_running_cas_store(
+    ca: CaServer, tmp_path: Path
+) -> None:
+    cli = Path(sys.executable).parent / "ca-server"
+    result = subprocess.run(
+        [str(cli), "token", "create", "--data-dir", str(ca.data_dir),
+         "--identity", spiffe("web/local-token"), "--dns-name", "local.web.internal",
+         "--token-ttl", "5m", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    minted = json.loads(result.stdout)
+    assert minted["root_fingerprint_sha256"] == ca.authority.root_fingerprint()
+    reply = _enroll(ca, minted["token"])  # the running server sees it: one shared store
+    cert = x509.load_pem_x509_certificate(reply.certificate_pem.encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["local.web.internal"]
+    bad = subprocess.run(
+        [str(cli), "token", "create", "--data-dir", str(ca.data_dir), "--identity", "nope"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "SPIFFE" in bad.stderr and "Traceback" not in bad.stderr
