@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,9 @@ class Agent:
         # When we got the current certificate: the CA backdates not_before (for clock skew),
         # and that slack must not count as lifetime already used.
         self._received_at: dt.datetime | None = None
+        # In-process users (ca_client.Identity) hear about renewals and failures here.
+        self.renewed: list[Callable[[Credentials], None]] = []
+        self.failed: list[Callable[[Exception], None]] = []
 
     @staticmethod
     def _now() -> dt.datetime:
@@ -69,7 +73,7 @@ class Agent:
             return self.config.token_file.read_text().strip() or None
         return self.config.token
 
-    def _usable(self, creds: Credentials | None) -> bool:
+    def usable(self, creds: Credentials | None) -> bool:
         return creds is not None and creds.not_before <= self._now() < creds.not_after
 
     def _publish(self, creds: Credentials) -> None:
@@ -92,6 +96,7 @@ class Agent:
         self._publish(creds)
         self._received_at = self._now()
         log.info("enrolled", serial=f"{creds.certificate.serial_number:x}")
+        self._notify(creds)
         return creds
 
     def _renew(self, creds: Credentials) -> Credentials:
@@ -107,7 +112,15 @@ class Agent:
             renewals=self.renewals,
         )
         self._after_renew()
+        self._notify(fresh)
         return fresh
+
+    def _notify(self, creds: Credentials) -> None:
+        for callback in self.renewed:
+            try:
+                callback(creds)
+            except Exception:  # a listener's bug must not stop renewals
+                log.exception("renew_listener_failed")
 
     def _after_renew(self) -> None:
         if self.config.on_renew:
@@ -134,7 +147,7 @@ class Agent:
         backoff = self.config.backoff
         while not stop.is_set():
             try:
-                if not self._usable(creds):
+                if not self.usable(creds):
                     creds = self._enroll()
                     backoff = self.config.backoff
                 assert creds is not None
@@ -180,6 +193,11 @@ class Agent:
         not_after = creds.not_after if creds else None
         retry_at = backoff.retry_at(now, not_after, self.rng)
         detail = error.details() if isinstance(error, grpc.RpcError) else str(error)
+        for callback in self.failed:
+            try:
+                callback(error)
+            except Exception:
+                log.exception("failure_listener_failed")
         log.warning(
             "renew_failed", error=detail, attempt=backoff.attempt, retry_at=retry_at.isoformat()
         )

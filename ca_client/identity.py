@@ -1,0 +1,238 @@
+"""In-process identity for Python services: one object keeps the certificate fresh in a
+background thread and hands out credentials that follow each renewal.
+
+    identity = Identity(AgentConfig(server="ca:50051", out=Path("/var/lib/svc/tls"), ...))
+    identity.start()                                  # enrolls first if it must
+    server.add_secure_port(addr, identity.server_credentials())   # follows renewals
+    channel = identity.channel("peer:443")            # rebuilt under the stubs on renewal
+    ctx = identity.ssl_context(server_side=True)      # for HTTP servers and clients
+"""
+
+from __future__ import annotations
+
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+
+from .agent import Agent, AgentConfig
+from .files import Credentials, read_credentials
+
+OLD_CHANNEL_GRACE = 30.0  # seconds in-flight calls get on a channel replaced by a renewal
+
+
+def _pem(creds: Credentials) -> tuple[bytes, bytes, bytes]:
+    """(key, certificate chain, trusted roots) as PEM."""
+    key = creds.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    chain = b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in (creds.certificate, *creds.chain)
+    )
+    roots = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in creds.roots)
+    return key, chain, roots
+
+
+class Identity:
+    def __init__(self, config: AgentConfig) -> None:
+        self._agent = Agent(config)
+        self._config = config
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._creds: Credentials | None = read_credentials(config.out)
+        self._generation = 0
+        self._contexts: list[tuple[ssl.SSLContext, bool]] = []
+        self.on_renew: list[Callable[[Credentials], None]] = []
+        self.on_failure: list[Callable[[Exception], None]] = []
+        self.error: Exception | None = None  # why the background loop stopped, if it did
+        self._agent.renewed.append(self._renewed)
+        self._agent.failed.append(self._failed)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> Identity:
+        """Start the background loop; return once a usable certificate is on hand."""
+        ready = threading.Event()
+        if self._agent.usable(self._creds):
+            ready.set()
+        self.on_renew.append(lambda _: ready.set())
+        self._thread = threading.Thread(target=self._run, name="signet-identity", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise TimeoutError(f"no certificate within {timeout}s: {self.error or 'still trying'}")
+        return self
+
+    def _run(self) -> None:
+        try:
+            self._agent.run(self._stop)
+        except Exception as exc:
+            self.error = exc
+            self._failed(exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def __enter__(self) -> Identity:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def renewals(self) -> int:
+        """How many times the certificate has been renewed since start()."""
+        return self._agent.renewals
+
+    @property
+    def credentials(self) -> Credentials:
+        with self._lock:
+            if self._creds is None:
+                raise RuntimeError("no certificate yet: call start() first")
+            return self._creds
+
+    def _failed(self, error: Exception) -> None:
+        for callback in self.on_failure:
+            callback(error)
+
+    def _renewed(self, creds: Credentials) -> None:
+        with self._lock:
+            self._creds = creds
+            self._generation += 1
+            contexts = list(self._contexts)
+        for ctx, _ in contexts:
+            self._load(ctx, creds)
+        for callback in self.on_renew:
+            callback(creds)
+
+    # -- gRPC server --------------------------------------------------------------------------
+    def server_credentials(self, require_client_auth: bool = True) -> grpc.ServerCredentials:
+        """Server credentials that present the current certificate at every new handshake."""
+
+        def config() -> grpc.ServerCertificateConfiguration:
+            key, chain, roots = _pem(self.credentials)
+            return grpc.ssl_server_certificate_configuration([(key, chain)], roots)
+
+        seen = self._generation
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            nonlocal seen
+            if seen == self._generation:
+                return None  # keep the current one
+            seen = self._generation
+            return config()
+
+        return grpc.dynamic_ssl_server_credentials(
+            config(),
+            cast(Callable[[], grpc.ServerCertificateConfiguration], fetch),
+            require_client_authentication=require_client_auth,
+        )
+
+    # -- gRPC client ----------------------------------------------------------------------------
+    def channel(self, target: str, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+        """A channel presenting the current certificate; after each renewal the calls go
+        through a new channel (gRPC credentials are immutable), existing stubs included."""
+        return cast(grpc.Channel, RenewingChannel(self, target, options or []))
+
+    def _secure_channel(self, target: str, options: list[tuple[str, Any]]) -> grpc.Channel:
+        key, chain, roots = _pem(self.credentials)
+        creds = grpc.ssl_channel_credentials(roots, key, chain)
+        return grpc.secure_channel(target, creds, options=options)
+
+    # -- ssl ------------------------------------------------------------------------------------
+    def ssl_context(self, server_side: bool = False) -> ssl.SSLContext:
+        """An SSLContext with the current certificate, reloaded in place on every renewal
+        (new handshakes use the new one), trusting this CA and requiring peer certificates."""
+        purpose = ssl.Purpose.CLIENT_AUTH if server_side else ssl.Purpose.SERVER_AUTH
+        ctx = ssl.create_default_context(purpose)
+        if server_side:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        self._load(ctx, self.credentials)
+        with self._lock:
+            self._contexts.append((ctx, server_side))
+        return ctx
+
+    @staticmethod
+    def _load(ctx: ssl.SSLContext, creds: Credentials) -> None:
+        key, chain, roots = _pem(creds)
+        ctx.load_verify_locations(cadata=roots.decode())
+        # load_cert_chain reads files only: a private temporary directory, gone at once.
+        with tempfile.TemporaryDirectory() as tmp:
+            cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+            key_file.touch(mode=0o600)
+            key_file.write_bytes(key)
+            cert_file.write_bytes(chain)
+            ctx.load_cert_chain(cert_file, key_file)
+
+
+class _Renewing:
+    """A multicallable that resolves the owner's current channel at each call."""
+
+    def __init__(self, owner: RenewingChannel, kind: str, args: tuple[Any, ...], kw: Any):
+        self._owner, self._kind, self._args, self._kw = owner, kind, args, kw
+
+    def _current(self) -> Any:
+        return getattr(self._owner.current, self._kind)(*self._args, **self._kw)
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        return self._current()(*args, **kw)
+
+    def with_call(self, *args: Any, **kw: Any) -> Any:
+        return self._current().with_call(*args, **kw)
+
+    def future(self, *args: Any, **kw: Any) -> Any:
+        return self._current().future(*args, **kw)
+
+
+class RenewingChannel:
+    def __init__(self, identity: Identity, target: str, options: list[tuple[str, Any]]) -> None:
+        self._identity, self._target, self._options = identity, target, options
+        self._lock = threading.Lock()
+        self.current = identity._secure_channel(target, options)
+        identity.on_renew.append(self._swap)
+
+    def _swap(self, _: Credentials) -> None:
+        fresh = self._identity._secure_channel(self._target, self._options)
+        with self._lock:
+            old, self.current = self.current, fresh
+        # Calls already running on the old channel finish; it is closed after a grace period.
+        timer = threading.Timer(OLD_CHANNEL_GRACE, old.close)
+        timer.daemon = True
+        timer.start()
+
+    def unary_unary(self, *args: Any, **kw: Any) -> _Renewing:
+        return _Renewing(self, "unary_unary", args, kw)
+
+    def unary_stream(self, *args: Any, **kw: Any) -> _Renewing:
+        return _Renewing(self, "unary_stream", args, kw)
+
+    def stream_unary(self, *args: Any, **kw: Any) -> _Renewing:
+        return _Renewing(self, "stream_unary", args, kw)
+
+    def stream_stream(self, *args: Any, **kw: Any) -> _Renewing:
+        return _Renewing(self, "stream_stream", args, kw)
+
+    def subscribe(self, callback: Callable[..., Any], try_to_connect: bool = False) -> None:
+        self.current.subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback: Callable[..., Any]) -> None:
+        self.current.unsubscribe(callback)
+
+    def close(self) -> None:
+        if self._swap in self._identity.on_renew:
+            self._identity.on_renew.remove(self._swap)
+        self.current.close()
+
+    def __enter__(self) -> RenewingChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

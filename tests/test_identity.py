@@ -1,0 +1,77 @@
+"""ca_client.Identity in-process: a Python gRPC server and its client, both holding
+short-lived identities that renew in the background, keep talking through several renewals
+of each without a single failed call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ca_client.agent import AgentConfig
+from ca_client.identity import Identity
+from signet.ca.v1 import ca_pb2
+from tests.conftest import CaServer, start_ca, stop_ca
+
+DEADLINE = 90.0
+
+
+@pytest.fixture
+def own_ca(tmp_path: Path) -> Iterator[CaServer]:
+    server = start_ca(tmp_path / "ca-data")
+    yield server
+    stop_ca(server)
+
+
+def _identity(ca: CaServer, out: Path, path: str, **names: list[str]) -> Identity:
+    request = ca_pb2.CreateBootstrapTokenRequest(identity=f"spiffe://signet.local/{path}", **names)
+    request.certificate_ttl.FromSeconds(3)
+    with ca.admin_channel() as ch:
+        minted = ca.stub(ch).CreateBootstrapToken(request, timeout=30)
+    return Identity(
+        AgentConfig(
+            server=ca.address,
+            bootstrap_server=ca.running.bootstrap_address,
+            token=minted.token,
+            root_fingerprint=minted.root_fingerprint_sha256,
+            out=out,
+        )
+    )
+
+
+def test_server_and_client_keep_talking_through_renewals(own_ca: CaServer, tmp_path: Path) -> None:
+    server_id = _identity(
+        own_ca, tmp_path / "server", "web/api", dns_names=["localhost"], ip_addresses=["127.0.0.1"]
+    ).start()
+    client_id = _identity(own_ca, tmp_path / "client", "web/caller").start()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_secure_port("127.0.0.1:0", server_id.server_credentials())
+    server.start()
+    failures: list[str] = []
+    calls = 0
+    try:
+        channel = client_id.channel(f"127.0.0.1:{port}")
+        stub = health_pb2_grpc.HealthStub(channel)  # made once: must follow renewals
+        deadline = time.monotonic() + DEADLINE
+        while server_id.renewals < 3 or client_id.renewals < 3:
+            assert time.monotonic() < deadline, f"renewals: {failures}"
+            assert calls < 100_000
+            calls += 1
+            try:
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            except grpc.RpcError as exc:
+                failures.append(f"{exc.code().name}: {exc.details()}")
+        channel.close()
+    finally:
+        server.stop(0)
+        client_id.stop()
+        server_id.stop()
+    assert failures == []
+    assert calls > 10
+    assert client_id.error is None and server_id.error is None
