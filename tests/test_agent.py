@@ -10,6 +10,7 @@ import itertools
 import json
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -130,3 +131,34 @@ def test_agent_gives_up_clearly_once_revoked_without_a_usable_token(
         assert "token was refused" in "".join(agent.lines)
     finally:
         agent.stop()
+
+
+def test_agent_backs_off_while_the_ca_is_down_and_recovers_when_it_returns(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "ca-data"
+    ca = start_ca(data, server={"listen": f"127.0.0.1:{port}"})
+    minted = _token(ca, "web/patient", seconds=6)
+    agent = AgentProcess(
+        "--server", ca.address, "--bootstrap-server", ca.running.bootstrap_address,
+        "--token", minted.token, "--root-fingerprint", minted.root_fingerprint_sha256,
+        "--out", str(tmp_path / "tls"),
+    )  # fmt: skip
+    try:
+        agent.wait_for("renewed")
+        stop_ca(ca)  # the CA goes away during the next renewal window
+        failed = agent.wait_for("renew_failed")[0]
+        assert dt.datetime.fromisoformat(failed["retry_at"]) > dt.datetime.fromisoformat(
+            failed["timestamp"]
+        )
+        ca = start_ca(data)  # back, on the same address
+        assert ca.address == f"127.0.0.1:{port}"
+        recovered = agent.wait_for("renewed")[0]
+        assert recovered["serial"]
+        assert agent.proc.poll() is None  # still running, renewing
+    finally:
+        agent.stop()
+        stop_ca(ca)

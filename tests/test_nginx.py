@@ -115,3 +115,99 @@ def test_nginx_accepts_our_client_certificate_and_refuses_it_once_revoked(
     assert _get(ca, nginx, client, tmp_path) == 400
     other = ca.issue("web/nginx-other")
     assert _get(ca, nginx, other, tmp_path) == 200
+
+
+def test_agent_keeps_nginx_serving_through_renewals_with_zero_failures(
+    tmp_path: Path,
+) -> None:
+    """ca-client agent renews nginx's certificate (3 s lifetimes) and reloads it (SIGHUP via
+    --pid-file); a client connecting continuously never fails and sees the new certificates."""
+    if NGINX is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed: .ci/run installs it (apt-get install nginx)")
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    from tests.conftest import start_ca, stop_ca
+    from tests.test_agent import AgentProcess
+
+    own = start_ca(tmp_path / "ca-data")
+    out = tmp_path / "tls"
+    request = ca_pb2.CreateBootstrapTokenRequest(
+        identity="spiffe://signet.local/nginx", dns_names=["localhost"], ip_addresses=["127.0.0.1"]
+    )
+    request.certificate_ttl.FromSeconds(3)
+    with own.admin_channel() as ch:
+        minted = own.stub(ch).CreateBootstrapToken(request, timeout=30)
+    port = _free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+master_process on;
+user root;
+worker_processes 1;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}/body;
+    proxy_temp_path {tmp_path}/proxy;
+    fastcgi_temp_path {tmp_path}/fastcgi;
+    uwsgi_temp_path {tmp_path}/uwsgi;
+    scgi_temp_path {tmp_path}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {out}/bundle.pem;
+        ssl_certificate_key {out}/key.pem;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+""")
+    agent = AgentProcess(
+        "--server", own.address, "--bootstrap-server", own.running.bootstrap_address,
+        "--token", minted.token, "--root-fingerprint", minted.root_fingerprint_sha256,
+        "--out", str(out), "--format", "pem,bundle", "--pid-file", str(tmp_path / "nginx.pid"),
+    )  # fmt: skip
+    nginx = None
+    try:
+        agent.wait_for("enrolled")
+        nginx = subprocess.Popen([NGINX, "-c", str(conf)], stderr=subprocess.PIPE)
+        ctx = ssl.create_default_context(cafile=str(own.data_dir / "root.pem"))
+        deadline = time.monotonic() + 20
+        while True:  # nginx has no readiness signal: wait until it accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert nginx.poll() is None, (tmp_path / "error.log").read_text()
+                assert time.monotonic() < deadline, "nginx did not start listening"
+                time.sleep(0.05)
+        failures, serials, calls = [], set(), 0
+        renewed = 0
+        give_up = time.monotonic() + 90
+        while renewed < 3:
+            assert time.monotonic() < give_up and calls < 200_000, (failures, serials)
+            calls += 1
+            try:
+                with (
+                    socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                    ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+                ):
+                    der = tls.getpeercert(binary_form=True)
+                    tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    reply = tls.recv(4096)
+                assert reply.startswith(b"HTTP/1.1 200"), reply
+                serials.add(der)
+            except (OSError, AssertionError) as exc:
+                failures.append(repr(exc))
+            while not agent.events.empty():
+                item = agent.events.get_nowait()
+                if item is not None and item.get("event") == "renewed":
+                    renewed += 1
+        assert failures == []
+        assert len(serials) >= 2  # nginx really picked up renewed certificates
+    finally:
+        agent.stop()
+        if nginx is not None:
+            nginx.terminate()
+            nginx.wait(timeout=30)
+        stop_ca(own)
