@@ -5,7 +5,7 @@ background thread and hands out credentials that follow each renewal.
     identity.start()                                  # enrolls first if it must
     server.add_secure_port(addr, identity.server_credentials())   # follows renewals
     channel = identity.channel("peer:443")            # rebuilt under the stubs on renewal
-    ctx = identity.ssl_context(server_side=True)      # for HTTP servers and clients
+    ctx = identity.ssl_context(server_side=True)      # follows renewals (SNI-time switch)
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Identity:
         self._lock = threading.Lock()
         self._creds: Credentials | None = read_credentials(config.out)
         self._generation = 0
-        self._contexts: list[tuple[ssl.SSLContext, bool]] = []
+        self._contexts: dict[bool, tuple[int, ssl.SSLContext]] = {}  # server_side -> built
         self.on_renew: list[Callable[[Credentials], None]] = []
         self.on_failure: list[Callable[[Exception], None]] = []
         self.error: Exception | None = None  # why the background loop stopped, if it did
@@ -107,9 +107,6 @@ class Identity:
         with self._lock:
             self._creds = creds
             self._generation += 1
-            contexts = list(self._contexts)
-        for ctx, _ in contexts:
-            self._load(ctx, creds)
         for callback in self.on_renew:
             callback(creds)
 
@@ -149,19 +146,41 @@ class Identity:
 
     # -- ssl ------------------------------------------------------------------------------------
     def ssl_context(self, server_side: bool = False) -> ssl.SSLContext:
-        """An SSLContext with the current certificate, reloaded in place on every renewal
-        (new handshakes use the new one), trusting this CA and requiring peer certificates."""
+        """An SSLContext with the current certificate, trusting this CA, peers' certificates
+        required. Contexts are never changed under a handshake (OpenSSL would briefly hold a
+        certificate without its key): a server-side context switches each new connection to
+        the current one from its SNI callback, so it follows renewals by itself; a client asks
+        again per connection (or from an on_renew callback) to get the current one."""
+        current = self._current_context(server_side)
+        if not server_side:
+            return current
+        front = self._build_context(True, self.credentials)
+
+        def switch(sock: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+            sock.context = self._current_context(True)
+
+        front.sni_callback = switch
+        return front
+
+    def _current_context(self, server_side: bool) -> ssl.SSLContext:
+        with self._lock:
+            cached = self._contexts.get(server_side)
+            if cached is not None and cached[0] == self._generation:
+                return cached[1]
+            generation, creds = self._generation, self._creds
+        if creds is None:
+            raise RuntimeError("no certificate yet: call start() first")
+        ctx = self._build_context(server_side, creds)
+        with self._lock:
+            self._contexts[server_side] = (generation, ctx)
+        return ctx
+
+    @staticmethod
+    def _build_context(server_side: bool, creds: Credentials) -> ssl.SSLContext:
         purpose = ssl.Purpose.CLIENT_AUTH if server_side else ssl.Purpose.SERVER_AUTH
         ctx = ssl.create_default_context(purpose)
         if server_side:
             ctx.verify_mode = ssl.CERT_REQUIRED
-        self._load(ctx, self.credentials)
-        with self._lock:
-            self._contexts.append((ctx, server_side))
-        return ctx
-
-    @staticmethod
-    def _load(ctx: ssl.SSLContext, creds: Credentials) -> None:
         key, chain, roots = _pem(creds)
         ctx.load_verify_locations(cadata=roots.decode())
         # load_cert_chain reads files only: a private temporary directory, gone at once.
@@ -171,6 +190,7 @@ class Identity:
             key_file.write_bytes(key)
             cert_file.write_bytes(chain)
             ctx.load_cert_chain(cert_file, key_file)
+        return ctx
 
 
 class _Renewing:

@@ -1082,3 +1082,19 @@ def test_a_revocation_racing_the_auth_store_read_is_not_cached_as_good(
             authority.authenticate(peer(issued))
     finally:
         store.close()
+
+
+def test_an_expired_bootstrap_token_is_refused(
+    authority: CertificateAuthority, clock: FakeClock
+) -> None:
+    token, expires_at = authority.create_token(ADMIN, WEB_ID, [], [], None, None)
+    assert expires_at == clock.now().replace(microsecond=0) + dt.timedelta(minutes=15)
+    clock.advance(dt.timedelta(minutes=15, seconds=1))
+    with pytest.raises(Unauthenticated, match="expired"):
+        authority.enroll(token, make_csr()[1], "10.0.0.1")
+
+
+def test_a_token_cannot_grant_names_its_minter_may_not(authority: CertificateAuthority) -> None:
+    workload = Caller(WEB_ID, "01", is_admin=False)
+    with pytest.raises(PolicyViolation):
+        authority.create_token(workload, WEB_ID, [], [], None, None)

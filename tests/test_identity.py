@@ -4,6 +4,9 @@ of each without a single failed call."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -75,3 +78,58 @@ def test_server_and_client_keep_talking_through_renewals(own_ca: CaServer, tmp_p
     assert failures == []
     assert calls > 10
     assert client_id.error is None and server_id.error is None
+
+
+def test_ssl_contexts_follow_renewals(own_ca: CaServer, tmp_path: Path) -> None:
+    server_id = _identity(
+        own_ca,
+        tmp_path / "server",
+        "web/https",
+        dns_names=["localhost"],
+        ip_addresses=["127.0.0.1"],
+    ).start()
+    client_id = _identity(own_ca, tmp_path / "client", "web/https-client").start()
+    server_ctx = server_id.ssl_context(server_side=True)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with (
+                contextlib.suppress(OSError),
+                server_ctx.wrap_socket(conn, server_side=True) as tls,
+            ):
+                tls.sendall(b"hello")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def presented() -> bytes:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            client_id.ssl_context().wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            assert tls.recv(5) == b"hello"  # mutual TLS worked
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+
+    try:
+        first = presented()
+        deadline = time.monotonic() + DEADLINE
+        while server_id.renewals < 1 or client_id.renewals < 1:
+            assert time.monotonic() < deadline
+            presented()  # keeps working while renewals happen
+        assert presented() != first  # the same server-side SSLContext, a new certificate
+    finally:
+        stop.set()
+        listener.close()
+        server_id.stop()
+        client_id.stop()

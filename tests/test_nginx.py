@@ -120,8 +120,9 @@ def test_nginx_accepts_our_client_certificate_and_refuses_it_once_revoked(
 def test_agent_keeps_nginx_serving_through_renewals_with_zero_failures(
     tmp_path: Path,
 ) -> None:
-    """ca-client agent renews nginx's certificate (3 s lifetimes) and reloads it (SIGHUP via
-    --pid-file); a client connecting continuously never fails and sees the new certificates."""
+    """ca-client agent renews nginx's certificate (3 s lifetimes) and reloads it with
+    --on-renew "nginx -s reload"; a client connecting continuously never fails and sees the
+    new certificates."""
     if NGINX is None:
         if os.environ.get("CI"):
             pytest.fail("nginx is not installed: .ci/run installs it (apt-get install nginx)")
@@ -165,7 +166,8 @@ http {{
     agent = AgentProcess(
         "--server", own.address, "--bootstrap-server", own.running.bootstrap_address,
         "--token", minted.token, "--root-fingerprint", minted.root_fingerprint_sha256,
-        "--out", str(out), "--format", "pem,bundle", "--pid-file", str(tmp_path / "nginx.pid"),
+        "--out", str(out), "--format", "pem,bundle",
+        "--on-renew", f"{NGINX} -c {conf} -s reload",
     )  # fmt: skip
     nginx = None
     try:
