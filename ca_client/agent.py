@@ -28,6 +28,9 @@ from .schedule import Backoff, renewal_time
 log = structlog.get_logger("signet.agent")
 
 
+ON_RENEW_TIMEOUT = 60.0  # seconds
+
+
 class AgentGaveUp(Exception):
     """No valid certificate and no way to get one: the agent exits non-zero with this."""
 
@@ -77,7 +80,9 @@ class Agent:
         return creds is not None and creds.not_before <= self._now() < creds.not_after
 
     def _publish(self, creds: Credentials) -> None:
-        files = render(creds, self.config.formats, self.config.p12_password)
+        # The PEM set is always written too: it is what the agent reads back after a restart.
+        formats = ("pem", *(f for f in self.config.formats if f != "pem"))
+        files = render(creds, formats, self.config.p12_password)
         write_atomically(self.config.out, files)
 
     def _enroll(self) -> Credentials:
@@ -111,8 +116,8 @@ class Agent:
             not_after=fresh.not_after.isoformat(),
             renewals=self.renewals,
         )
+        self._notify(fresh)  # in-process users first: a hook below must not hold them up
         self._after_renew()
-        self._notify(fresh)
         return fresh
 
     def _notify(self, creds: Credentials) -> None:
@@ -124,19 +129,28 @@ class Agent:
 
     def _after_renew(self) -> None:
         if self.config.on_renew:
-            # The operator's own command, run by their shell, as `--on-renew` promises.
-            result = subprocess.run(self.config.on_renew, shell=True, check=False)  # noqa: S602
-            if result.returncode != 0:
-                log.warning("on_renew_failed", returncode=result.returncode)
+            # The operator's own command, run by their shell, as `--on-renew` promises; bounded
+            # in time so that a hung reload cannot keep us from the next renewal.
+            try:
+                result = subprocess.run(  # noqa: S602
+                    self.config.on_renew, shell=True, check=False, timeout=ON_RENEW_TIMEOUT
+                )
+                if result.returncode != 0:
+                    log.warning("on_renew_failed", returncode=result.returncode)
+            except subprocess.TimeoutExpired:
+                log.warning("on_renew_timed_out", seconds=ON_RENEW_TIMEOUT)
         pid = self.config.signal_pid
         if pid is None and self.config.pid_file and self.config.pid_file.exists():
             text = self.config.pid_file.read_text().strip()
             pid = int(text) if text.isdigit() else None
         if pid is not None:
+            if pid <= 1:  # 0 would signal our own process group, 1 is init
+                log.warning("signal_pid_refused", pid=pid)
+                return
             try:
                 os.kill(pid, self.config.signal_number)
-            except ProcessLookupError:
-                log.warning("signal_target_gone", pid=pid)
+            except OSError as exc:
+                log.warning("signal_failed", pid=pid, error=str(exc))
 
     def run(self, stop: threading.Event) -> None:
         """Loop until `stop` is set; raise AgentGaveUp when no certificate can be had."""
@@ -190,7 +204,8 @@ class Agent:
         error: Exception,
     ) -> Backoff:
         now = self._now()
-        not_after = creds.not_after if creds else None
+        # An unusable certificate sets no deadline: back off normally until a new one comes.
+        not_after = creds.not_after if self.usable(creds) and creds else None
         retry_at = backoff.retry_at(now, not_after, self.rng)
         detail = error.details() if isinstance(error, grpc.RpcError) else str(error)
         for callback in self.failed:

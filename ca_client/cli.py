@@ -24,7 +24,7 @@ from signet.ca.v1 import ca_pb2
 from .agent import Agent, AgentConfig, AgentGaveUp
 from .client import CaClient
 from .enroll import PinMismatch, enroll, fetch_pinned_root, normalize_fingerprint
-from .files import FORMATS, read_credentials, render, write_atomically
+from .files import FORMATS, check_formats, read_credentials, render, write_atomically
 
 P12_PASSWORD_ENV = "SIGNET_P12_PASSWORD"  # noqa: S105 - the variable's name, not a secret
 
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "--server", default=os.environ.get("SIGNET_SERVER"), help="bootstrap address HOST:PORT"
     )
     enroll.add_argument("--token", default=os.environ.get("SIGNET_TOKEN"), help="one-time token")
+    enroll.add_argument("--token-file", help="file holding the token (keeps it out of argv)")
     enroll.add_argument(
         "--root-fingerprint",
         default=os.environ.get("SIGNET_ROOT_FINGERPRINT"),
@@ -149,10 +150,13 @@ def _message(msg: Any) -> dict[str, Any]:
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    if args.token_file:
+        args.token = Path(args.token_file).read_text().strip()
     for flag in ("server", "token", "root_fingerprint", "out"):
         if not getattr(args, flag):
             raise UsageError(f"--{flag.replace('_', '-')} is required")
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    check_formats(formats, _p12_password(args))  # before the token is spent
     root = fetch_pinned_root(args.server, normalize_fingerprint(args.root_fingerprint))
     creds = enroll(args.server, args.token, root)
     files = render(creds, formats, _p12_password(args))
@@ -177,6 +181,10 @@ def _agent(args: argparse.Namespace) -> int:
         signal_number = signal.Signals["SIG" + name]
     except KeyError:
         raise UsageError(f"unknown signal {args.signal!r}") from None
+    if not 0 < args.renew_at < 1:
+        raise UsageError("--renew-at must be a fraction between 0 and 1, e.g. 0.667")
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    check_formats(formats, _p12_password(args))
     config = AgentConfig(
         server=args.server,
         out=Path(args.out),
@@ -184,7 +192,7 @@ def _agent(args: argparse.Namespace) -> int:
         token_file=Path(args.token_file) if args.token_file else None,
         token=args.token,
         root_fingerprint=args.root_fingerprint,
-        formats=tuple(f.strip() for f in args.format.split(",") if f.strip()),
+        formats=formats,
         p12_password=_p12_password(args),
         validity=parse_duration(args.validity) if args.validity else None,
         fraction=args.renew_at,
@@ -213,7 +221,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "renew":
             formats = [f.strip() for f in args.format.split(",") if f.strip()]
             validity = parse_duration(args.validity) if args.validity else None
-            render(client.creds, formats, _p12_password(args))  # bad formats fail before the CA
+            check_formats(formats, _p12_password(args))  # bad options fail before the CA
             creds = client.renew(validity, args.revoke_previous)
             files = render(creds, formats, _p12_password(args))
             write_atomically(Path(args.out), files)

@@ -3,17 +3,49 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ca_server.core.policy import CA_SERVER_NAME
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
 from .files import Credentials
 
 TIMEOUT = 30.0
+# Only the CA's serving certificate carries this name (the CA refuses it to everyone else),
+# so a workload certificate from the same CA cannot pose as the CA.
+CA_CHANNEL_OPTIONS = [("grpc.ssl_target_name_override", CA_SERVER_NAME)]
+
+
+class BadIssuance(Exception):
+    """What came back is not a certificate for our key under the roots we trust."""
+
+
+def check_issued(creds: Credentials, key: ec.EllipticCurvePrivateKey) -> None:
+    """Before writing anything: the certificate is for our key and chains to our roots."""
+    if creds.certificate.public_key() != key.public_key():
+        raise BadIssuance("the certificate returned is not for the key we generated")
+    chain = [creds.certificate, *creds.chain]
+    try:
+        for child, parent in itertools.pairwise(chain):
+            child.verify_directly_issued_by(parent)
+        if not any(_issued_by(chain[-1], root) for root in creds.roots):
+            raise BadIssuance("the certificate does not chain to the trusted root")
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise BadIssuance(f"the certificate chain does not verify: {exc}") from None
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -49,7 +81,7 @@ class CaClient:
         )
         roots = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in creds.roots)
         self._channel = grpc.secure_channel(
-            server, grpc.ssl_channel_credentials(roots, key_pem, chain)
+            server, grpc.ssl_channel_credentials(roots, key_pem, chain), options=CA_CHANNEL_OPTIONS
         )
         self.stub = ca_pb2_grpc.CertificateAuthorityStub(self._channel)
 
@@ -73,13 +105,14 @@ class CaClient:
         if validity is not None:
             request.validity.FromTimedelta(validity)
         reply = self.stub.RenewCertificate(request, timeout=TIMEOUT)
-        bundle = self.stub.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=TIMEOUT)
-        return Credentials(
+        creds = Credentials(
             key,
             x509.load_pem_x509_certificate(reply.certificate_pem.encode()),
             tuple(x509.load_pem_x509_certificates(reply.chain_pem.encode())),
-            tuple(x509.load_pem_x509_certificates(bundle.root_certificates_pem.encode())),
+            self.creds.roots,  # the roots we already trust; a renewal does not change them
         )
+        check_issued(creds, key)
+        return creds
 
     def status(self, serial: str) -> ca_pb2.GetCertificateStatusResponse:
         request = ca_pb2.GetCertificateStatusRequest(serial_number=serial)

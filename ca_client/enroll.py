@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
-from .client import TIMEOUT, csr_for, new_key
+from .client import CA_CHANNEL_OPTIONS, TIMEOUT, check_issued, csr_for, new_key
 from .files import Credentials
 
 
@@ -32,6 +32,7 @@ def normalize_fingerprint(text: str) -> str:
 def fetch_pinned_root(server: str, fingerprint: str) -> x509.Certificate:
     """The certificate in the server's handshake whose SHA-256 is `fingerprint`."""
     host, _, port = server.rpartition(":")
+    host = host.strip("[]")  # [::1]:50052
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # Nothing is trusted yet: the chain is read, not verified, and then pinned below.
     ctx.check_hostname = False
@@ -56,14 +57,17 @@ def enroll(server: str, token: str, root: x509.Certificate) -> Credentials:
     """A new key made here, and a certificate for it in exchange for the token."""
     key = new_key()
     root_pem = root.public_bytes(serialization.Encoding.PEM)
-    with grpc.secure_channel(server, grpc.ssl_channel_credentials(root_pem)) as channel:
+    credentials = grpc.ssl_channel_credentials(root_pem)
+    with grpc.secure_channel(server, credentials, options=CA_CHANNEL_OPTIONS) as channel:
         stub = ca_pb2_grpc.CertificateAuthorityStub(channel)
         reply = stub.Enroll(
             ca_pb2.EnrollRequest(token=token, csr_pem=csr_for(key)), timeout=TIMEOUT
         )
-    return Credentials(
+    creds = Credentials(
         key,
         x509.load_pem_x509_certificate(reply.certificate_pem.encode()),
         tuple(x509.load_pem_x509_certificates(reply.chain_pem.encode())),
         (root,),
     )
+    check_issued(creds, key)
+    return creds

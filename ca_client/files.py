@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterable, Mapping
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 DATA_LINK = "..data"
+_VERSION = re.compile(r"\.\.\d{8}T\d{6}\.[0-9a-f]{8}")
 FORMATS = ("pem", "bundle", "combined", "pkcs12", "kubernetes")
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -50,6 +52,15 @@ def _key_pem(key: PrivateKeyTypes) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+def check_formats(formats: Iterable[str], p12_password: bytes | None) -> None:
+    """Refuse bad output options up front, before anything irreversible (a token spent)."""
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
+        if fmt == "pkcs12" and p12_password is None:
+            raise ValueError("PKCS#12 output needs a password (file or environment)")
 
 
 def render(
@@ -147,8 +158,12 @@ def write_atomically(out_dir: Path, files: Mapping[str, tuple[bytes, int]]) -> N
                 link.unlink()  # a plain file from an older layout: replaced by the link
             _replace_symlink(link, f"{DATA_LINK}/{name}")
     _fsync_dir(out_dir)
-    if old and old != version.name and (out_dir / old).is_dir():
-        shutil.rmtree(out_dir / old)
+    # Only ever delete a version directory of our own making (a bare "..<stamp>.<hex>" name,
+    # a real directory): ..data could have been pointed anywhere by whoever can write here.
+    if old and old != version.name and _VERSION.fullmatch(old):
+        previous = out_dir / old
+        if previous.is_dir() and not previous.is_symlink():
+            shutil.rmtree(previous)
 
 
 def read_credentials(out_dir: Path) -> Credentials | None:

@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import grpc
+import structlog
 from cryptography.hazmat.primitives import serialization
 
 from .agent import Agent, AgentConfig
 from .files import Credentials, read_credentials
+
+log = structlog.get_logger("signet.identity")
 
 OLD_CHANNEL_GRACE = 30.0  # seconds in-flight calls get on a channel replaced by a renewal
 
@@ -63,10 +66,13 @@ class Identity:
         if self._agent.usable(self._creds):
             ready.set()
         self.on_renew.append(lambda _: ready.set())
+        self._ready = ready  # also set when the loop ends: start() must not wait in vain
         self._thread = threading.Thread(target=self._run, name="signet-identity", daemon=True)
         self._thread.start()
         if not ready.wait(timeout):
-            raise TimeoutError(f"no certificate within {timeout}s: {self.error or 'still trying'}")
+            raise TimeoutError(f"no certificate within {timeout}s: still trying")
+        if self.error is not None and self._creds is None:
+            raise RuntimeError(f"no certificate: {self.error}") from self.error
         return self
 
     def _run(self) -> None:
@@ -75,6 +81,8 @@ class Identity:
         except Exception as exc:
             self.error = exc
             self._failed(exc)
+        finally:
+            self._ready.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -100,15 +108,22 @@ class Identity:
             return self._creds
 
     def _failed(self, error: Exception) -> None:
-        for callback in self.on_failure:
-            callback(error)
+        self._call(self.on_failure, error)
+
+    @staticmethod
+    def _call(callbacks: list[Callable[[Any], None]], arg: Any) -> None:
+        """Every callback runs, whatever the others do (a snapshot: they come and go)."""
+        for callback in list(callbacks):
+            try:
+                callback(arg)
+            except Exception:
+                log.exception("identity_callback_failed")
 
     def _renewed(self, creds: Credentials) -> None:
         with self._lock:
             self._creds = creds
             self._generation += 1
-        for callback in self.on_renew:
-            callback(creds)
+        self._call(self.on_renew, creds)
 
     # -- gRPC server --------------------------------------------------------------------------
     def server_credentials(self, require_client_auth: bool = True) -> grpc.ServerCredentials:
@@ -118,7 +133,7 @@ class Identity:
             key, chain, roots = _pem(self.credentials)
             return grpc.ssl_server_certificate_configuration([(key, chain)], roots)
 
-        seen = self._generation
+        seen = self._generation  # read before building: a renewal in between is not missed
 
         def fetch() -> grpc.ServerCertificateConfiguration | None:
             nonlocal seen
@@ -177,10 +192,10 @@ class Identity:
 
     @staticmethod
     def _build_context(server_side: bool, creds: Credentials) -> ssl.SSLContext:
-        purpose = ssl.Purpose.CLIENT_AUTH if server_side else ssl.Purpose.SERVER_AUTH
-        ctx = ssl.create_default_context(purpose)
-        if server_side:
-            ctx.verify_mode = ssl.CERT_REQUIRED
+        # Our roots only: never the system's public CAs (create_default_context loads them).
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.verify_mode = ssl.CERT_REQUIRED
         key, chain, roots = _pem(creds)
         ctx.load_verify_locations(cadata=roots.decode())
         # load_cert_chain reads files only: a private temporary directory, gone at once.

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 DEFAULT_FRACTION = 2 / 3
 DEFAULT_JITTER = 1 / 20
+MIN_RETRY = dt.timedelta(milliseconds=250)  # never retry in a busy loop
 
 
 def renewal_time(
@@ -47,9 +48,9 @@ class Backoff:
 
     def delay(self, rng: random.Random) -> dt.timedelta:
         """Full jitter (AWS architecture blog): uniform in [0, min(cap, initial * factor^n)]."""
-        ceiling = min(
-            self.cap.total_seconds(), self.initial.total_seconds() * self.factor**self.attempt
-        )
+        # The exponent is capped too: factor**attempt would overflow a float after ~1000 tries.
+        growth = self.factor ** min(self.attempt, 64)
+        ceiling = min(self.cap.total_seconds(), self.initial.total_seconds() * growth)
         return dt.timedelta(seconds=rng.uniform(0, ceiling))
 
     def retry_at(
@@ -57,8 +58,9 @@ class Backoff:
     ) -> dt.datetime:
         """When to try again: now plus the delay, but never past expiry (a retry must come
         while the current certificate still authenticates us)."""
-        at = now + self.delay(rng)
-        if not_after is not None and at >= not_after:
-            # Halfway to expiry: later tries still fit before it, each one closer.
-            at = now + (not_after - now) / 2 if not_after > now else now
+        at = now + max(self.delay(rng), MIN_RETRY)
+        if not_after is not None and not_after > now and at >= not_after:
+            # Halfway to expiry: later tries still fit before it, each one closer (but never a
+            # busy loop: at least MIN_RETRY apart, which may then fall at expiry itself).
+            at = now + max((not_after - now) / 2, min(MIN_RETRY, not_after - now))
         return at

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from .core.authority import CertificateAuthority, Issued
 from .core.keys import generate_key
 from .core.names import IPAddress, normalize_dns_name
+from .core.policy import CA_SERVER_NAME
 from .core.profile import pem
 
 log = structlog.get_logger("signet.serving")
@@ -27,7 +28,7 @@ RENEW_AT_FRACTION = 2 / 3
 def split_names(names: list[str] | tuple[str, ...]) -> tuple[list[str], list[IPAddress]]:
     dns: list[str] = []
     ips: list[IPAddress] = []
-    for name in ["localhost", "127.0.0.1", *names]:
+    for name in ["localhost", "127.0.0.1", CA_SERVER_NAME, *names]:
         try:
             ip = ipaddress.ip_address(name)
         except ValueError:

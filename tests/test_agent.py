@@ -141,7 +141,7 @@ def test_agent_backs_off_while_the_ca_is_down_and_recovers_when_it_returns(
         port = s.getsockname()[1]
     data = tmp_path / "ca-data"
     ca = start_ca(data, server={"listen": f"127.0.0.1:{port}"})
-    minted = _token(ca, "web/patient", seconds=6)
+    minted = _token(ca, "web/patient", seconds=10)
     agent = AgentProcess(
         "--server", ca.address, "--bootstrap-server", ca.running.bootstrap_address,
         "--token", minted.token, "--root-fingerprint", minted.root_fingerprint_sha256,

@@ -1098,3 +1098,18 @@ def test_a_token_cannot_grant_names_its_minter_may_not(authority: CertificateAut
     workload = Caller(WEB_ID, "01", is_admin=False)
     with pytest.raises(PolicyViolation):
         authority.create_token(workload, WEB_ID, [], [], None, None)
+
+
+def test_enroll_rechecks_what_the_tokens_minter_may_grant(
+    pki: Pki, store: SqliteStore, clock: FakeClock, authority: CertificateAuthority
+) -> None:
+    token, _ = authority.create_token(ADMIN, WEB_ID, ["pay.bank.internal"], [], None, None)
+    demoted = CertificateAuthority(
+        store=store,
+        clock=clock,
+        issuer=pki.issuer,
+        root=pki.root,
+        policy=dataclasses.replace(POLICY, admins=()),
+    )
+    with pytest.raises(PolicyViolation):
+        demoted.enroll(token, make_csr()[1], "10.0.0.2")

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -214,3 +216,58 @@ def test_ca_server_token_create_mints_locally_into_the_running_cas_store(
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 1 and "SPIFFE" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_enroll_refuses_a_server_that_is_not_the_ca_even_with_a_certificate_from_it(
+    ca: CaServer, admin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A workload certificate of this CA naming 127.0.0.1, plus the (public) root in the
+    handshake, must not be enough to pose as the bootstrap listener and collect tokens."""
+    evil = ca.issue("web/evil", ips=("127.0.0.1",), dns=("localhost",))
+    received: list[str] = []
+
+    def steal(request: ca_pb2.EnrollRequest, context: grpc.ServicerContext) -> Any:
+        received.append(request.token)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "nope")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    handler = grpc.unary_unary_rpc_method_handler(
+        steal,
+        request_deserializer=ca_pb2.EnrollRequest.FromString,
+        response_serializer=ca_pb2.IssuedCertificate.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "signet.ca.v1.CertificateAuthority", {"Enroll": handler}
+            ),
+        )
+    )
+    creds = grpc.ssl_server_credentials([(evil.key_pem, evil.fullchain + ca.root_pem)])
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    try:
+        minted = _token(admin, "web/victim")
+        code = ca_client(
+            ["enroll", "--server", f"127.0.0.1:{port}", "--token", minted.token,
+             "--root-fingerprint", minted.root_fingerprint_sha256, "--out", str(tmp_path / "t")]
+        )  # fmt: skip
+    finally:
+        server.stop(0)
+    assert code != 0
+    assert received == []  # the token never left the client
+    assert not (tmp_path / "t" / "cert.pem").exists()
+    capsys.readouterr()
+
+
+def test_enroll_with_bad_output_options_does_not_spend_the_token(
+    ca: CaServer, admin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    minted = _token(admin, "web/options")
+    code = ca_client(
+        ["enroll", "--server", ca.running.bootstrap_address, "--token", minted.token,
+         "--root-fingerprint", minted.root_fingerprint_sha256, "--out", str(tmp_path / "t"),
+         "--format", "pem,kube"]
+    )  # fmt: skip
+    assert code == 2 and "unknown output format" in capsys.readouterr().err
+    assert _enroll(ca, minted.token).serial_number

@@ -70,7 +70,9 @@ def test_backoff_never_schedules_past_expiry() -> None:
     not_after = T0 + dt.timedelta(minutes=10)
     for _ in range(50):
         at = b.retry_at(now, not_after, rng)
-        assert now <= at < not_after
+        assert now < at <= not_after
+        if at == not_after:
+            break
         now = at
         b = b.next()
 
@@ -190,3 +192,23 @@ def test_ca_client_explains_missing_credentials(
 ) -> None:
     assert main(["renew", "--server", "127.0.0.1:1", "--out", str(tmp_path)]) == 2
     assert "enroll first" in capsys.readouterr().err
+
+
+def test_backoff_survives_thousands_of_failures_and_never_busy_loops() -> None:
+    rng = random.Random(11)
+    b = Backoff(attempt=5000)
+    assert b.delay(rng) <= b.cap
+    assert b.retry_at(T0, None, rng) - T0 >= dt.timedelta(milliseconds=250)
+    # Already past expiry: still a real delay, not "now".
+    assert b.retry_at(T0, T0 - DAY, rng) > T0
+
+
+def test_cleanup_never_follows_a_planted_data_link(ca: CaServer, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("keep me")
+    out = tmp_path / "tls"
+    out.mkdir()
+    os.symlink(str(victim), out / "..data")
+    write_atomically(out, render(_creds(ca), ["pem"]))
+    assert (victim / "precious").read_text() == "keep me"

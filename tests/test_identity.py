@@ -133,3 +133,22 @@ def test_ssl_contexts_follow_renewals(own_ca: CaServer, tmp_path: Path) -> None:
         listener.close()
         server_id.stop()
         client_id.stop()
+
+
+def test_client_contexts_trust_only_this_ca_and_callbacks_are_isolated(
+    own_ca: CaServer, tmp_path: Path
+) -> None:
+    identity = _identity(own_ca, tmp_path / "c", "web/iso").start()
+    try:
+        cas = identity.ssl_context().get_ca_certs()
+        assert len(cas) == 1  # our root, not the system's public CAs
+        reached = threading.Event()
+
+        def broken(_: object) -> None:
+            raise RuntimeError("a buggy listener")
+
+        identity.on_renew.insert(0, broken)
+        identity.on_renew.append(lambda _: reached.set())
+        assert reached.wait(DEADLINE), "a renewal never reached the callback after a broken one"
+    finally:
+        identity.stop()

@@ -21,6 +21,7 @@ from ca_server.core.policy import (
     identity_in_trust_domain,
     identity_is_callers_own,
     ip_addresses_allowed,
+    no_reserved_names,
 )
 
 TD = "signet.local"
@@ -229,11 +230,25 @@ def test_admin_ips_are_limited_by_admin_ip_ranges() -> None:
 
 def test_sign_checks_run_in_the_documented_order() -> None:
     assert list(SIGN_CHECKS) == [
+        no_reserved_names,
         identity_in_trust_domain,
         identity_is_callers_own,
         dns_names_allowed,
         ip_addresses_allowed,
     ]
+
+
+@pytest.mark.parametrize(
+    ("identity", "dns"),
+    [
+        (f"spiffe://{TD}/signet/server", ()),
+        (WEB, ("ca.signet.invalid",)),
+        (WEB, ("signet.invalid",)),
+    ],
+)
+def test_the_cas_own_names_are_refused_even_to_admins(identity: str, dns: tuple[str, ...]) -> None:
+    with pytest.raises(PolicyViolation, match="reserved"):
+        no_reserved_names(POLICY, ADMIN_CALLER, RequestedNames(identity, dns))
 
 
 def test_check_request_passes_a_workload_asking_for_what_policy_allows() -> None:

@@ -60,7 +60,8 @@ def test_serving_certificate_rotates_at_two_thirds_without_restart(tmp_path: Pat
             ca.stub(after).GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)
         record = ca.store.get_certificate(ca.running.serving.current.serial)
         assert record is not None and record.identity.endswith("/signet/server")
-        assert record.dns_names == ("localhost",) and record.ip_addresses == ("127.0.0.1",)
+        assert record.dns_names == ("localhost", "ca.signet.invalid")
+        assert record.ip_addresses == ("127.0.0.1",)
     finally:
         stop_ca(ca)
 
@@ -72,7 +73,11 @@ def test_server_names_are_added_to_the_serving_certificate(tmp_path: Path) -> No
     try:
         cert = ca.running.serving.current.certificate
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert san.get_values_for_type(x509.DNSName) == ["localhost", "ca.example.internal"]
+        assert san.get_values_for_type(x509.DNSName) == [
+            "localhost",
+            "ca.signet.invalid",
+            "ca.example.internal",
+        ]
         assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == [
             "127.0.0.1",
             "10.9.8.7",

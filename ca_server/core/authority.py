@@ -44,7 +44,14 @@ from .clock import Clock, utc_seconds
 from .crl_publisher import CrlPublisher, CrlResult
 from .csr import parse_csr
 from .durations import format_duration
-from .errors import AlreadyRevoked, Conflict, InvalidRequest, NotFound, Unauthenticated
+from .errors import (
+    AlreadyRevoked,
+    Conflict,
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+    Unauthenticated,
+)
 from .names import IPAddress, normalize_dns_name, parse_spiffe_id
 from .ocsp import CertStatus, OcspQuery, SignedStatus, StatusAnswer, issuer_hashes
 from .policy import (
@@ -354,7 +361,12 @@ class CertificateAuthority:
     def enroll(self, token: str, csr_pem: str, peer: str) -> Issued:
         """A first certificate for whoever holds a valid, unused token; the names are the
         token's, the key the CSR's. Refusals are audited and rate-limited per peer."""
-        self._enroll_failures.check(peer)
+        try:
+            self._enroll_failures.check(peer)
+        except LimitExceeded:
+            now = utc_seconds(self.clock.now())
+            self.store.append_audit(AuditEvent(now, "enroll-refused", peer, None, "rate-limited"))
+            raise
         csr = parse_csr(csr_pem)  # a bad CSR must not burn the token
         now = utc_seconds(self.clock.now())
         record = self.store.consume_token(token_hash(token), now) if token else None
@@ -367,6 +379,8 @@ class CertificateAuthority:
             record.dns_names,
             tuple(ipaddress.ip_address(i) for i in record.ip_addresses),
         )
+        # Tokens live up to a day: what their minter may grant is checked again now.
+        check_request(self.policy, self._grantor(record.created_by), names)
         return self._issue(
             public_key=csr.public_key,
             names=names,

@@ -17,6 +17,13 @@ from .names import (
     spiffe_pattern_matches,
 )
 
+# The CA's own name, on its serving certificate only: clients dial the CA with this as the TLS
+# name (grpc.ssl_target_name_override), so no other certificate this CA issued can pose as it.
+# .invalid is reserved by RFC 6761: it never resolves and no public CA will issue for it.
+CA_SERVER_NAME = "ca.signet.invalid"
+RESERVED_DNS_SUFFIX = "signet.invalid"
+RESERVED_PATH_PREFIX = "/signet/"  # spiffe://<td>/signet/...: the CA's own identities
+
 ANY_IP: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("0.0.0.0/0"),
     ipaddress.ip_network("::/0"),
@@ -111,7 +118,23 @@ def ip_addresses_allowed(policy: Policy, caller: Caller, req: RequestedNames) ->
         )
 
 
+def no_reserved_names(policy: Policy, caller: Caller, req: RequestedNames) -> None:
+    """Nobody, admins included, gets the CA's own names through the API."""
+    if parse_spiffe_id(req.identity).path.startswith(RESERVED_PATH_PREFIX):
+        raise PolicyViolation(
+            f"{req.identity} is reserved for the CA's own certificates (spiffe://<td>/signet/...)"
+        )
+    reserved = [
+        n
+        for n in req.dns_names
+        if n == RESERVED_DNS_SUFFIX or n.endswith("." + RESERVED_DNS_SUFFIX)
+    ]
+    if reserved:
+        raise PolicyViolation(f"DNS name(s) {', '.join(reserved)} are reserved for the CA itself")
+
+
 SIGN_CHECKS: tuple[Check, ...] = (
+    no_reserved_names,
     identity_in_trust_domain,
     identity_is_callers_own,
     dns_names_allowed,
