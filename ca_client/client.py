@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ca_server.core.policy import CA_SERVER_NAME
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
-from .files import Credentials
+from .files import Credentials, pem_parts
 
 TIMEOUT = 30.0
 # Only the CA's serving certificate carries this name (the CA refuses it to everyone else),
@@ -71,15 +71,7 @@ class CaClient:
             raise ValueError("no CA certificate (ca.pem) to trust the server with")
         self.server = server
         self.creds = creds
-        key_pem = creds.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        chain = b"".join(
-            c.public_bytes(serialization.Encoding.PEM) for c in (creds.certificate, *creds.chain)
-        )
-        roots = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in creds.roots)
+        key_pem, chain, roots = pem_parts(creds)
         self._channel = grpc.secure_channel(
             server, grpc.ssl_channel_credentials(roots, key_pem, chain), options=CA_CHANNEL_OPTIONS
         )

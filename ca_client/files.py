@@ -44,6 +44,15 @@ class Credentials:
         return self.certificate.not_valid_after_utc
 
 
+def pem_parts(creds: Credentials) -> tuple[bytes, bytes, bytes]:
+    """(private key, certificate + chain, trusted roots) as PEM: what TLS libraries take."""
+    return (
+        _key_pem(creds.key),
+        _pem([creds.certificate, *creds.chain]),
+        _pem(creds.roots),
+    )
+
+
 def _pem(certs: Iterable[x509.Certificate]) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 

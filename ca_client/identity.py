@@ -19,28 +19,13 @@ from typing import Any, cast
 
 import grpc
 import structlog
-from cryptography.hazmat.primitives import serialization
 
 from .agent import Agent, AgentConfig
-from .files import Credentials, read_credentials
+from .files import Credentials, pem_parts, read_credentials
 
 log = structlog.get_logger("signet.identity")
 
 OLD_CHANNEL_GRACE = 30.0  # seconds in-flight calls get on a channel replaced by a renewal
-
-
-def _pem(creds: Credentials) -> tuple[bytes, bytes, bytes]:
-    """(key, certificate chain, trusted roots) as PEM."""
-    key = creds.key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    chain = b"".join(
-        c.public_bytes(serialization.Encoding.PEM) for c in (creds.certificate, *creds.chain)
-    )
-    roots = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in creds.roots)
-    return key, chain, roots
 
 
 class Identity:
@@ -130,7 +115,7 @@ class Identity:
         """Server credentials that present the current certificate at every new handshake."""
 
         def config() -> grpc.ServerCertificateConfiguration:
-            key, chain, roots = _pem(self.credentials)
+            key, chain, roots = pem_parts(self.credentials)
             return grpc.ssl_server_certificate_configuration([(key, chain)], roots)
 
         seen = self._generation  # read before building: a renewal in between is not missed
@@ -155,7 +140,7 @@ class Identity:
         return cast(grpc.Channel, RenewingChannel(self, target, options or []))
 
     def _secure_channel(self, target: str, options: list[tuple[str, Any]]) -> grpc.Channel:
-        key, chain, roots = _pem(self.credentials)
+        key, chain, roots = pem_parts(self.credentials)
         creds = grpc.ssl_channel_credentials(roots, key, chain)
         return grpc.secure_channel(target, creds, options=options)
 
@@ -196,7 +181,7 @@ class Identity:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.verify_mode = ssl.CERT_REQUIRED
-        key, chain, roots = _pem(creds)
+        key, chain, roots = pem_parts(creds)
         ctx.load_verify_locations(cadata=roots.decode())
         # load_cert_chain reads files only: a private temporary directory, gone at once.
         with tempfile.TemporaryDirectory() as tmp:

@@ -27,21 +27,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def nginx(ca: CaServer, tmp_path: Path) -> Iterator[int]:
-    if NGINX is None:
-        if os.environ.get("CI"):
-            pytest.fail("nginx is not installed: .ci/run installs it (apt-get install nginx)")
-        pytest.skip("nginx is not installed (apt-get install nginx)")
-    server = ca.issue("nginx", dns=("localhost",), ips=("127.0.0.1",))
-    cert, key = server.write(tmp_path / "server")
-    trust = tmp_path / "client-ca.pem"
-    trust.write_bytes(ca.root_pem + (ca.data_dir / "intermediate.pem").read_bytes())
-    port = _free_port()
+def _conf(
+    tmp_path: Path, port: int, cert: Path, key: Path, server_extra: str, master: bool
+) -> Path:
+    """An nginx.conf whose every path is under tmp_path (it runs as root, on 127.0.0.1)."""
     conf = tmp_path / "nginx.conf"
+    process = (
+        "master_process on;\nuser root;\nworker_processes 1;" if master else "master_process off;"
+    )
     conf.write_text(f"""
 daemon off;
-master_process off;
+{process}
 pid {tmp_path}/nginx.pid;
 error_log {tmp_path}/error.log info;
 events {{ worker_connections 64; }}
@@ -56,30 +52,52 @@ http {{
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {cert};
         ssl_certificate_key {key};
-        ssl_verify_client on;
-        ssl_verify_depth 2;
-        ssl_client_certificate {trust};
-        ssl_ocsp leaf;
-        ssl_ocsp_responder http://{ca.running.http_address}/ocsp;
-        location / {{ return 200 "hello $ssl_client_s_dn_legacy\\n"; }}
+        {server_extra}
+        location / {{ return 200 "ok\\n"; }}
     }}
 }}
 """)
-    check = subprocess.run(
-        [NGINX, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
-    )
-    assert check.returncode == 0, check.stderr
+    return conf
+
+
+def _start(conf: Path, port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
+    assert NGINX is not None
+    check = subprocess.run([NGINX, "-t", "-c", str(conf)], capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stderr.decode()
     proc = subprocess.Popen([NGINX, "-c", str(conf)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while True:  # ready when it accepts connections (nginx has no readiness signal)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            assert proc.poll() is None, (tmp_path / "error.log").read_text()
+            assert time.monotonic() < deadline, "nginx did not start listening"
+            time.sleep(0.05)
+
+
+def _need_nginx() -> None:
+    if NGINX is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed: .ci/run installs it (apt-get install nginx)")
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+
+
+@pytest.fixture
+def nginx(ca: CaServer, tmp_path: Path) -> Iterator[int]:
+    _need_nginx()
+    server = ca.issue("nginx", dns=("localhost",), ips=("127.0.0.1",))
+    cert, key = server.write(tmp_path / "server")
+    trust = tmp_path / "client-ca.pem"
+    trust.write_bytes(ca.root_pem + (ca.data_dir / "intermediate.pem").read_bytes())
+    port = _free_port()
+    verify = f"""ssl_verify_client on;
+        ssl_verify_depth 2;
+        ssl_client_certificate {trust};
+        ssl_ocsp leaf;
+        ssl_ocsp_responder http://{ca.running.http_address}/ocsp;"""
+    proc = _start(_conf(tmp_path, port, cert, key, verify, master=False), port, tmp_path)
     try:
-        deadline = time.monotonic() + 20
-        while True:  # ready when it accepts connections (nginx has no readiness signal)
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "error.log").read_text()
-                assert time.monotonic() < deadline, "nginx did not start listening"
-                time.sleep(0.05)
         yield port
     finally:
         proc.terminate()
@@ -123,10 +141,7 @@ def test_agent_keeps_nginx_serving_through_renewals_with_zero_failures(
     """ca-client agent renews nginx's certificate (3 s lifetimes) and reloads it with
     --on-renew "nginx -s reload"; a client connecting continuously never fails and sees the
     new certificates."""
-    if NGINX is None:
-        if os.environ.get("CI"):
-            pytest.fail("nginx is not installed: .ci/run installs it (apt-get install nginx)")
-        pytest.skip("nginx is not installed (apt-get install nginx)")
+    _need_nginx()
     from tests.conftest import start_ca, stop_ca
     from tests.test_agent import AgentProcess
 
@@ -139,30 +154,7 @@ def test_agent_keeps_nginx_serving_through_renewals_with_zero_failures(
     with own.admin_channel() as ch:
         minted = own.stub(ch).CreateBootstrapToken(request, timeout=30)
     port = _free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"""
-daemon off;
-master_process on;
-user root;
-worker_processes 1;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp_path}/body;
-    proxy_temp_path {tmp_path}/proxy;
-    fastcgi_temp_path {tmp_path}/fastcgi;
-    uwsgi_temp_path {tmp_path}/uwsgi;
-    scgi_temp_path {tmp_path}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {out}/bundle.pem;
-        ssl_certificate_key {out}/key.pem;
-        location / {{ return 200 "ok\\n"; }}
-    }}
-}}
-""")
+    conf = _conf(tmp_path, port, out / "bundle.pem", out / "key.pem", "", master=True)
     agent = AgentProcess(
         "--server", own.address, "--bootstrap-server", own.running.bootstrap_address,
         "--token", minted.token, "--root-fingerprint", minted.root_fingerprint_sha256,
@@ -172,17 +164,8 @@ http {{
     nginx = None
     try:
         agent.wait_for("enrolled")
-        nginx = subprocess.Popen([NGINX, "-c", str(conf)], stderr=subprocess.PIPE)
+        nginx = _start(conf, port, tmp_path)
         ctx = ssl.create_default_context(cafile=str(own.data_dir / "root.pem"))
-        deadline = time.monotonic() + 20
-        while True:  # nginx has no readiness signal: wait until it accepts connections
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert nginx.poll() is None, (tmp_path / "error.log").read_text()
-                assert time.monotonic() < deadline, "nginx did not start listening"
-                time.sleep(0.05)
         failures, serials, calls = [], set(), 0
         renewed = 0
         give_up = time.monotonic() + 90

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import grpc
 import structlog
@@ -41,6 +41,18 @@ def _validity(has: bool, value: duration_pb2.Duration) -> dt.timedelta | None:
         return value.ToTimedelta()
     except (OverflowError, ValueError):
         raise InvalidRequest("validity is out of range") from None
+
+
+def _when(request: Any, name: str) -> dt.datetime | None:
+    """An optional Timestamp field as an aware datetime; out-of-range values are the caller's
+    mistake, not an internal error."""
+    if not request.HasField(name):
+        return None
+    try:
+        when: dt.datetime = getattr(request, name).ToDatetime(dt.UTC)
+    except (ValueError, OverflowError):
+        raise InvalidRequest(f"{name} is not a valid timestamp") from None
+    return when
 
 
 def _reason(reason: Reason | None) -> ca_pb2.RevocationReason.ValueType:
@@ -112,12 +124,7 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             raise InvalidRequest(
                 f"reason {request.reason} is not an RFC 5280 reason code"
             ) from None
-        invalidity_date = None
-        if request.HasField("invalidity_date"):
-            try:
-                invalidity_date = request.invalidity_date.ToDatetime(dt.UTC)
-            except (ValueError, OverflowError):
-                raise InvalidRequest("invalidity_date is not a valid timestamp") from None
+        invalidity_date = _when(request, "invalidity_date")
         serial, revoked_at = self._ca.revoke(caller, request.serial_number, reason, invalidity_date)
         structlog.contextvars.bind_contextvars(serial=serial)
         return ca_pb2.RevokeCertificateResponse(serial_number=serial, revoked_at=_ts(revoked_at))
@@ -198,12 +205,7 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             status = "revoked"
         else:
             raise InvalidRequest("status filter must be GOOD or REVOKED (or unset for all)")
-        expiring_before = None
-        if request.HasField("expiring_before"):
-            try:
-                expiring_before = request.expiring_before.ToDatetime(dt.UTC)
-            except (ValueError, OverflowError):
-                raise InvalidRequest("expiring_before is not a valid timestamp") from None
+        expiring_before = _when(request, "expiring_before")
         page = self._ca.list_certificates(
             caller, status, expiring_before, request.page_size, request.page_token
         )
