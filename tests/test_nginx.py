@@ -139,8 +139,8 @@ def test_agent_keeps_nginx_serving_through_renewals_with_zero_failures(
     tmp_path: Path,
 ) -> None:
     """ca-client agent renews nginx's certificate (3 s lifetimes) and reloads it with
-    --on-renew "nginx -s reload"; a client connecting continuously never fails and sees the
-    new certificates."""
+    --on-renew "nginx -s reload"; a client connecting continuously over mutual TLS never
+    fails and sees the new certificates."""
     _need_nginx()
     from tests.conftest import start_ca, stop_ca
     from tests.test_agent import AgentProcess
@@ -154,7 +154,11 @@ def test_agent_keeps_nginx_serving_through_renewals_with_zero_failures(
     with own.admin_channel() as ch:
         minted = own.stub(ch).CreateBootstrapToken(request, timeout=30)
     port = _free_port()
-    conf = _conf(tmp_path, port, out / "bundle.pem", out / "key.pem", "", master=True)
+    trust = tmp_path / "client-ca.pem"
+    trust.write_bytes(own.root_pem + (own.data_dir / "intermediate.pem").read_bytes())
+    mtls = f"ssl_verify_client on;\n        ssl_client_certificate {trust};"
+    conf = _conf(tmp_path, port, out / "bundle.pem", out / "key.pem", mtls, master=True)
+    client_cert, client_key = own.issue("web/nginx-caller").write(tmp_path / "caller")
     agent = AgentProcess(
         "--server", own.address, "--bootstrap-server", own.running.bootstrap_address,
         "--token", minted.token, "--root-fingerprint", minted.root_fingerprint_sha256,
@@ -166,6 +170,7 @@ def test_agent_keeps_nginx_serving_through_renewals_with_zero_failures(
         agent.wait_for("enrolled")
         nginx = _start(conf, port, tmp_path)
         ctx = ssl.create_default_context(cafile=str(own.data_dir / "root.pem"))
+        ctx.load_cert_chain(client_cert, client_key)  # nginx verifies us too: mutual TLS
         failures, serials, calls = [], set(), 0
         renewed = 0
         give_up = time.monotonic() + 90
