@@ -112,9 +112,11 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
     s.close()
 
 
-def make_authority(pki: Pki, store: SqliteStore, clock: FakeClock) -> CertificateAuthority:
+def make_authority(
+    pki: Pki, store: SqliteStore, clock: FakeClock, policy: Policy = POLICY
+) -> CertificateAuthority:
     return CertificateAuthority(
-        store=store, clock=clock, issuer=pki.issuer, root=pki.root, policy=POLICY
+        store=store, clock=clock, issuer=pki.issuer, root=pki.root, policy=policy
     )
 
 
@@ -1014,13 +1016,7 @@ def test_renewal_of_self_granted_names_follows_narrowed_workload_policy(
     workload = caller_of(authority, issue(authority))
     _, csr = make_csr(uris=[WEB_ID], dns=["a.web.internal"])
     own = authority.sign(workload, csr, None)  # granted by the workload's own policy entry
-    narrowed = CertificateAuthority(
-        store=store,
-        clock=clock,
-        issuer=pki.issuer,
-        root=pki.root,
-        policy=dataclasses.replace(POLICY, workloads=()),
-    )
+    narrowed = make_authority(pki, store, clock, dataclasses.replace(POLICY, workloads=()))
     with pytest.raises(PolicyViolation, match=r"a\.web\.internal"):
         narrowed.renew(narrowed.authenticate(peer(own)), make_csr()[1], None)
     # Under the unchanged policy the same renewal goes through.
@@ -1032,22 +1028,10 @@ def test_renewal_of_admin_granted_names_survives_workload_policy_but_not_admin_r
     pki: Pki, store: SqliteStore, clock: FakeClock, authority: CertificateAuthority
 ) -> None:
     granted = issue(authority, dns=("payments.bank.internal",))  # outside any workload rule
-    no_workloads = CertificateAuthority(
-        store=store,
-        clock=clock,
-        issuer=pki.issuer,
-        root=pki.root,
-        policy=dataclasses.replace(POLICY, workloads=()),
-    )
+    no_workloads = make_authority(pki, store, clock, dataclasses.replace(POLICY, workloads=()))
     renewed = no_workloads.renew(no_workloads.authenticate(peer(granted)), make_csr()[1], None)
     assert san(renewed.certificate).get_values_for_type(x509.DNSName) == ["payments.bank.internal"]
-    no_admins = CertificateAuthority(
-        store=store,
-        clock=clock,
-        issuer=pki.issuer,
-        root=pki.root,
-        policy=dataclasses.replace(POLICY, admins=()),
-    )
+    no_admins = make_authority(pki, store, clock, dataclasses.replace(POLICY, admins=()))
     with pytest.raises(PolicyViolation):
         no_admins.renew(no_admins.authenticate(peer(renewed)), make_csr()[1], None)
 
@@ -1104,12 +1088,6 @@ def test_enroll_rechecks_what_the_tokens_minter_may_grant(
     pki: Pki, store: SqliteStore, clock: FakeClock, authority: CertificateAuthority
 ) -> None:
     token, _ = authority.create_token(ADMIN, WEB_ID, ["pay.bank.internal"], [], None, None)
-    demoted = CertificateAuthority(
-        store=store,
-        clock=clock,
-        issuer=pki.issuer,
-        root=pki.root,
-        policy=dataclasses.replace(POLICY, admins=()),
-    )
+    demoted = make_authority(pki, store, clock, dataclasses.replace(POLICY, admins=()))
     with pytest.raises(PolicyViolation):
         demoted.enroll(token, make_csr()[1], "10.0.0.2")

@@ -312,11 +312,9 @@ class SqliteStore:
                     hold,
                 ],
             )
-            if cursor.rowcount == 1:
-                self._changed_revocations(db, audit)
-                return RevokeOutcome.REVOKED
-            exists = db.execute("SELECT 1 FROM certificates WHERE serial = ?", [serial]).fetchone()
-            return RevokeOutcome.ALREADY_REVOKED if exists else RevokeOutcome.NOT_FOUND
+            return self._revocation_outcome(
+                db, cursor, serial, audit, RevokeOutcome.REVOKED, RevokeOutcome.ALREADY_REVOKED
+            )
 
         outcome: RevokeOutcome = self._write(tx)
         return outcome
@@ -333,11 +331,9 @@ class SqliteStore:
                 "WHERE serial = ? AND status = 'revoked' AND reason = ?",
                 [*o.values(), serial, int(Reason.CERTIFICATE_HOLD)],
             )
-            if cursor.rowcount == 1:
-                self._changed_revocations(db, audit)
-                return RevokeOutcome.RELEASED
-            exists = db.execute("SELECT 1 FROM certificates WHERE serial = ?", [serial]).fetchone()
-            return RevokeOutcome.NOT_HELD if exists else RevokeOutcome.NOT_FOUND
+            return self._revocation_outcome(
+                db, cursor, serial, audit, RevokeOutcome.RELEASED, RevokeOutcome.NOT_HELD
+            )
 
         outcome: RevokeOutcome = self._write(tx)
         return outcome
@@ -384,6 +380,23 @@ class SqliteStore:
             )
             for serial, status, revoked_at, reason in rows
         ]
+
+    def _revocation_outcome(
+        self,
+        db: sqlite_utils.Database,
+        cursor: sqlite3.Cursor,
+        serial: str,
+        audit: AuditEvent,
+        done: RevokeOutcome,
+        refused: RevokeOutcome,
+    ) -> RevokeOutcome:
+        """After a conditional status UPDATE: `done` (audited, epoch bumped) if it changed the
+        row, else `refused` if the certificate exists, else NOT_FOUND."""
+        if cursor.rowcount == 1:
+            self._changed_revocations(db, audit)
+            return done
+        exists = db.execute("SELECT 1 FROM certificates WHERE serial = ?", [serial]).fetchone()
+        return refused if exists else RevokeOutcome.NOT_FOUND
 
     def _changed_revocations(self, db: sqlite_utils.Database, audit: AuditEvent) -> None:
         db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revocations'")
