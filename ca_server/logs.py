@@ -1,11 +1,21 @@
-"""structlog set-up: JSON lines in production, readable console output on a terminal."""
+"""structlog set-up: JSON lines in production, readable console output on a terminal.
+
+JSON lines are rendered by orjson and written to a buffered stream that a small thread flushes
+every FLUSH_INTERVAL seconds (and at once for warnings and errors): one write(2) per RPC to a
+pipe was ~15% of a cheap RPC's cost. Nothing is lost at exit (flushed by atexit)."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import io
 import logging
 import sys
-from typing import TextIO
+import threading
+import time
+from typing import Any, BinaryIO, TextIO
 
+import orjson
 import structlog
 
 _LEVELS = {
@@ -14,26 +24,98 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+FLUSH_INTERVAL = 0.1
+
+
+class BufferedLineLogger:
+    """A structlog logger writing rendered bytes lines to a buffered binary stream."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+
+    def msg(self, message: bytes) -> None:
+        self._out.write(message + b"\n")
+
+    def urgent(self, message: bytes) -> None:
+        self._out.write(message + b"\n")
+        self._out.flush()
+
+    debug = info = log = msg
+    warn = warning = err = error = critical = exception = fatal = urgent
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to do
+            self._out.flush()
+
+
+class _Factory:
+    def __init__(self, logger: BufferedLineLogger) -> None:
+        self._logger = logger
+
+    def __call__(self, *args: Any) -> BufferedLineLogger:
+        return self._logger
+
+
+_flusher: threading.Thread | None = None
+_current: BufferedLineLogger | None = None
+
+
+def _flush_forever() -> None:
+    while True:
+        time.sleep(FLUSH_INTERVAL)
+        if _current is not None:
+            _current.flush()
+
+
+def flush_logs() -> None:
+    if _current is not None:
+        _current.flush()
+
+
+atexit.register(flush_logs)
+
+
+def _binary(stream: TextIO) -> BinaryIO | None:
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+    stream.flush()
+    return open(fd, "wb", buffering=64 * 1024, closefd=False)
 
 
 def configure_logging(
     level: str = "info", stream: TextIO | None = None, json: bool | None = None
 ) -> None:
+    """Call again in a forked worker: the flusher thread does not survive fork()."""
+    global _current, _flusher
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
-    )
+    binary = _binary(stream) if json else None
+    common: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    factory: Any
+    if binary is not None:
+        flush_logs()
+        _current = BufferedLineLogger(binary)
+        factory = _Factory(_current)
+        renderer: structlog.typing.Processor = structlog.processors.JSONRenderer(
+            serializer=orjson.dumps
+        )
+        if _flusher is None or not _flusher.is_alive():
+            _flusher = threading.Thread(target=_flush_forever, name="log-flush", daemon=True)
+            _flusher.start()
+    else:
+        renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+        factory = structlog.PrintLoggerFactory(stream)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*common, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )

@@ -345,7 +345,7 @@ def test_concurrent_writers_from_many_threads_all_land(store: SqliteStore) -> No
                 serial = f"{t:02x}{i:02x}"
                 store.add_certificate(record(serial), issue_event(serial))
         finally:
-            store.close()  # this thread's connection
+            store.close_reader()  # this thread's connection
 
     with ThreadPoolExecutor(threads) as pool:
         for future in [pool.submit(writer, t) for t in range(threads)]:

@@ -13,6 +13,7 @@ STATUS_FOR: dict[type[errors.SignetError], grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.ConfigurationError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 

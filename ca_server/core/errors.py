@@ -9,6 +9,7 @@ SignetError
 ├── Conflict              the certificate's state does not allow it
 │   └── AlreadyRevoked    revoking a certificate that is already revoked
 ├── LimitExceeded         a size or rate limit
+├── Unavailable           a dependency (the database) cannot serve now: retry shortly
 └── ConfigurationError    the CA's own files or settings are unusable (start-up only)
 """
 
@@ -49,6 +50,11 @@ class AlreadyRevoked(Conflict):
 
 class LimitExceeded(SignetError):
     pass
+
+
+class Unavailable(SignetError):
+    """Transient: the store is locked, full, read-only or unreachable, or its write queue is
+    full. Nothing was half-written; the same request can be retried."""
 
 
 class ConfigurationError(SignetError):

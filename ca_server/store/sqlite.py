@@ -1,6 +1,8 @@
-"""The embedded default store: SQLite through sqlite-utils, WAL mode, one connection per thread.
+"""The embedded default store: SQLite through sqlite-utils, WAL mode.
 
-Durability: synchronous=FULL, so a certificate is on disk before the RPC that issued it answers.
+Reads use one connection per thread. Writes go to one writer thread per process (group commit,
+see ``writer``): concurrent writes share a transaction and its fsync. Durability:
+synchronous=FULL, so a certificate is on disk before the RPC that issued it answers.
 The audit table is append-only, enforced by triggers rather than by convention.
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
+from ..core.errors import Unavailable
 from ..core.ocsp import SignedStatus
 from ..core.revocation import Reason, RevokedEntry
 from .base import (
@@ -30,6 +33,11 @@ from .base import (
     StatusRow,
     TokenRecord,
 )
+from .writer import GroupCommitWriter, describe
+
+# How long a writer or reader waits for another process's lock before the request is
+# answered UNAVAILABLE (SQLite's own busy handler; our writer thread never contends in-process).
+BUSY_TIMEOUT_MS = 3000
 
 
 def _ocsp_columns(ocsp: SignedStatus | None) -> dict[str, Any]:
@@ -48,6 +56,14 @@ def _epoch(when: dt.datetime) -> int:
 
 def _from_epoch(seconds: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+    """A plain INSERT of constant column names (sqlite-utils' insert introspects the table on
+    every call, too slow for the write path)."""
+    columns = ", ".join(row)
+    marks = ", ".join("?" * len(row))
+    db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))  # noqa: S608
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -150,19 +166,27 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, on_batch: Callable[[int], None] | None = None) -> None:
         self.path = Path(path)
         self._local = threading.local()
         self._migrate()
+        self._writer = GroupCommitWriter(self._connect_writer, on_batch=on_batch)
 
     # -- connection handling -------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
     def _connect(self) -> sqlite_utils.Database:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db = sqlite_utils.Database(conn)
-        db.execute("PRAGMA busy_timeout = 30000")
-        db.execute("PRAGMA synchronous = FULL")
-        db.execute("PRAGMA foreign_keys = ON")
-        return db
+        return sqlite_utils.Database(self._open())
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        return self._open()
 
     @property
     def _db(self) -> sqlite_utils.Database:
@@ -171,17 +195,20 @@ class SqliteStore:
             db = self._local.db = self._connect()
         return db
 
-    def _write(self, fn: Callable[[sqlite_utils.Database], Any]) -> Any:
-        """Run fn in a BEGIN IMMEDIATE transaction: writers queue up front (no upgrade deadlock)."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run fn in the writer's next group transaction; its result once committed."""
+        return self._writer.submit(fn)
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
-            result = fn(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return result
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            self.close_reader()  # e.g. opened while the file was read-only: reopen next time
+            raise Unavailable(describe(exc)) from None
+
+    def _read_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = self._read(sql, params)
+        return rows[0] if rows else None
 
     def _enable_wal(self) -> None:
         """WAL is a property of the file, set once. Switching to it needs a moment with no other
@@ -218,13 +245,24 @@ class SqliteStore:
                 MIGRATIONS[number](db)
                 db.execute(f"PRAGMA user_version = {number + 1}")
 
-        self._write(run)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            run(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
-    def close(self) -> None:
+    def close_reader(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
             db.conn.close()
             self._local.db = None
+
+    def close(self) -> None:
+        self._writer.close()
+        self.close_reader()
 
     # -- certificates ------------------------------------------------------------------------
     def add_certificate(self, record: CertificateRecord, audit: AuditEvent) -> None:
@@ -246,8 +284,8 @@ class SqliteStore:
             **_ocsp_columns(record.ocsp),
         }
 
-        def tx(db: sqlite_utils.Database) -> None:
-            db.table("certificates").insert(row)
+        def tx(db: sqlite3.Connection) -> None:
+            _insert(db, "certificates", row)
             self._append_audit(db, audit)
 
         try:
@@ -258,18 +296,18 @@ class SqliteStore:
             raise
 
     def get_certificate(self, serial: str) -> CertificateRecord | None:
-        row = self._db.execute(
+        row = self._read_one(
             f"SELECT {_COLUMNS} FROM certificates WHERE serial = ?",  # noqa: S608 - constant columns
             [serial],
-        ).fetchone()
+        )
         return self._record(row) if row else None
 
     def get_status(self, serial: str) -> StatusRow | None:
-        row = self._db.execute(
+        row = self._read_one(
             "SELECT status, revoked_at, reason, ocsp_der, ocsp_this_update, ocsp_next_update "
             "FROM certificates WHERE serial = ?",
             [serial],
-        ).fetchone()
+        )
         if row is None:
             return None
         status, revoked_at, reason, der, this_update, next_update = row
@@ -296,7 +334,7 @@ class SqliteStore:
         o = _ocsp_columns(ocsp)
         invalid = _epoch(invalidity_date) if invalidity_date else None
 
-        def tx(db: sqlite_utils.Database) -> RevokeOutcome:
+        def tx(db: sqlite3.Connection) -> RevokeOutcome:
             cursor = db.execute(
                 "UPDATE certificates SET status = 'revoked', revoked_at = ?, reason = ?, "
                 "ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ?, invalidity_date = ? "
@@ -324,7 +362,7 @@ class SqliteStore:
     ) -> RevokeOutcome:
         o = _ocsp_columns(ocsp)
 
-        def tx(db: sqlite_utils.Database) -> RevokeOutcome:
+        def tx(db: sqlite3.Connection) -> RevokeOutcome:
             cursor = db.execute(
                 "UPDATE certificates SET status = 'good', revoked_at = NULL, reason = NULL, "
                 "invalidity_date = NULL, ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ? "
@@ -339,7 +377,7 @@ class SqliteStore:
         return outcome
 
     def update_ocsp(self, updates: Sequence[OcspUpdate]) -> int:
-        def tx(db: sqlite_utils.Database) -> int:
+        def tx(db: sqlite3.Connection) -> int:
             changed = 0
             for u in updates:
                 cursor = db.execute(
@@ -363,13 +401,13 @@ class SqliteStore:
     def stale_ocsp(
         self, next_update_before: dt.datetime, now: dt.datetime, limit: int
     ) -> Sequence[StatusRow]:
-        rows = self._db.execute(
+        rows = self._read(
             "SELECT serial, status, revoked_at, reason FROM certificates "
             # Rows without a response (the responder's own certificate, rows older than v4)
             # are signed on demand instead. Expired certificates are left as they are.
             "WHERE ocsp_next_update < ? AND not_after >= ? ORDER BY ocsp_next_update LIMIT ?",
             [_epoch(next_update_before), _epoch(now), limit],
-        ).fetchall()
+        )
         return [
             StatusRow(
                 "revoked" if status == "revoked" else "good",
@@ -383,7 +421,7 @@ class SqliteStore:
 
     def _revocation_outcome(
         self,
-        db: sqlite_utils.Database,
+        db: sqlite3.Connection,
         cursor: sqlite3.Cursor,
         serial: str,
         audit: AuditEvent,
@@ -398,7 +436,7 @@ class SqliteStore:
         exists = db.execute("SELECT 1 FROM certificates WHERE serial = ?", [serial]).fetchone()
         return refused if exists else RevokeOutcome.NOT_FOUND
 
-    def _changed_revocations(self, db: sqlite_utils.Database, audit: AuditEvent) -> None:
+    def _changed_revocations(self, db: sqlite3.Connection, audit: AuditEvent) -> None:
         db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revocations'")
         self._append_audit(db, audit)
 
@@ -419,25 +457,25 @@ class SqliteStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY issued_at, serial LIMIT ?"
         params.append(query.limit)
-        return [self._record(r) for r in self._db.execute(sql, params).fetchall()]
+        return [self._record(r) for r in self._read(sql, params)]
 
     def revoked_unexpired(self, now: dt.datetime) -> Sequence[RevokedEntry]:
-        rows = self._db.execute(
+        rows = self._read(
             "SELECT serial, revoked_at, reason, invalidity_date FROM certificates "
             "WHERE status = 'revoked' AND not_after >= ? ORDER BY serial",
             [_epoch(now)],
-        ).fetchall()
+        )
         return [
             RevokedEntry(int(s, 16), _from_epoch(at), Reason(r), _from_epoch(inv) if inv else None)
             for s, at, r, inv in rows
         ]
 
     def revocation_epoch(self) -> int:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'revocations'").fetchone()
+        row = self._read_one("SELECT value FROM meta WHERE key = 'revocations'")
         return int(row[0])
 
     def next_crl_number(self) -> int:
-        def tx(db: sqlite_utils.Database) -> int:
+        def tx(db: sqlite3.Connection) -> int:
             row = db.execute(
                 "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'crl_number' "
                 "RETURNING value"
@@ -449,15 +487,10 @@ class SqliteStore:
 
     # -- audit ---------------------------------------------------------------------------
     @staticmethod
-    def _append_audit(db: sqlite_utils.Database, event: AuditEvent) -> None:
-        db.table("audit").insert(
-            {
-                "at": _epoch(event.at),
-                "action": event.action,
-                "actor": event.actor,
-                "serial": event.serial,
-                "detail": event.detail,
-            }
+    def _append_audit(db: sqlite3.Connection, event: AuditEvent) -> None:
+        db.execute(
+            "INSERT INTO audit (at, action, actor, serial, detail) VALUES (?, ?, ?, ?, ?)",
+            [_epoch(event.at), event.action, event.actor, event.serial, event.detail],
         )
 
     def add_token(self, token: TokenRecord, audit: AuditEvent) -> None:
@@ -473,14 +506,14 @@ class SqliteStore:
             "used_at": None,
         }
 
-        def tx(db: sqlite_utils.Database) -> None:
-            db.table("bootstrap_tokens").insert(row)
+        def tx(db: sqlite3.Connection) -> None:
+            _insert(db, "bootstrap_tokens", row)
             self._append_audit(db, audit)
 
         self._write(tx)
 
     def consume_token(self, token_hash: str, now: dt.datetime) -> TokenRecord | None:
-        def tx(db: sqlite_utils.Database) -> TokenRecord | None:
+        def tx(db: sqlite3.Connection) -> TokenRecord | None:
             row = db.execute(
                 "UPDATE bootstrap_tokens SET used_at = ? "
                 "WHERE token_hash = ? AND used_at IS NULL AND expires_at > ? "
@@ -509,9 +542,9 @@ class SqliteStore:
         self._write(lambda db: self._append_audit(db, event))
 
     def audit_events(self, limit: int = 100) -> Sequence[AuditEvent]:
-        rows = self._db.execute(
+        rows = self._read(
             "SELECT at, action, actor, serial, detail FROM audit ORDER BY id DESC LIMIT ?", [limit]
-        ).fetchall()
+        )
         return [AuditEvent(_from_epoch(at), a, actor, s, d or "") for at, a, actor, s, d in rows]
 
     # -- helpers -------------------------------------------------------------------------------
