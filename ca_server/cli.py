@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from .config import DEFAULT_KEY_TYPE, DEFAULT_TRUST_DOMAIN, load_config
+from .config import DEFAULT_KEY_TYPE, DEFAULT_TRUST_DOMAIN, load_config, resolved_workers
 from .core.durations import parse_duration
 from .core.errors import ConfigurationError, SignetError
 from .core.keys import CA_KEY_TYPES
@@ -24,6 +24,7 @@ from .core.policy import Caller
 from .datadir import DataDir, init_ca, load_ca
 from .logs import configure_logging
 from .server import start_server
+from .supervisor import Supervisor, check_loads
 
 log = structlog.get_logger("signet.cli")
 
@@ -91,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--public-url", help="base URL issued certificates carry for OCSP, CA issuers and CRL"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the ports (default: one per core; SIGNET_WORKERS)",
+    )
     return p
 
 
@@ -121,6 +127,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "bootstrap_listen": getattr(args, "bootstrap_listen", None),
         "server_name": getattr(args, "server_name", None),
         "public_url": getattr(args, "public_url", None),
+        "workers": getattr(args, "workers", None),
     }
 
 
@@ -176,23 +183,39 @@ def _serve(data_dir: Path, args: argparse.Namespace) -> int:
         _init(data_dir, args)
     config = load_config(data_dir, _overrides(args))
     configure_logging(config.server.log_level)
-    ca = load_ca(config, _passphrase(args))
+    passphrase = _passphrase(args)
+    grace = config.server.shutdown_grace.total_seconds()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    running = start_server(ca)
-    print(f"Signet CA ready on {running.address} (trust domain {config.trust_domain})", flush=True)
-    if running.http_address:
-        base = f"http://{running.http_address}"
-        print(f"Relying parties: OCSP {base}/ocsp, CRL {base}/crl", flush=True)
-    print(f"Try it: {grpcurl_command(data_dir, running.address)}", flush=True)
-    stop.wait()
-    log.info("shutting_down", grace_seconds=config.server.shutdown_grace.total_seconds())
-    running.stop(config.server.shutdown_grace.total_seconds())
-    ca.store.close()
+    workers = resolved_workers(config.server)
+    if workers == 1:
+        ca = load_ca(config, passphrase)
+        running = start_server(ca)
+        _print_ready(data_dir, config.trust_domain, running.address, running.http_address)
+        stop.wait()
+        log.info("shutting_down", grace_seconds=grace)
+        running.stop(grace)
+        ca.store.close()
+    else:
+        check_loads(config, passphrase)
+        supervisor = Supervisor(config, passphrase, workers)
+        supervisor.start()
+        _print_ready(data_dir, config.trust_domain, supervisor.address, supervisor.http_address)
+        supervisor.run(stop)
+        log.info("shutting_down", grace_seconds=grace, workers=workers)
+        supervisor.stop(grace)
     lock.close()
     log.info("stopped")
     return 0
+
+
+def _print_ready(data_dir: Path, trust_domain: str, address: str, http_address: str) -> None:
+    print(f"Signet CA ready on {address} (trust domain {trust_domain})", flush=True)
+    if http_address:
+        base = f"http://{http_address}"
+        print(f"Relying parties: OCSP {base}/ocsp, CRL {base}/crl", flush=True)
+    print(f"Try it: {grpcurl_command(data_dir, address)}", flush=True)
 
 
 def _token_create(data_dir: Path, args: argparse.Namespace) -> int:

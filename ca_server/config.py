@@ -39,6 +39,7 @@ class ServerSettings:
     serving_validity: dt.timedelta = dt.timedelta(hours=24)
     shutdown_grace: dt.timedelta = dt.timedelta(seconds=10)
     max_workers: int = 16
+    workers: int = 0  # server processes sharing the ports; 0: one per core
     store: str = ""  # empty: sqlite:///<data-dir>/ca.db
 
 
@@ -96,8 +97,10 @@ log_level = "{s.log_level}"
 serving_validity = "{d(s.serving_validity)}"
 # On SIGTERM, in-flight RPCs get this long to finish.
 shutdown_grace = "{d(s.shutdown_grace)}"
-# Threads serving RPCs.
+# Threads serving RPCs, in each server process.
 max_workers = {s.max_workers}
+# Server processes sharing the ports (flag --workers, env SIGNET_WORKERS); 0: one per core.
+workers = {s.workers}
 # Database URL; empty means sqlite:///<data-dir>/ca.db (flag --store, env SIGNET_STORE).
 store = ""
 # Base URL that issued certificates carry in AIA (OCSP, caIssuers) and CRL Distribution Points.
@@ -213,6 +216,21 @@ def _positive_int(value: Any, name: str) -> int:
     return value
 
 
+def _workers(value: Any) -> int:
+    """0 (one per core) or a positive count; from a flag or env as text, from TOML as int."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 256:
+        raise ConfigurationError(
+            f"workers: {value!r} is not a number of processes (0 = one per core, at most 256)"
+        )
+    return value
+
+
+def resolved_workers(settings: ServerSettings) -> int:
+    return settings.workers or os.cpu_count() or 1
+
+
 def _identity_patterns(patterns: list[str], trust_domain: str, where: str) -> tuple[str, ...]:
     """Patterns are SPIFFE IDs of this trust domain whose segments may be '*' or '**'."""
     for p in patterns:
@@ -266,6 +284,7 @@ def load_config(
             "serving_validity",
             "shutdown_grace",
             "max_workers",
+            "workers",
             "store",
             "public_url",
         },
@@ -343,6 +362,7 @@ def load_config(
         serving_validity=srv.duration("serving_validity", defaults.serving_validity),
         shutdown_grace=srv.duration("shutdown_grace", defaults.shutdown_grace),
         max_workers=_positive_int(srv.get("max_workers", defaults.max_workers), "max_workers"),
+        workers=_workers(pick("workers", srv.get("workers", defaults.workers))),
         store=store,
     )
     public_url = pick("public_url", srv.get("public_url"))

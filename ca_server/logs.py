@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import io
 import logging
+import os
 import sys
 import threading
 import time
@@ -58,6 +59,7 @@ class _Factory:
 
 _flusher: threading.Thread | None = None
 _current: BufferedLineLogger | None = None
+_retired: list[BufferedLineLogger] = []
 
 
 def _flush_forever() -> None:
@@ -93,8 +95,15 @@ def configure_logging(
     if json is None:
         json = not stream.isatty()
     binary = _binary(stream) if json else None
+    pid = os.getpid()  # which worker said it (configure again after fork)
+
+    def add_pid(_: Any, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+        event["pid"] = pid
+        return event
+
     common: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_pid,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
@@ -102,6 +111,10 @@ def configure_logging(
     factory: Any
     if binary is not None:
         flush_logs()
+        if _current is not None:
+            # Never collected: after fork its lock may be held by the parent's flusher thread,
+            # and collecting it would flush (and block) under that lock.
+            _retired.append(_current)
         _current = BufferedLineLogger(binary)
         factory = _Factory(_current)
         renderer: structlog.typing.Processor = structlog.processors.JSONRenderer(

@@ -40,7 +40,7 @@ class RunningServer:
     health: health.HealthServicer
     serving: ServingCertificate
     address: str  # host:port actually bound
-    serve_json: Path
+    serve_json: Path | None  # None for a worker: its supervisor owns the file
     maintenance: Maintenance
     http: HttpListener | None = None
     bootstrap: grpc.Server | None = None
@@ -59,7 +59,8 @@ class RunningServer:
         if self.http:
             self.http.stop()
         self.maintenance.stop()
-        self.serve_json.unlink(missing_ok=True)
+        if self.serve_json is not None:
+            self.serve_json.unlink(missing_ok=True)
 
 
 def _bound_address(listen: str, port: int) -> str:
@@ -67,7 +68,7 @@ def _bound_address(listen: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def _start_http(ca: LoadedCa) -> HttpListener | None:
+def _start_http(ca: LoadedCa, reuse_port: bool) -> HttpListener | None:
     """Bind the relying-party listener first: with port 0, its address is what certificates
     carry in AIA and CRL Distribution Points unless --public-url says otherwise."""
     listen = ca.config.server.http_listen
@@ -79,6 +80,7 @@ def _start_http(ca: LoadedCa) -> HttpListener | None:
         listen,
         settings.http_request_timeout.total_seconds(),
         settings.http_max_body,
+        reuse_port=reuse_port,
     )
     try:
         address = http.start()
@@ -91,8 +93,20 @@ def _start_http(ca: LoadedCa) -> HttpListener | None:
     return http
 
 
+def _grpc_options(reuse_port: bool) -> list[tuple[str, int]]:
+    # Alone, one process owns each port: a second server must fail to bind, not share it
+    # silently. Workers share them on purpose (the supervisor reserved them first).
+    return [
+        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+        ("grpc.so_reuseport", int(reuse_port)),
+    ]
+
+
 def _start_bootstrap(
-    ca: LoadedCa, servicer: CertificateAuthorityServicer, serving: ServingCertificate
+    ca: LoadedCa,
+    servicer: CertificateAuthorityServicer,
+    serving: ServingCertificate,
+    reuse_port: bool,
 ) -> tuple[grpc.Server | None, str]:
     """The server-TLS listener that serves Enroll and nothing else."""
     listen = ca.config.server.bootstrap_listen
@@ -101,10 +115,7 @@ def _start_bootstrap(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="bootstrap"),
         interceptors=[RpcInterceptor()],
-        options=[
-            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=_grpc_options(reuse_port),
     )
     enroll = grpc.unary_unary_rpc_method_handler(
         servicer.Enroll,
@@ -123,20 +134,20 @@ def _start_bootstrap(
     return server, _bound_address(listen, port)
 
 
-def start_server(ca: LoadedCa) -> RunningServer:
+def start_server(
+    ca: LoadedCa, *, reuse_port: bool = False, write_serve_json: bool = True
+) -> RunningServer:
+    """Serve the API, the bootstrap listener and HTTP. A worker of several (reuse_port) leaves
+    serve.json to its supervisor, which knows every worker."""
     settings = ca.config.server
-    http = _start_http(ca)
+    http = _start_http(ca, reuse_port)
     maintenance = Maintenance(ca.authority)
     maintenance.start()
     serving = ServingCertificate(ca.authority, settings.server_names, settings.serving_validity)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=[RpcInterceptor()],
-        options=[
-            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-            # One process owns the port: a second server must fail to bind, not share it silently.
-            ("grpc.so_reuseport", 0),
-        ],
+        options=_grpc_options(reuse_port),
     )
     servicer = CertificateAuthorityServicer(ca.authority)
     ca_pb2_grpc.add_CertificateAuthorityServicer_to_server(servicer, server)
@@ -154,7 +165,7 @@ def start_server(ca: LoadedCa) -> RunningServer:
         raise ConfigurationError(f"cannot listen on {settings.listen} (address in use?)")
     server.start()
     try:
-        bootstrap, bootstrap_address = _start_bootstrap(ca, servicer, serving)
+        bootstrap, bootstrap_address = _start_bootstrap(ca, servicer, serving, reuse_port)
     except ConfigurationError:
         server.stop(0)
         if http:
@@ -164,13 +175,14 @@ def start_server(ca: LoadedCa) -> RunningServer:
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = _bound_address(settings.listen, port)
-    serve_json = DataDir(ca.config.data_dir).serve_json
+    serve_json = DataDir(ca.config.data_dir).serve_json if write_serve_json else None
     ready: dict[str, object] = {"listen": address, "pid": os.getpid()}
     if bootstrap_address:
         ready["bootstrap_listen"] = bootstrap_address
     if http:
         ready["http_listen"] = http.address
-    atomic_write(serve_json, json.dumps(ready).encode() + b"\n")
+    if serve_json is not None:
+        atomic_write(serve_json, json.dumps(ready).encode() + b"\n")
     log.info("server_ready", **ready, trust_domain=ca.config.trust_domain)
     return RunningServer(
         server,

@@ -163,9 +163,12 @@ class HttpListener:
         listen: str,
         request_timeout: float = 10.0,
         max_body: int = OCSP_REQUEST_MAX,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         self._app = RelyingPartyApp(authority, request_timeout, max_body).build()
         self._listen = listen
+        self._reuse_port = reuse_port
         # uvloop's libuv loop serves this small-request traffic markedly faster than asyncio's.
         self._loop = uvloop.new_event_loop() if uvloop else asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="http", daemon=True)
@@ -179,7 +182,9 @@ class HttpListener:
 
         async def up() -> str:
             await self._runner.setup()
-            site = web.TCPSite(self._runner, host or "127.0.0.1", int(port), reuse_port=False)
+            site = web.TCPSite(
+                self._runner, host or "127.0.0.1", int(port), reuse_port=self._reuse_port
+            )
             await site.start()
             sockname = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
             return f"{host or '127.0.0.1'}:{sockname[1]}"
