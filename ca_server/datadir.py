@@ -18,8 +18,9 @@ from .core.clock import Clock, SystemClock, utc_seconds
 from .core.errors import ConfigurationError
 from .core.keys import generate_key
 from .core.profile import Issuer, build_intermediate, build_root, ca_name, pem
+from .core.store import AuditEvent, Store
 from .files import atomic_write, load_private_key, write_private_key
-from .store import AuditEvent, Store, open_store
+from .store import open_store
 
 ROOT_VALIDITY = dt.timedelta(days=3650)
 INTERMEDIATE_VALIDITY = dt.timedelta(days=1825)

@@ -45,7 +45,7 @@ from ca_server.core.profile import (
     serial_hex,
 )
 from ca_server.core.revocation import Reason
-from ca_server.store import AuditEvent, CertificateRecord
+from ca_server.core.store import AuditEvent, CertificateRecord
 from ca_server.store.sqlite import SqliteStore
 from tests.pki import TRUST_DOMAIN, make_csr, make_key, spiffe
 

@@ -17,7 +17,7 @@ from ca_server.core.authority import CertificateAuthority, IssuanceSettings
 from ca_server.core.clock import FakeClock
 from ca_server.core.profile import LeafRequest, build_leaf
 from ca_server.core.revocation import Reason
-from ca_server.store import OcspUpdate
+from ca_server.core.store import OcspUpdate
 from ca_server.store.sqlite import SqliteStore
 from tests.pki import make_key
 from tests.test_authority import (

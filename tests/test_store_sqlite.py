@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from ca_server.core.revocation import Reason, RevokedEntry
-from ca_server.store import AuditEvent, CertificateRecord, DuplicateSerial, ListQuery, RevokeOutcome
+from ca_server.core.store import (
+    AuditEvent,
+    CertificateRecord,
+    DuplicateSerial,
+    ListQuery,
+    RevokeOutcome,
+)
 from ca_server.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)

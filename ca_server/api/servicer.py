@@ -17,7 +17,7 @@ from ..core.ocsp import CertStatus
 from ..core.policy import Caller
 from ..core.profile import serial_hex
 from ..core.revocation import Reason
-from ..store.base import CertificateRecord
+from ..core.store import CertificateRecord
 
 _STATUS = {
     CertStatus.GOOD: ca_pb2.GOOD,

@@ -12,10 +12,10 @@ import datetime as dt
 import threading
 from dataclasses import dataclass
 
-from ..store.base import Store
 from .clock import Clock, utc_seconds
 from .crl import build_crl
 from .profile import Issuer
+from .store import Store
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,3 +159,11 @@ def check_may_revoke(caller: Caller, certificate_identity: str) -> None:
 def check_is_admin(caller: Caller, what: str) -> None:
     if not caller.is_admin:
         raise PolicyViolation(f"{what} needs the admin role; {caller.identity} is not an admin")
+
+
+def grantor(policy: Policy, authorized_by: str) -> Caller:
+    """The authority behind a certificate's names, as a Caller for the policy checks. The
+    CA's own grants (init's admin credentials, the serving certificate) count as admin."""
+    if not authorized_by.startswith("spiffe://"):
+        return Caller(authorized_by, "", is_admin=True)
+    return Caller(authorized_by, "", is_admin=policy.is_admin(authorized_by))

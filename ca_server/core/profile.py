@@ -1,12 +1,15 @@
 """Certificate profiles (RFC 5280): the root, the online intermediate, and leaves.
 
 Pure functions of their inputs: keys, names, times and serials come in, certificates go out.
+Serials have one text form, in the API and the store: ``serial_hex`` makes it, ``parse_serial``
+reads what callers send.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,8 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
+from .errors import InvalidRequest
 from .keys import SigningKey, signature_hash
 from .names import IPAddress
+
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,18 @@ def serial_hex(serial: int) -> str:
     """Canonical form of a serial in the API and store: lowercase hex, even length."""
     text = f"{serial:x}"
     return text if len(text) % 2 == 0 else "0" + text
+
+
+def parse_serial(text: str) -> str:
+    """Accept hex in any case, with optional colons or 0x; return the canonical form."""
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    if not cleaned:
+        raise InvalidRequest("serial_number is required (hex, as in the certificate)")
+    if len(cleaned) > 40:
+        raise InvalidRequest("serial_number is longer than 20 octets (RFC 5280 allows at most 20)")
+    if not _HEX.fullmatch(cleaned):  # int(x, 16) alone would also take "-1" and "1_0"
+        raise InvalidRequest(f"serial_number {text!r} is not hexadecimal")
+    return serial_hex(int(cleaned, 16))
 
 
 def _ski(public_key: CertificatePublicKeyTypes) -> x509.SubjectKeyIdentifier:

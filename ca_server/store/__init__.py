@@ -1,7 +1,7 @@
-"""Storage: the interface the core receives (``Store``) and its implementations."""
+"""Storage: implementations of the interface the core defines (``core.store.Store``)."""
 
 from ..core.errors import ConfigurationError
-from .base import (
+from ..core.store import (
     AuditEvent,
     CertificateRecord,
     DuplicateSerial,

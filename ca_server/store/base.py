@@ -1,179 +1,28 @@
-"""The storage interface. Implementations keep certificates, the audit trail and CRL numbers;
-they make no decisions (the core does) but make each change atomic."""
+"""Moved to ``ca_server.core.store`` (the core owns its port); kept until ``sqlite.py`` imports
+from there."""
 
-from __future__ import annotations
+from ..core.store import (
+    AuditEvent,
+    CertificateRecord,
+    DuplicateSerial,
+    ListQuery,
+    OcspUpdate,
+    RevokeOutcome,
+    Status,
+    StatusRow,
+    Store,
+    TokenRecord,
+)
 
-import datetime as dt
-import enum
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
-
-from ..core.ocsp import SignedStatus
-from ..core.revocation import Reason, RevokedEntry
-
-Status = Literal["good", "revoked"]
-
-
-class DuplicateSerial(Exception):
-    """A certificate with this serial is already stored (the caller picks a new serial)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CertificateRecord:
-    serial: str  # canonical lowercase hex
-    identity: str
-    dns_names: tuple[str, ...]
-    ip_addresses: tuple[str, ...]
-    not_before: dt.datetime
-    not_after: dt.datetime
-    fingerprint_sha256: str
-    der: bytes
-    requested_by: str
-    issued_at: dt.datetime
-    # Whose authority granted the names: the requester for SignCertificate, carried over on
-    # renewal, so a renewal can be re-checked against what that authority may grant today.
-    authorized_by: str = ""
-    status: Status = "good"
-    revoked_at: dt.datetime | None = None
-    reason: Reason | None = None
-    # The current pre-signed OCSP response (SHA-1 CertID, no nonce), if one was made.
-    ocsp: SignedStatus | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StatusRow:
-    """The part of a record that status answers need (the OCSP hot path reads only this)."""
-
-    status: Status
-    revoked_at: dt.datetime | None
-    reason: Reason | None
-    ocsp: SignedStatus | None
-    serial: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class OcspUpdate:
-    """A re-signed response, to be stored only if the certificate is still in the state it
-    was signed for (status, reason and revocation time): a refresh never undoes a revocation."""
-
-    serial: str
-    ocsp: SignedStatus
-    status: Status
-    reason: Reason | None
-    revoked_at: dt.datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
-    at: dt.datetime
-    action: str  # "issue", "renew", "revoke", "init", ...
-    actor: str  # the caller's identity
-    serial: str | None = None
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRecord:
-    """A bootstrap token, kept only as the SHA-256 of its text."""
-
-    token_hash: str
-    identity: str
-    dns_names: tuple[str, ...]
-    ip_addresses: tuple[str, ...]
-    certificate_ttl: dt.timedelta
-    expires_at: dt.datetime
-    created_by: str
-    created_at: dt.datetime
-
-
-class RevokeOutcome(enum.Enum):
-    REVOKED = "revoked"
-    ALREADY_REVOKED = "already_revoked"
-    RELEASED = "released"  # a certificateHold lifted
-    NOT_HELD = "not_held"
-    NOT_FOUND = "not_found"
-
-
-@dataclass(frozen=True, slots=True)
-class ListQuery:
-    status: Status | None = None
-    expiring_before: dt.datetime | None = None
-    limit: int = 100
-    after: tuple[int, str] | None = None  # keyset cursor: (issued_at epoch, serial)
-
-
-class Store(Protocol):
-    def add_certificate(self, record: CertificateRecord, audit: AuditEvent) -> None:
-        """Store a new certificate and its audit event in one transaction, durably.
-        Raise DuplicateSerial if the serial exists."""
-        ...
-
-    def get_certificate(self, serial: str) -> CertificateRecord | None: ...
-
-    def get_status(self, serial: str) -> StatusRow | None: ...
-
-    def revoke(
-        self,
-        serial: str,
-        revoked_at: dt.datetime,
-        reason: Reason,
-        audit: AuditEvent,
-        ocsp: SignedStatus | None = None,
-        invalidity_date: dt.datetime | None = None,
-    ) -> RevokeOutcome:
-        """Mark a certificate revoked, with its audit event, atomically: a good one, or one on
-        certificateHold whose revocation becomes final (any reason but hold)."""
-        ...
-
-    def release_hold(
-        self, serial: str, audit: AuditEvent, ocsp: SignedStatus | None = None
-    ) -> RevokeOutcome:
-        """Make a certificate on certificateHold good again (RELEASED), atomically."""
-        ...
-
-    def update_ocsp(self, updates: Sequence[OcspUpdate]) -> int:
-        """Store re-signed responses in one transaction (see OcspUpdate); return how many."""
-        ...
-
-    def stale_ocsp(
-        self, next_update_before: dt.datetime, now: dt.datetime, limit: int
-    ) -> Sequence[StatusRow]:
-        """Unexpired certificates whose stored response's nextUpdate is before the given
-        time, soonest first."""
-        ...
-
-    def list_certificates(self, query: ListQuery) -> Sequence[CertificateRecord]:
-        """Certificates ordered by (issued_at, serial), after the cursor, at most query.limit."""
-        ...
-
-    def revoked_unexpired(self, now: dt.datetime) -> Sequence[RevokedEntry]:
-        """Revoked certificates not yet expired (not_after >= now): what a CRL lists."""
-        ...
-
-    def revocation_epoch(self) -> int:
-        """A counter that grows with every revocation by any process sharing the store."""
-        ...
-
-    def next_crl_number(self) -> int:
-        """Atomically increment and return the persisted CRL number (monotonic, from 1)."""
-        ...
-
-    def add_token(self, token: TokenRecord, audit: AuditEvent) -> None:
-        """Store a new bootstrap token (its hash) with its audit event."""
-        ...
-
-    def consume_token(self, token_hash: str, now: dt.datetime) -> TokenRecord | None:
-        """Mark an unused, unexpired token used and return it, atomically: of concurrent
-        attempts with one token exactly one gets it. None when unknown, used or expired."""
-        ...
-
-    def append_audit(self, event: AuditEvent) -> None:
-        """Record an event that changes no certificate (e.g. the CA's creation)."""
-        ...
-
-    def audit_events(self, limit: int = 100) -> Sequence[AuditEvent]:
-        """The newest audit events, newest first."""
-        ...
-
-    def close(self) -> None: ...
+__all__ = [
+    "AuditEvent",
+    "CertificateRecord",
+    "DuplicateSerial",
+    "ListQuery",
+    "OcspUpdate",
+    "RevokeOutcome",
+    "Status",
+    "StatusRow",
+    "Store",
+    "TokenRecord",
+]

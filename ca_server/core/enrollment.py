@@ -1,0 +1,117 @@
+"""Bootstrap enrollment: an admin mints a one-time token for an identity and its names; whoever
+holds it gets a first certificate for a key of its own. Only the token's hash is stored, and
+refused attempts are audited and rate-limited per peer."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Sequence
+
+from .bootstrap import (
+    DEFAULT_TOKEN_TTL,
+    MAX_TOKEN_TTL,
+    FailureLimiter,
+    new_token,
+    token_hash,
+)
+from .clock import Clock, utc_seconds
+from .csr import parse_csr
+from .errors import InvalidRequest, LimitExceeded, Unauthenticated
+from .issuance import Issuance, IssuanceSettings, Issued, checked_lifetime
+from .names import normalize_dns_name, parse_spiffe_id
+from .policy import Caller, Policy, RequestedNames, check_is_admin, check_request, grantor
+from .store import AuditEvent, Store, TokenRecord
+
+
+class Enrollment:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        policy: Policy,
+        settings: IssuanceSettings,
+        issuance: Issuance,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self.settings = settings
+        self._issuance = issuance
+        self._enroll_failures = FailureLimiter(clock)
+
+    def create_token(
+        self,
+        caller: Caller,
+        identity: str,
+        dns_names: Sequence[str],
+        ip_addresses: Sequence[str],
+        token_ttl: dt.timedelta | None,
+        certificate_ttl: dt.timedelta | None,
+    ) -> tuple[str, dt.datetime]:
+        """A one-time token for `identity` and the names given; returns (token, expires_at).
+        The token itself is never stored or logged."""
+        check_is_admin(caller, "CreateBootstrapToken")
+        try:
+            sid = str(parse_spiffe_id(identity))
+            dns = tuple(dict.fromkeys(normalize_dns_name(n) for n in dns_names))
+            ips = tuple(dict.fromkeys(ipaddress.ip_address(i) for i in ip_addresses))
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        check_request(self._policy, caller, RequestedNames(sid, dns, ips))
+        ttl = token_ttl or DEFAULT_TOKEN_TTL
+        if not dt.timedelta(0) < ttl <= MAX_TOKEN_TTL:
+            raise InvalidRequest(f"token_ttl must be more than 0 and at most {MAX_TOKEN_TTL}")
+        lifetime = checked_lifetime(self.settings, certificate_ttl, self.settings.default_validity)
+        now = utc_seconds(self._clock.now())
+        token = new_token()
+        record = TokenRecord(
+            token_hash(token),
+            sid,
+            dns,
+            tuple(str(i) for i in ips),
+            lifetime,
+            now + ttl,
+            caller.identity,
+            now,
+        )
+        detail = f"token for {sid} ({record.token_hash[:12]}), expires {record.expires_at}"
+        self._store.add_token(
+            record, AuditEvent(now, "token-create", caller.identity, None, detail)
+        )
+        return token, record.expires_at
+
+    def enroll(self, token: str, csr_pem: str, peer: str) -> Issued:
+        """A first certificate for whoever holds a valid, unused token; the names are the
+        token's, the key the CSR's. Refusals are audited and rate-limited per peer."""
+        try:
+            self._enroll_failures.check(peer)
+        except LimitExceeded:
+            now = utc_seconds(self._clock.now())
+            self._store.append_audit(AuditEvent(now, "enroll-refused", peer, None, "rate-limited"))
+            raise
+        csr = parse_csr(csr_pem)  # a bad CSR must not burn the token
+        now = utc_seconds(self._clock.now())
+        record = self._store.consume_token(token_hash(token), now) if token else None
+        if record is None:
+            self._enroll_failures.failed(peer)
+            self._store.append_audit(AuditEvent(now, "enroll-refused", peer, None, "bad token"))
+            raise Unauthenticated("the bootstrap token is unknown, already used or expired")
+        names = RequestedNames(
+            record.identity,
+            record.dns_names,
+            tuple(ipaddress.ip_address(i) for i in record.ip_addresses),
+        )
+        # Tokens live up to a day: what their minter may grant is checked again now.
+        check_request(self._policy, grantor(self._policy, record.created_by), names)
+        return self._issuance.issue(
+            public_key=csr.public_key,
+            names=names,
+            common_name=record.dns_names[0] if record.dns_names else None,
+            lifetime=min(record.certificate_ttl, self.settings.max_validity),
+            actor=f"token:{record.token_hash[:12]}",
+            authorized_by=record.created_by,
+            action="enroll",
+            detail=f"peer {peer}",
+        )

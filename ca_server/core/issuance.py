@@ -1,0 +1,292 @@
+"""Issuing certificates: from a CSR (sign), for a caller's new key (renew), for the CA itself
+(issue_for) and for its delegated OCSP responder. Each is recorded in the store before anyone
+sees it. The OCSP responder is built here: it signs each new leaf's first response, and asks
+for its own certificate."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from .clock import Clock, utc_seconds
+from .csr import parse_csr
+from .durations import format_duration
+from .errors import InvalidRequest, Unauthenticated
+from .names import IPAddress
+from .ocsp import CertStatus, StatusAnswer
+from .policy import Caller, Policy, RequestedNames, check_request, grantor
+from .profile import (
+    Issuer,
+    LeafRequest,
+    PublicUrls,
+    build_leaf,
+    build_ocsp_responder,
+    fingerprint_sha256,
+    pem,
+    random_serial,
+    serial_hex,
+)
+from .responder import OcspResponder
+from .store import AuditEvent, CertificateRecord, DuplicateSerial, Store
+
+_CA_ACTOR = "signet:ca"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuanceSettings:
+    """The ``[issuance]`` section of config.toml."""
+
+    default_validity: dt.timedelta = dt.timedelta(hours=24)
+    max_validity: dt.timedelta = dt.timedelta(days=30)
+    min_validity: dt.timedelta = dt.timedelta(minutes=5)
+    backdate: dt.timedelta = dt.timedelta(minutes=1)
+    crl_validity: dt.timedelta = dt.timedelta(hours=24)
+    ocsp_validity: dt.timedelta = dt.timedelta(hours=4)
+    # How long a caller's "not revoked" answer is reused before the store is asked again.
+    # Revocations made through this process invalidate it at once.
+    auth_cache_ttl: dt.timedelta = dt.timedelta(seconds=2)
+    public_urls: PublicUrls | None = None
+    # OCSP responses signed by a short-lived delegated responder certificate (True) or by the
+    # issuing CA itself (False).
+    ocsp_delegated: bool = True
+    ocsp_signer_validity: dt.timedelta = dt.timedelta(days=3)
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    certificate: x509.Certificate
+    chain_pem: str
+    serial: str
+    fingerprint_sha256: str
+
+    @property
+    def certificate_pem(self) -> str:
+        return pem(self.certificate)
+
+    @property
+    def not_before(self) -> dt.datetime:
+        return self.certificate.not_valid_before_utc
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.certificate.not_valid_after_utc
+
+
+def checked_lifetime(
+    settings: IssuanceSettings, requested: dt.timedelta | None, default: dt.timedelta
+) -> dt.timedelta:
+    """The requested lifetime if within the CA's limits (else InvalidRequest), or the default."""
+    if requested is None:
+        return default
+    if requested > settings.max_validity:
+        raise InvalidRequest(
+            f"validity {format_duration(requested)} is longer than this CA's cap of "
+            f"{format_duration(settings.max_validity)}"
+        )
+    if requested < settings.min_validity:
+        raise InvalidRequest(
+            f"validity {format_duration(requested)} is shorter than the minimum "
+            f"{format_duration(settings.min_validity)}"
+        )
+    return requested
+
+
+class Issuance:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        issuer: Issuer,
+        policy: Policy,
+        settings: IssuanceSettings,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._issuer = issuer
+        self._policy = policy
+        self.settings = settings
+        # Built here because each needs the other: the responder asks for its delegated
+        # certificate, and each certificate issued gets a response the responder signs.
+        self.responder = OcspResponder(
+            issuer=issuer,
+            clock=clock,
+            validity=settings.ocsp_validity,
+            issue_signer=self._issue_ocsp_signer if settings.ocsp_delegated else None,
+            signer_validity=settings.ocsp_signer_validity,
+        )
+
+    def sign(self, caller: Caller, csr_pem: str, validity: dt.timedelta | None) -> Issued:
+        csr = parse_csr(csr_pem)
+        if len(csr.uris) != 1:
+            raise InvalidRequest(
+                "the CSR must carry exactly one URI SAN, the SPIFFE ID "
+                f"spiffe://{self._policy.trust_domain}/<path>; it has {len(csr.uris)}"
+            )
+        names = RequestedNames(csr.uris[0], csr.dns_names, csr.ip_addresses)
+        check_request(self._policy, caller, names)
+        lifetime = checked_lifetime(self.settings, validity, self.settings.default_validity)
+        return self.issue(
+            public_key=csr.public_key,
+            names=names,
+            common_name=csr.common_name,
+            lifetime=lifetime,
+            actor=caller.identity,
+            action="issue",
+        )
+
+    def renew(self, caller: Caller, csr_pem: str, validity: dt.timedelta | None) -> Issued:
+        """A new certificate for the caller's identity and names, for the CSR's (new) key."""
+        csr = parse_csr(csr_pem)  # only its key counts: names come from the current certificate
+        current = self._store.get_certificate(caller.serial)
+        if current is None:
+            raise Unauthenticated("the certificate you authenticated with is not known to this CA")
+        if current.status == "revoked":
+            raise Unauthenticated(
+                f"the certificate {caller.serial} you authenticated with is revoked"
+            )
+        old = x509.load_der_x509_certificate(current.der)
+        if old.public_key() == csr.public_key:
+            raise InvalidRequest("renewal needs a new key: the CSR carries the current one")
+        names = RequestedNames(
+            current.identity,
+            current.dns_names,
+            tuple(ipaddress.ip_address(ip) for ip in current.ip_addresses),
+        )
+        # Re-check the names against what their grantor may grant today, so that narrowing
+        # policy (or removing an admin) takes effect at the next renewal, not never.
+        check_request(self._policy, grantor(self._policy, current.authorized_by), names)
+        cns = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        old_lifetime = current.not_after - current.not_before - self.settings.backdate
+        default = min(max(old_lifetime, self.settings.min_validity), self.settings.max_validity)
+        return self.issue(
+            public_key=csr.public_key,
+            names=names,
+            common_name=str(cns[0].value) if cns else None,
+            lifetime=checked_lifetime(self.settings, validity, default),
+            actor=caller.identity,
+            authorized_by=current.authorized_by,
+            action="renew",
+            detail=f"renews {caller.serial}",
+        )
+
+    def issue_for(
+        self,
+        *,
+        public_key: CertificatePublicKeyTypes,
+        identity: str,
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[IPAddress] = (),
+        lifetime: dt.timedelta,
+        actor: str,
+        action: str,
+    ) -> Issued:
+        """Issue without a CSR or policy check: for the CA's own certificates (the serving
+        certificate, the admin credentials written by init)."""
+        names = RequestedNames(identity, tuple(dns_names), tuple(ip_addresses))
+        cn = dns_names[0] if dns_names else None
+        return self.issue(
+            public_key=public_key,
+            names=names,
+            common_name=cn,
+            lifetime=lifetime,
+            actor=actor,
+            action=action,
+        )
+
+    def issue(
+        self,
+        *,
+        public_key: CertificatePublicKeyTypes,
+        names: RequestedNames,
+        common_name: str | None,
+        lifetime: dt.timedelta,
+        actor: str,
+        action: str,
+        authorized_by: str = "",
+        detail: str = "",
+    ) -> Issued:
+        """Build, record and return a leaf for names already checked against policy."""
+        now = utc_seconds(self._clock.now())
+        for _ in range(5):  # a 128-bit collision is as good as impossible; a loop costs nothing
+            serial = random_serial()
+            cert = build_leaf(
+                self._issuer,
+                LeafRequest(
+                    public_key=public_key,
+                    identity=names.identity,
+                    dns_names=names.dns_names,
+                    ip_addresses=names.ip_addresses,
+                    common_name=common_name,
+                    not_before=now - self.settings.backdate,
+                    not_after=now + lifetime,
+                    serial=serial,
+                ),
+                self.settings.public_urls,
+            )
+            self.responder.forget_unknown(serial)
+            record = CertificateRecord(
+                serial=serial_hex(serial),
+                identity=names.identity,
+                dns_names=names.dns_names,
+                ip_addresses=tuple(str(ip) for ip in names.ip_addresses),
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                fingerprint_sha256=fingerprint_sha256(cert),
+                der=cert.public_bytes(Encoding.DER),
+                requested_by=actor,
+                issued_at=now,
+                authorized_by=authorized_by or actor,
+                # Pre-signed now, so that answering for it costs no signature later.
+                ocsp=self.responder.sign(StatusAnswer(serial, CertStatus.GOOD)),
+            )
+            try:
+                # Stored (durably) before anyone sees it: nothing is handed out unrecorded.
+                self._store.add_certificate(
+                    record, AuditEvent(now, action, actor, record.serial, detail)
+                )
+            except DuplicateSerial:
+                continue
+            return Issued(cert, self._issuer.chain_pem, record.serial, record.fingerprint_sha256)
+        raise RuntimeError("could not find an unused serial number")
+
+    def _issue_ocsp_signer(
+        self, public_key: CertificatePublicKeyTypes, lifetime: dt.timedelta
+    ) -> x509.Certificate:
+        """Issue and record a delegated OCSP responder certificate (no OCSP of its own: it
+        carries id-pkix-ocsp-nocheck)."""
+        now = utc_seconds(self._clock.now())
+        identity = f"spiffe://{self._policy.trust_domain}/signet/ocsp-responder"
+        for _ in range(5):
+            serial = random_serial()
+            cert = build_ocsp_responder(
+                self._issuer, public_key, now - self.settings.backdate, now + lifetime, serial
+            )
+            record = CertificateRecord(
+                serial=serial_hex(serial),
+                identity=identity,
+                dns_names=(),
+                ip_addresses=(),
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                fingerprint_sha256=fingerprint_sha256(cert),
+                der=cert.public_bytes(Encoding.DER),
+                requested_by=_CA_ACTOR,
+                issued_at=now,
+                authorized_by=_CA_ACTOR,
+            )
+            try:
+                self._store.add_certificate(
+                    record, AuditEvent(now, "issue-ocsp-signer", _CA_ACTOR, record.serial)
+                )
+            except DuplicateSerial:
+                continue
+            return cert
+        raise RuntimeError("could not find an unused serial number")
