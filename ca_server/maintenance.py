@@ -1,5 +1,7 @@
-"""Background upkeep of a running CA: CRL builds (coalesced, off the request path) and the
-periodic re-signing of stored OCSP responses."""
+"""Background upkeep of a running CA, in every server process: notice revocations made by
+other processes (and drop cached "not revoked" answers within ``poll``), and — in the one
+process holding the store's maintenance lease — build CRLs (coalesced, off the request path)
+and re-sign stored OCSP responses. The others take up the CRL the holder stored."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import time
 import structlog
 
 from .core.authority import CertificateAuthority
+from .core.lease import Lease
 
 log = structlog.get_logger("signet.maintenance")
 
@@ -21,22 +24,30 @@ class Maintenance:
         self,
         authority: CertificateAuthority,
         *,
+        lease: Lease | None = None,
         coalesce: float = 0.05,
-        poll: float = 1.0,
+        poll: float = 0.25,
     ) -> None:
         """coalesce: how long to gather revocations that arrive together into one CRL build;
-        poll: how often to look for revocations made by other processes sharing the store."""
+        poll: how often to look for revocations made by other processes sharing the store
+        (a revocation elsewhere is honoured here within about this long)."""
         self._ca = authority
+        self._lease = lease or Lease(authority.store, authority.clock)
         self._coalesce = coalesce
         self._poll = poll
         validity = authority.settings.ocsp_validity
         self._refresh_every = min(validity / 4, dt.timedelta(minutes=5)).total_seconds()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="maintenance", daemon=True)
+        self._epoch: int | None = None
+        self.leader = False
 
     def start(self) -> None:
         crls = self._ca.crls
-        crls.build()  # the first CRL exists before anyone asks
+        self._epoch = self._ca.store.revocation_epoch()
+        self._lead(self._lease.hold())
+        if self.leader:
+            crls.build()  # the first CRL exists before anyone asks
         crls.background = True
         self._thread.start()
 
@@ -45,6 +56,22 @@ class Maintenance:
         self._stop.set()
         self._ca.crls.wanted.set()
         self._thread.join(timeout=30)
+        try:
+            self._lease.release()  # another process can take over at once, not after the TTL
+        except Exception:
+            log.warning("lease_release_failed", lease=self._lease.name)
+
+    def _lead(self, held: bool) -> None:
+        if held != self.leader:
+            log.info("maintenance_lease", held=held, holder=self._lease.holder)
+        self.leader = held
+        self._ca.crls.builder = held
+
+    def _watch_revocations(self) -> None:
+        epoch = self._ca.store.revocation_epoch()
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._ca.revocations_changed()
 
     def _run(self) -> None:
         crls = self._ca.crls
@@ -54,15 +81,21 @@ class Maintenance:
                 self._stop.wait(self._coalesce)  # let a burst of revocations share one build
             crls.wanted.clear()
             try:
+                self._watch_revocations()
+                self._lead(self._lease.hold())
+                # Rotate the delegated responder here, not on a request's thread.
+                self._ca.responder.signer()
+                if not self.leader:
+                    crls.follow()
+                    continue
                 if crls.run_pending():
                     log.info("crl_published", number=crls.current().number)
             except Exception:
-                log.exception("crl_build_failed")
+                log.exception("maintenance_failed")
+                continue
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + self._refresh_every
                 try:
-                    # Rotate the delegated responder here, not on a request's thread.
-                    self._ca.responder.signer()
                     total = 0
                     while not self._stop.is_set():
                         n = self._ca.refresh_ocsp(REFRESH_BATCH)

@@ -404,3 +404,36 @@ def test_opening_a_fresh_database_waits_for_a_concurrent_writer_instead_of_faili
         assert store.get_certificate("50") == record("50")
     finally:
         store.close()
+
+
+# -- leases and the shared CRL ------------------------------------------------------------------
+
+
+def test_a_lease_has_one_holder_until_it_expires_or_is_released(store: SqliteStore) -> None:
+    later = NOW + dt.timedelta(seconds=10)
+    assert store.acquire_lease("maintenance", "a", later, NOW)
+    assert not store.acquire_lease("maintenance", "b", later, NOW)
+    assert store.acquire_lease("maintenance", "a", later + dt.timedelta(seconds=5), NOW)  # renewed
+    assert not store.acquire_lease("maintenance", "b", later, later)  # the renewal counts
+    after = later + dt.timedelta(seconds=6)
+    assert store.acquire_lease("maintenance", "b", after + dt.timedelta(seconds=10), after)
+    assert not store.acquire_lease("maintenance", "a", after + dt.timedelta(seconds=10), after)
+    store.release_lease("maintenance", "a")  # not a's to release: nothing happens
+    assert not store.acquire_lease("maintenance", "a", after + dt.timedelta(seconds=10), after)
+    store.release_lease("maintenance", "b")
+    assert store.acquire_lease("maintenance", "a", after + dt.timedelta(seconds=10), after)
+    assert store.acquire_lease("other", "b", later, NOW)  # leases are independent
+
+
+def test_the_latest_crl_is_shared_and_old_ones_are_dropped(store: SqliteStore) -> None:
+    from ca_server.core.store import StoredCrl
+
+    assert store.latest_crl() is None
+    for n in (1, 2, 3):
+        store.save_crl(StoredCrl(b"crl-%d" % n, n, NOW, NOW + dt.timedelta(hours=1), n * 10))
+    latest = store.latest_crl()
+    assert latest == StoredCrl(b"crl-3", 3, NOW, NOW + dt.timedelta(hours=1), 30)
+    assert store.latest_crl(newer_than=3) is None
+    assert store.latest_crl(newer_than=2) == latest
+    with raw(store.path) as conn:
+        assert [r[0] for r in conn.execute("SELECT number FROM crls ORDER BY number")] == [2, 3]

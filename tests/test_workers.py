@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
+import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -19,10 +22,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 from tests.pki import make_csr, spiffe
-from tests.test_cli import Server, serving
+from tests.test_cli import Server, _ca_server, serving
 
 DEADLINE = 30.0
 
@@ -72,9 +76,17 @@ class Workers:
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Workers]:
+    data = tmp_path / "ca-data"
+    init = subprocess.run(
+        [*_ca_server(), "init", "--data-dir", str(data)], capture_output=True, text=True, timeout=60
+    )
+    assert init.returncode == 0, init.stderr
+    # Only the cross-worker invalidation can then refuse a revoked caller within a second.
+    config = data / "config.toml"
+    config.write_text(re.sub(r'auth_cache_ttl = ".*"', 'auth_cache_ttl = "1h"', config.read_text()))
     with serving("--workers", "2", "--listen", "127.0.0.1:0", cwd=tmp_path) as server:
         server.wait_for_line("Try it: ")
-        yield Workers(server, tmp_path / "ca-data")
+        yield Workers(server, data)
 
 
 def stubs(w: Workers, n: int) -> list[tuple[grpc.Channel, ca_pb2_grpc.CertificateAuthorityStub]]:
@@ -153,3 +165,88 @@ def test_sigterm_stops_every_worker_and_removes_serve_json(workers: Workers) -> 
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not (workers.data / "serve.json").exists()
+
+
+def on_two_workers(
+    w: Workers,
+    a: list[ca_pb2_grpc.CertificateAuthorityStub],
+    b: list[ca_pb2_grpc.CertificateAuthorityStub],
+    marker: int,
+) -> tuple[ca_pb2_grpc.CertificateAuthorityStub, ca_pb2_grpc.CertificateAuthorityStub]:
+    """A stub from `a` and one from `b` whose connections are served by different workers."""
+    where_a = {w.worker_of(stub, marker + i): stub for i, stub in enumerate(a)}
+    where_b = {w.worker_of(stub, marker + 0x100 + i): stub for i, stub in enumerate(b)}
+    for pid, stub in where_a.items():
+        for other, stub_b in where_b.items():
+            if other != pid:
+                return stub, stub_b
+    raise AssertionError(f"all connections on one worker: {where_a} {where_b}")
+
+
+def test_a_revocation_through_one_worker_is_honoured_by_the_others_within_a_second(
+    workers: Workers,
+) -> None:
+    key, csr = make_csr(uris=[spiffe("web/revoked")])
+    admins = stubs(workers, 8)
+    issued = admins[0][1].SignCertificate(ca_pb2.SignCertificateRequest(csr_pem=csr), timeout=10)
+    from tests.pki import key_pem
+
+    cert = (issued.certificate_pem + issued.chain_pem).encode()
+    holders = [workers.channel(cert, key_pem(key)) for _ in range(8)]
+    try:
+        admin, holder = on_two_workers(
+            workers,
+            [stub for _, stub in admins],
+            [ca_pb2_grpc.CertificateAuthorityStub(ch) for ch in holders],
+            0xA000,
+        )  # the holder's worker has it cached as good (for an hour, by the config)
+        holder.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)
+        admin.RevokeCertificate(
+            ca_pb2.RevokeCertificateRequest(serial_number=issued.serial_number, reason=1),
+            timeout=10,
+        )
+        revoked_at = time.monotonic()
+        while True:
+            try:
+                holder.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)
+            except grpc.RpcError as exc:
+                assert exc.code() is grpc.StatusCode.UNAUTHENTICATED, exc
+                assert "revoked" in str(exc.details())
+                break
+            assert time.monotonic() - revoked_at < 1.0, "still accepted a second after revocation"
+            time.sleep(0.01)
+    finally:
+        for ch in holders:
+            ch.close()
+        for ch, _ in admins:
+            ch.close()
+    # Every worker's HTTP listener now serves one CRL, with the same number, listing it.
+    http = str(workers.ready["http_listen"])
+    numbers = set()
+    for _ in range(8):
+        with urllib.request.urlopen(f"http://{http}/crl", timeout=10) as reply:
+            crl = x509.load_der_x509_crl(reply.read())
+        assert crl.get_revoked_certificate_by_serial_number(int(issued.serial_number, 16))
+        numbers.add(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    assert len(numbers) == 1
+
+
+def test_background_work_runs_in_one_worker_and_moves_when_it_dies(workers: Workers) -> None:
+    def builders() -> set[int]:
+        return {
+            int(json.loads(t)["pid"])
+            for t in workers.server.stderr.splitlines()
+            if '"event":"maintenance_lease"' in t and '"held":true' in t
+        }
+
+    deadline = time.monotonic() + DEADLINE
+    while not builders() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first = builders()
+    assert len(first) == 1, workers.server.stderr  # one lease holder, not one per worker
+    (leader,) = first
+    os.kill(leader, signal.SIGKILL)  # it cannot release the lease: the TTL must pass
+    deadline = time.monotonic() + DEADLINE
+    while builders() == first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(builders() - first) == 1, workers.server.stderr

@@ -104,6 +104,12 @@ class Authenticator:
             self._auth_generation += 1  # also voids "good" answers read before this point
             self._auth_ok.pop(fingerprint, None)
 
+    def forget_all(self) -> None:
+        """Another process revoked something: ask the store again for every caller."""
+        with self._auth_lock:
+            self._auth_generation += 1
+            self._auth_ok.clear()
+
     def _recently_good(self, fingerprint: str, now: dt.datetime) -> bool:
         with self._auth_lock:
             checked = self._auth_ok.get(fingerprint)

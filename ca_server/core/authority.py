@@ -121,6 +121,11 @@ class CertificateAuthority:
                 self.revoke(caller, caller.serial, Reason.SUPERSEDED)
         return issued
 
+    def revocations_changed(self) -> None:
+        """The store's revocation epoch moved (a revocation by any process sharing it): no
+        cached "not revoked" answer survives it. OCSP and CRL answers key on the epoch."""
+        self._authenticator.forget_all()
+
     def crl(self) -> CrlResult:
         """The current CRL (see CrlPublisher: never built on the request path when a
         background publisher runs)."""

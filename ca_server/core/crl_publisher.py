@@ -1,30 +1,27 @@
-"""Keeping the CRL current without building it on the request path.
+"""Keeping the CRL current without building it on the request path, once for every process.
 
 A build happens when revocations change the store (any process's: the store's revocation
-epoch tells) and at half the CRL's validity. A background thread does the builds
-(``run_pending``), coalescing revocations that arrive together; readers get the last CRL, and
-a reader that knows it is out of date waits for the next build rather than starting one.
-Without a background thread (tools, tests) a stale reader builds it itself."""
+epoch tells) and at half the CRL's validity. One process builds (``builder``: the one whose
+background thread holds the maintenance lease), coalescing revocations that arrive together,
+and keeps the CRL in the store; every process serves the newest stored CRL, so all of them
+hand out one CRL with one number. A reader that knows its CRL is out of date waits for the
+builder's next CRL rather than starting one; if none comes in time (the builder died and its
+lease has not yet passed on), it builds one itself rather than serve a stale CRL. Without a
+background thread (tools, tests) a stale reader builds it itself."""
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
-from dataclasses import dataclass
+import time
 
 from .clock import Clock, utc_seconds
 from .crl import build_crl
 from .profile import Issuer
-from .store import Store
+from .store import Store, StoredCrl
 
-
-@dataclass(frozen=True, slots=True)
-class CrlResult:
-    der: bytes
-    number: int
-    this_update: dt.datetime
-    next_update: dt.datetime
-    epoch: int  # the store's revocation epoch it reflects
+CrlResult = StoredCrl
+FOLLOW_POLL = 0.02  # how often a waiting reader looks for the builder's CRL in the store
 
 
 class CrlPublisher:
@@ -34,7 +31,8 @@ class CrlPublisher:
         self._changed = threading.Condition()
         self._build_lock = threading.Lock()
         self.wanted = threading.Event()  # set when a build is due; the background thread waits
-        self.background = False  # a thread calls run_pending(); readers then only wait
+        self.background = False  # a background thread runs (here or in another process)
+        self.builder = False  # ...and it is this process's: readers wait for run_pending()
 
     def _is_current(self, crl: CrlResult | None, epoch: int) -> bool:
         """Reflects every revocation up to `epoch` (a newer build reflects more) and is not
@@ -45,23 +43,47 @@ class CrlPublisher:
             and self._clock.now() < crl.this_update + self._validity / 2
         )
 
+    def _adopt(self, crl: CrlResult) -> None:
+        with self._changed:
+            if self._current is None or crl.number > self._current.number:
+                self._current = crl
+                self._changed.notify_all()
+
+    def follow(self) -> CrlResult | None:
+        """Take up a newer CRL from the store, if another process built one."""
+        newer = self._store.latest_crl(self._current.number if self._current else 0)
+        if newer is not None:
+            self._adopt(newer)
+        return self._current
+
     def current(self, wait: float = 10.0) -> CrlResult:
         """The CRL reflecting every revocation committed before this call."""
         epoch = self._store.revocation_epoch()
-        with self._changed:
-            if self._is_current(self._current, epoch):
-                assert self._current is not None
-                return self._current
-            if self.background:
+        if self._is_current(self._current, epoch):
+            assert self._current is not None
+            return self._current
+        if self._is_current(self.follow(), epoch):
+            assert self._current is not None
+            return self._current
+        if self.background:
+            deadline = time.monotonic() + wait
+            if self.builder:
                 self.wanted.set()
-                if self._changed.wait_for(lambda: self._is_current(self._current, epoch), wait):
+                with self._changed:
+                    if self._changed.wait_for(lambda: self._is_current(self._current, epoch), wait):
+                        assert self._current is not None
+                        return self._current
+            while time.monotonic() < deadline:  # another process builds: look for its CRL
+                if self._is_current(self.follow(), epoch):
                     assert self._current is not None
                     return self._current
+                time.sleep(FOLLOW_POLL)
         return self.build()  # no background builder, or it is stuck: do not serve stale
 
     def run_pending(self) -> bool:
         """Build if the store changed or half the validity passed; True if it built."""
-        if self._is_current(self._current, self._store.revocation_epoch()):
+        epoch = self._store.revocation_epoch()
+        if self._is_current(self._current, epoch) or self._is_current(self.follow(), epoch):
             return False
         self.build()
         return True
@@ -79,7 +101,6 @@ class CrlPublisher:
                 self._issuer, self._store.revoked_unexpired(now), number, now, next_update
             )
             crl = CrlResult(der, number, now, next_update, epoch)
-            with self._changed:
-                self._current = crl
-                self._changed.notify_all()
+            self._store.save_crl(crl)
+            self._adopt(crl)
             return crl

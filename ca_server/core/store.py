@@ -105,6 +105,18 @@ class ListQuery:
     after: tuple[int, str] | None = None  # keyset cursor: (issued_at epoch, serial)
 
 
+@dataclass(frozen=True, slots=True)
+class StoredCrl:
+    """A published CRL, kept in the store so that every process sharing it serves the one the
+    background builder made (one number, one set of bytes)."""
+
+    der: bytes
+    number: int
+    this_update: dt.datetime
+    next_update: dt.datetime
+    epoch: int  # the store's revocation epoch it reflects
+
+
 class Store(Protocol):
     def add_certificate(self, record: CertificateRecord, audit: AuditEvent) -> None:
         """Store a new certificate and its audit event in one transaction, durably.
@@ -176,6 +188,23 @@ class Store(Protocol):
 
     def audit_events(self, limit: int = 100) -> Sequence[AuditEvent]:
         """The newest audit events, newest first."""
+        ...
+
+    def save_crl(self, crl: StoredCrl) -> None:
+        """Keep a newly built CRL as the latest (older ones may be dropped)."""
+        ...
+
+    def latest_crl(self, newer_than: int = 0) -> StoredCrl | None:
+        """The stored CRL with the highest number, if that number is above newer_than."""
+        ...
+
+    def acquire_lease(self, name: str, holder: str, until: dt.datetime, now: dt.datetime) -> bool:
+        """Take or extend the lease `name` for `holder` until `until`, atomically: granted if
+        it is free, expired (before `now`) or already the holder's. True if held now."""
+        ...
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up at once, if `holder` holds it."""
         ...
 
     def close(self) -> None: ...

@@ -22,7 +22,7 @@ import sqlite_utils
 from ..core.errors import Unavailable
 from ..core.ocsp import SignedStatus
 from ..core.revocation import Reason, RevokedEntry
-from .base import (
+from ..core.store import (
     AuditEvent,
     CertificateRecord,
     DuplicateSerial,
@@ -31,6 +31,7 @@ from .base import (
     RevokeOutcome,
     Status,
     StatusRow,
+    StoredCrl,
     TokenRecord,
 )
 from .writer import GroupCommitWriter, describe
@@ -152,6 +153,17 @@ def _v7(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v8(db: sqlite_utils.Database) -> None:
+    # The CRL every process serves, built once by the lease holder; and the leases themselves.
+    db.table("crls").create(
+        {"number": int, "der": bytes, "this_update": int, "next_update": int, "epoch": int},
+        pk="number",
+    )
+    db.table("leases").create(
+        {"name": str, "holder": str, "expires_at": float}, pk="name", not_null={"holder"}
+    )
+
+
 # Selected by name so that migrations adding columns never shift _record's unpacking.
 _COLUMNS = (
     "serial, identity, dns_names, ip_addresses, not_before, not_after, status, revoked_at, "
@@ -161,7 +173,7 @@ _COLUMNS = (
 _COLUMN_NAMES = tuple(c.strip() for c in _COLUMNS.split(","))
 
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -484,6 +496,55 @@ class SqliteStore:
 
         number: int = self._write(tx)
         return number
+
+    def save_crl(self, crl: StoredCrl) -> None:
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO crls (number, der, this_update, next_update, epoch) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [crl.number, crl.der, _epoch(crl.this_update), _epoch(crl.next_update), crl.epoch],
+            )
+            # A 100k-entry CRL is megabytes: keep the latest two, not every one ever built.
+            db.execute("DELETE FROM crls WHERE number < ?", [crl.number - 1])
+
+        self._write(tx)
+
+    def latest_crl(self, newer_than: int = 0) -> StoredCrl | None:
+        # The number first (cheap), the bytes only when they are news.
+        head = self._read_one("SELECT MAX(number) FROM crls")
+        if head is None or head[0] is None or head[0] <= newer_than:
+            return None
+        row = self._read_one(
+            "SELECT der, number, this_update, next_update, epoch FROM crls WHERE number = ?",
+            [head[0]],
+        )
+        if row is None:
+            return None
+        der, number, this_update, next_update, epoch = row
+        return StoredCrl(der, number, _from_epoch(this_update), _from_epoch(next_update), epoch)
+
+    # -- leases ------------------------------------------------------------------------------
+    def acquire_lease(self, name: str, holder: str, until: dt.datetime, now: dt.datetime) -> bool:
+        def tx(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "expires_at = excluded.expires_at "
+                "WHERE leases.holder = excluded.holder OR leases.expires_at < ? "
+                "RETURNING holder",
+                [name, holder, until.timestamp(), now.timestamp()],
+            ).fetchone()
+            return row is not None
+
+        held: bool = self._write(tx)
+        return held
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self._write(
+            lambda db: db.execute(
+                "UPDATE leases SET expires_at = 0 WHERE name = ? AND holder = ?", [name, holder]
+            )
+        )
 
     # -- audit ---------------------------------------------------------------------------
     @staticmethod
