@@ -49,6 +49,16 @@ class DataDir:
         return self.path / "secrets"
 
     @property
+    def serving_credential(self) -> Path:
+        """The serving certificate's key and chain, shared by every worker."""
+        return self.secrets / "serving.pem"
+
+    @property
+    def ocsp_responder_credential(self) -> Path:
+        """The delegated OCSP responder's key and certificate, shared by every worker."""
+        return self.secrets / "ocsp-responder.pem"
+
+    @property
     def root_key(self) -> Path:
         return self.secrets / "root.key.pem"
 

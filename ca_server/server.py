@@ -27,6 +27,7 @@ from .datadir import DataDir, LoadedCa
 from .files import atomic_write
 from .maintenance import Maintenance
 from .serving import ServingCertificate
+from .shared_credential import SharedCredential, SharedSignerSlot
 
 log = structlog.get_logger("signet.server")
 
@@ -140,10 +141,17 @@ def start_server(
     """Serve the API, the bootstrap listener and HTTP. A worker of several (reuse_port) leaves
     serve.json to its supervisor, which knows every worker."""
     settings = ca.config.server
+    data = DataDir(ca.config.data_dir)
+    ca.authority.responder.share_signer(SharedSignerSlot(data.ocsp_responder_credential))
     http = _start_http(ca, reuse_port)
     maintenance = Maintenance(ca.authority)
     maintenance.start()
-    serving = ServingCertificate(ca.authority, settings.server_names, settings.serving_validity)
+    serving = ServingCertificate(
+        ca.authority,
+        settings.server_names,
+        settings.serving_validity,
+        SharedCredential(data.serving_credential),
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=[RpcInterceptor()],

@@ -6,23 +6,26 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import threading
+import time
 from collections.abc import Callable
 from typing import cast
 
 import grpc
 import structlog
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
 
 from .core.authority import CertificateAuthority, Issued
 from .core.keys import generate_key
 from .core.names import IPAddress, normalize_dns_name
 from .core.policy import CA_SERVER_NAME
-from .core.profile import pem
+from .core.profile import certificate_names, fingerprint_sha256, pem, serial_hex
+from .shared_credential import Credential, SharedCredential, credential
 
 log = structlog.get_logger("signet.serving")
 
 SERVER_ACTOR = "signet:server"
 RENEW_AT_FRACTION = 2 / 3
+SHARED_LOOK_EVERY = 0.25  # seconds between looks at the shared file for another's rotation
 
 
 def split_names(names: list[str] | tuple[str, ...]) -> tuple[list[str], list[IPAddress]]:
@@ -44,18 +47,24 @@ class ServingCertificate:
         authority: CertificateAuthority,
         server_names: tuple[str, ...],
         validity: dt.timedelta,
+        shared: SharedCredential | None = None,
     ) -> None:
+        """With `shared`, every worker of the data directory serves the same certificate, and
+        only one of them replaces it (see shared_credential)."""
         self._ca = authority
         self._dns, self._ips = split_names(server_names)
         self._validity = validity
+        self._shared = shared
         self._lock = threading.Lock()
         self._identity = f"spiffe://{authority.policy.trust_domain}/signet/server"
         self._current: Issued | None = None
         self._renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
+        self._revoked: set[int] = set()
+        self._next_look = 0.0
         self._config: grpc.ServerCertificateConfiguration | None = None
         self._bootstrap_config: grpc.ServerCertificateConfiguration | None = None
         self._generation = 0
-        self._rotate()
+        self._refresh()
         authority.on_revocation(self._on_revocation)
 
     @property
@@ -68,7 +77,24 @@ class ServingCertificate:
         assert self._config is not None
         return self._config
 
-    def _rotate(self) -> None:
+    def _renew_time(self, cert: x509.Certificate) -> dt.datetime:
+        # From the moment of issue, not from not_before: the backdate is not usable lifetime.
+        issued = cert.not_valid_before_utc + self._ca.settings.backdate
+        return issued + (cert.not_valid_after_utc - issued) * RENEW_AT_FRACTION
+
+    def _is_due(self, cred: Credential | None) -> bool:
+        if cred is None:
+            return True
+        cert = cred.certificate
+        _, dns, ips = certificate_names(cert)
+        return (
+            cert.serial_number in self._revoked
+            or cert.issuer != self._ca.issuer.certificate.subject
+            or (list(dns), list(ips)) != (self._dns, [str(i) for i in self._ips])  # names changed
+            or self._ca.clock.now() >= self._renew_time(cert)
+        )
+
+    def _make(self) -> Credential:
         key = generate_key("ec-p256")
         issued = self._ca.issue_for(
             public_key=key.public_key(),
@@ -79,49 +105,63 @@ class ServingCertificate:
             actor=SERVER_ACTOR,
             action="issue-server",
         )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        # Clients are verified against the root and the intermediate, so a client may present
-        # its leaf alone or with its chain.
-        trust = (pem(self._ca.root) + self._ca.issuer.chain_pem).encode()
-        chain = (issued.certificate_pem + issued.chain_pem).encode()
-        self._config = grpc.ssl_server_certificate_configuration(
-            [(key_pem, chain)], root_certificates=trust
-        )
-        # The bootstrap listener also sends the root: a client that pins only the root's
-        # fingerprint finds it in the handshake, checks it, and only then trusts it.
-        self._bootstrap_config = grpc.ssl_server_certificate_configuration(
-            [(key_pem, chain + pem(self._ca.root).encode())]
-        )
-        self._current = issued
-        self._generation += 1
-        # From the moment of issue, not from not_before: the backdate is not usable lifetime.
-        now = self._ca.clock.now()
-        self._renew_at = now + (issued.not_after - now) * RENEW_AT_FRACTION
         log.info(
             "serving_certificate_issued",
             serial=issued.serial,
             not_after=issued.not_after.isoformat(),
         )
+        return credential(key, (issued.certificate, *self._ca.issuer.chain))
+
+    def _refresh(self) -> None:
+        """Take up the shared certificate, replacing it first if it is due."""
+        cred = self._shared.load() if self._shared else None
+        if self._is_due(cred):
+            cred = self._shared.replace(self._is_due, self._make) if self._shared else self._make()
+        assert cred is not None
+        if self._current is None or cred.certificate.serial_number != int(self._current.serial, 16):
+            self._install(cred)
+
+    def _install(self, cred: Credential) -> None:
+        # Clients are verified against the root and the intermediate, so a client may present
+        # its leaf alone or with its chain.
+        trust = (pem(self._ca.root) + self._ca.issuer.chain_pem).encode()
+        self._config = grpc.ssl_server_certificate_configuration(
+            [(cred.key_pem, cred.chain_pem)], root_certificates=trust
+        )
+        # The bootstrap listener also sends the root: a client that pins only the root's
+        # fingerprint finds it in the handshake, checks it, and only then trusts it.
+        self._bootstrap_config = grpc.ssl_server_certificate_configuration(
+            [(cred.key_pem, cred.chain_pem + pem(self._ca.root).encode())]
+        )
+        cert = cred.certificate
+        self._current = Issued(
+            cert, "".join(pem(c) for c in cred.chain[1:]), serial_hex(cert.serial_number),
+            fingerprint_sha256(cert),
+        )  # fmt: skip
+        self._renew_at = self._renew_time(cert)
+        self._generation += 1
 
     def _on_revocation(self, serial: str) -> None:
         """Someone revoked our own certificate: replace it at the next handshake."""
         if serial == self.current.serial:
             log.warning("serving_certificate_revoked", serial=serial)
+            self._revoked.add(int(serial, 16))
             self._renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
 
     def _maybe_rotate(self) -> None:
-        if self._ca.clock.now() < self._renew_at:
+        now = time.monotonic()
+        look = self._shared is not None and now >= self._next_look
+        if not look and self._ca.clock.now() < self._renew_at:
             return
         with self._lock:
-            if self._ca.clock.now() >= self._renew_at:
-                try:
-                    self._rotate()
-                except Exception:  # keep serving with the current one; retried next handshake
-                    log.exception("serving_certificate_rotation_failed")
+            self._next_look = now + SHARED_LOOK_EVERY
+            unchanged = self._shared is None or not self._shared.changed()
+            if unchanged and self._ca.clock.now() < self._renew_at:
+                return
+            try:
+                self._refresh()
+            except Exception:  # keep serving with the current one; retried next handshake
+                log.exception("serving_certificate_rotation_failed")
 
     def _fetcher(self, bootstrap: bool) -> Callable[[], grpc.ServerCertificateConfiguration]:
         """gRPC calls the fetcher at each new handshake of one listener: it returns the new

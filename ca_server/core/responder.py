@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -44,6 +46,24 @@ _ANSWER_CACHE_MAX = 50_000
 # remembered by their bytes (so the cache's memory stays bounded: ~50k x 256 bytes of keys).
 _PLAIN_REQUEST_MAX = 256
 SIGNER_RENEW_AT = 2 / 3
+SLOT_LOOK_EVERY = 0.25  # seconds between looks for a signer another process put in the slot
+
+
+class SignerSlot(Protocol):
+    """Where the delegated responder's key and certificate are kept so that every process
+    serving this CA signs with the same one and only one of them replaces it."""
+
+    def changed(self) -> bool:
+        """Whether the slot holds something other than what was last loaded (cheap)."""
+        ...
+
+    def load(self) -> OcspSigner | None: ...
+
+    def replace(
+        self, is_due: Callable[[OcspSigner | None], bool], make: Callable[[], OcspSigner]
+    ) -> OcspSigner:
+        """Exclusively: load again, and if still due, make one and keep it; return the kept."""
+        ...
 
 
 class OcspResponder:
@@ -65,6 +85,9 @@ class OcspResponder:
         self._signer_validity = signer_validity
         self._signer: OcspSigner | None = None
         self._signer_renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
+        self._slot: SignerSlot | None = None
+        self._next_look = 0.0
+        self._dropped: set[int] = set()  # revoked responder certificates: never sign again
         self._lock = threading.Lock()
         self._unknown: OrderedDict[tuple[int, str], SignedStatus] = OrderedDict()
         # (serial, hash) -> (store revocation epoch, answer): a repeated plain request costs a
@@ -78,18 +101,54 @@ class OcspResponder:
         }
 
     # -- signing ----------------------------------------------------------------------------
+    def share_signer(self, slot: SignerSlot) -> None:
+        """Sign with the delegated responder kept in `slot`, shared with other processes."""
+        with self._lock:
+            self._slot = slot
+            self._signer = None
+
     def signer(self) -> OcspSigner:
         if self._issue_signer is None:
             return OcspSigner(self.issuer.certificate, self.issuer.key, delegated=False)
         with self._lock:
             now = self.clock.now()
-            if self._signer is None or now >= self._signer_renew_at:
-                key = generate_key("ec-p256")
-                cert = self._issue_signer(key.public_key(), self._signer_validity)
-                life = cert.not_valid_after_utc - now
-                self._signer = OcspSigner(cert, key, delegated=True)
-                self._signer_renew_at = now + life * SIGNER_RENEW_AT
-            return self._signer
+            if self._signer is not None and now < self._signer_renew_at:
+                if self._slot is None or time.monotonic() < self._next_look:
+                    return self._signer
+                self._next_look = time.monotonic() + SLOT_LOOK_EVERY
+                if not self._slot.changed():
+                    return self._signer
+            signer = self._next_signer()
+            self._signer = signer
+            self._signer_renew_at = self._renew_time(signer.certificate)
+            return signer
+
+    @staticmethod
+    def _renew_time(cert: x509.Certificate) -> dt.datetime:
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        return start + (end - start) * SIGNER_RENEW_AT
+
+    def _is_due(self, signer: OcspSigner | None) -> bool:
+        return (
+            signer is None
+            or signer.certificate.serial_number in self._dropped
+            or signer.certificate.issuer != self.issuer.certificate.subject
+            or self.clock.now() >= self._renew_time(signer.certificate)
+        )
+
+    def _make_signer(self) -> OcspSigner:
+        assert self._issue_signer is not None
+        key = generate_key("ec-p256")
+        return OcspSigner(self._issue_signer(key.public_key(), self._signer_validity), key, True)
+
+    def _next_signer(self) -> OcspSigner:
+        if self._slot is None:
+            return self._make_signer()
+        loaded = self._slot.load()
+        if not self._is_due(loaded):
+            assert loaded is not None
+            return loaded
+        return self._slot.replace(self._is_due, self._make_signer)
 
     def sign(
         self,
@@ -211,6 +270,7 @@ class OcspResponder:
         """Our delegated responder certificate was revoked: never sign with it again."""
         with self._lock:
             if self._signer is not None and self._signer.certificate.serial_number == serial:
+                self._dropped.add(serial)  # also when it comes back from the shared slot
                 self._signer = None
 
     def forget_unknown(self, serial: int) -> None:
