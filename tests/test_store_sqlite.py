@@ -22,6 +22,7 @@ from ca_server.core.store import (
     DuplicateSerial,
     ListQuery,
     RevokeOutcome,
+    TokenRecord,
 )
 from ca_server.store.sqlite import SCHEMA_VERSION, SqliteStore
 
@@ -437,3 +438,31 @@ def test_the_latest_crl_is_shared_and_old_ones_are_dropped(store: SqliteStore) -
     assert store.latest_crl(newer_than=2) == latest
     with raw(store.path) as conn:
         assert [r[0] for r in conn.execute("SELECT number FROM crls ORDER BY number")] == [2, 3]
+
+
+def _token(hash_: str = "t1") -> TokenRecord:
+    return TokenRecord(
+        hash_, "spiffe://signet.local/web/a", ("a.web.internal",), (), dt.timedelta(hours=1),
+        NOW + dt.timedelta(minutes=15), ADMIN, NOW,
+    )  # fmt: skip
+
+
+def test_a_token_is_spent_only_by_the_transaction_that_stores_its_certificate(
+    store: SqliteStore,
+) -> None:
+    store.add_token(_token(), AuditEvent(NOW, "token-create", ADMIN))
+    assert store.usable_token("t1", NOW) == _token()
+    store.add_certificate(record("0a"), issue_event("0a"))
+    with pytest.raises(DuplicateSerial):  # the certificate cannot be stored...
+        store.add_enrolled_certificate(
+            record("0a", fingerprint_sha256="other"), issue_event("0a"), "t1", NOW
+        )
+    assert store.usable_token("t1", NOW) is not None  # ...so the token is not spent
+    assert store.add_enrolled_certificate(record("0b"), issue_event("0b"), "t1", NOW)
+    assert store.usable_token("t1", NOW) is None
+    assert not store.add_enrolled_certificate(record("0c"), issue_event("0c"), "t1", NOW)
+    assert store.get_certificate("0c") is None  # a spent token buys nothing
+    late = NOW + dt.timedelta(minutes=16)
+    store.add_token(_token("t2"), AuditEvent(NOW, "token-create", ADMIN))
+    assert store.usable_token("t2", late) is None
+    assert not store.add_enrolled_certificate(record("0d"), issue_event("0d"), "t2", late)

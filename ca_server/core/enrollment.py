@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .bootstrap import (
     DEFAULT_TOKEN_TTL,
@@ -18,7 +19,7 @@ from .bootstrap import (
 from .clock import Clock, utc_seconds
 from .csr import parse_csr
 from .errors import InvalidRequest, LimitExceeded, Unauthenticated
-from .issuance import Issuance, IssuanceSettings, Issued, checked_lifetime
+from .issuance import Issuance, IssuanceSettings, Issued, TokenSpent, checked_lifetime
 from .names import normalize_dns_name, parse_spiffe_id
 from .policy import Caller, Policy, RequestedNames, check_is_admin, check_request, grantor
 from .store import AuditEvent, Store, TokenRecord
@@ -93,11 +94,10 @@ class Enrollment:
             raise
         csr = parse_csr(csr_pem)  # a bad CSR must not burn the token
         now = utc_seconds(self._clock.now())
-        record = self._store.consume_token(token_hash(token), now) if token else None
+        digest = token_hash(token)
+        record = self._store.usable_token(digest, now) if token else None
         if record is None:
-            self._enroll_failures.failed(peer)
-            self._store.append_audit(AuditEvent(now, "enroll-refused", peer, None, "bad token"))
-            raise Unauthenticated("the bootstrap token is unknown, already used or expired")
+            self._refused(peer, now)
         names = RequestedNames(
             record.identity,
             record.dns_names,
@@ -105,13 +105,22 @@ class Enrollment:
         )
         # Tokens live up to a day: what their minter may grant is checked again now.
         check_request(self._policy, grantor(self._policy, record.created_by), names)
-        return self._issuance.issue(
-            public_key=csr.public_key,
-            names=names,
-            common_name=record.dns_names[0] if record.dns_names else None,
-            lifetime=min(record.certificate_ttl, self.settings.max_validity),
-            actor=f"token:{record.token_hash[:12]}",
-            authorized_by=record.created_by,
-            action="enroll",
-            detail=f"peer {peer}",
-        )
+        try:
+            return self._issuance.issue(
+                public_key=csr.public_key,
+                names=names,
+                common_name=record.dns_names[0] if record.dns_names else None,
+                lifetime=min(record.certificate_ttl, self.settings.max_validity),
+                actor=f"token:{record.token_hash[:12]}",
+                authorized_by=record.created_by,
+                action="enroll",
+                detail=f"peer {peer}",
+                spend_token=(digest, now),  # spent with the certificate stored, or not at all
+            )
+        except TokenSpent:
+            self._refused(peer, now)
+
+    def _refused(self, peer: str, now: dt.datetime) -> NoReturn:
+        self._enroll_failures.failed(peer)
+        self._store.append_audit(AuditEvent(now, "enroll-refused", peer, None, "bad token"))
+        raise Unauthenticated("the bootstrap token is unknown, already used or expired")

@@ -39,6 +39,10 @@ from .store import AuditEvent, CertificateRecord, DuplicateSerial, Store
 _CA_ACTOR = "signet:ca"
 
 
+class TokenSpent(Unauthenticated):
+    """The token was good when read and spent by someone else before this attempt stored."""
+
+
 @dataclass(frozen=True, slots=True)
 class IssuanceSettings:
     """The ``[issuance]`` section of config.toml."""
@@ -212,8 +216,11 @@ class Issuance:
         action: str,
         authorized_by: str = "",
         detail: str = "",
+        spend_token: tuple[str, dt.datetime] | None = None,
     ) -> Issued:
-        """Build, record and return a leaf for names already checked against policy."""
+        """Build, record and return a leaf for names already checked against policy. With
+        spend_token (hash, now), the bootstrap token is spent in the transaction that stores
+        the certificate: never a token spent without a certificate, nor the reverse."""
         now = utc_seconds(self._clock.now())
         for _ in range(5):  # a 128-bit collision is as good as impossible; a loop costs nothing
             serial = random_serial()
@@ -247,11 +254,13 @@ class Issuance:
                 # Pre-signed now, so that answering for it costs no signature later.
                 ocsp=self.responder.sign(StatusAnswer(serial, CertStatus.GOOD)),
             )
+            audit = AuditEvent(now, action, actor, record.serial, detail)
             try:
                 # Stored (durably) before anyone sees it: nothing is handed out unrecorded.
-                self._store.add_certificate(
-                    record, AuditEvent(now, action, actor, record.serial, detail)
-                )
+                if spend_token is None:
+                    self._store.add_certificate(record, audit)
+                elif not self._store.add_enrolled_certificate(record, audit, *spend_token):
+                    raise TokenSpent("the bootstrap token was used by a concurrent attempt")
             except DuplicateSerial:
                 continue
             return Issued(cert, self._issuer.chain_pem, record.serial, record.fingerprint_sha256)

@@ -3,6 +3,7 @@ policy uses to allow them. Validation follows the SPIFFE ID spec and RFC 1123 ho
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -84,6 +85,9 @@ def _glob_match(pattern: list[str], value: list[str]) -> bool:
     return (head == "*" or head == value[0]) and _glob_match(rest, value[1:])
 
 
+# Pure functions of two strings, asked on every RPC with the same few patterns and callers:
+# remembered rather than re-parsed (bounded).
+@functools.lru_cache(maxsize=65536)
 def dns_pattern_matches(pattern: str, name: str) -> bool:
     """'*' alone allows any name; otherwise per label: '*' is one label, '**' one or more."""
     if pattern == "*":
@@ -91,6 +95,7 @@ def dns_pattern_matches(pattern: str, name: str) -> bool:
     return _glob_match(pattern.lower().rstrip(".").split("."), name.split("."))
 
 
+@functools.lru_cache(maxsize=65536)
 def spiffe_pattern_matches(pattern: str, spiffe_id: str) -> bool:
     """Patterns are SPIFFE IDs whose path segments may be '*' (one) or '**' (one or more)."""
     pat_td, _, pat_path = pattern.removeprefix("spiffe://").partition("/")

@@ -177,9 +177,16 @@ class Store(Protocol):
         """Store a new bootstrap token (its hash) with its audit event."""
         ...
 
-    def consume_token(self, token_hash: str, now: dt.datetime) -> TokenRecord | None:
-        """Mark an unused, unexpired token used and return it, atomically: of concurrent
-        attempts with one token exactly one gets it. None when unknown, used or expired."""
+    def usable_token(self, token_hash: str, now: dt.datetime) -> TokenRecord | None:
+        """The token if it is known, unused and unexpired (a read: it spends nothing)."""
+        ...
+
+    def add_enrolled_certificate(
+        self, record: CertificateRecord, audit: AuditEvent, token_hash: str, now: dt.datetime
+    ) -> bool:
+        """Spend the token and store the certificate it bought, in one transaction: of
+        concurrent attempts with one token exactly one stores its certificate. False (nothing
+        written) if the token is no longer usable; DuplicateSerial as add_certificate."""
         ...
 
     def append_audit(self, event: AuditEvent) -> None:

@@ -67,6 +67,26 @@ def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
     db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))  # noqa: S608
 
 
+def _certificate_row(record: CertificateRecord) -> dict[str, Any]:
+    return {
+        "serial": record.serial,
+        "identity": record.identity,
+        "dns_names": json.dumps(list(record.dns_names)),
+        "ip_addresses": json.dumps(list(record.ip_addresses)),
+        "not_before": _epoch(record.not_before),
+        "not_after": _epoch(record.not_after),
+        "status": record.status,
+        "revoked_at": _epoch(record.revoked_at) if record.revoked_at else None,
+        "reason": int(record.reason) if record.reason is not None else None,
+        "fingerprint_sha256": record.fingerprint_sha256,
+        "der": record.der,
+        "requested_by": record.requested_by,
+        "issued_at": _epoch(record.issued_at),
+        "authorized_by": record.authorized_by,
+        **_ocsp_columns(record.ocsp),
+    }
+
+
 def _v1(db: sqlite_utils.Database) -> None:
     db.table("certificates").create(
         {
@@ -278,33 +298,20 @@ class SqliteStore:
 
     # -- certificates ------------------------------------------------------------------------
     def add_certificate(self, record: CertificateRecord, audit: AuditEvent) -> None:
-        row = {
-            "serial": record.serial,
-            "identity": record.identity,
-            "dns_names": json.dumps(list(record.dns_names)),
-            "ip_addresses": json.dumps(list(record.ip_addresses)),
-            "not_before": _epoch(record.not_before),
-            "not_after": _epoch(record.not_after),
-            "status": record.status,
-            "revoked_at": _epoch(record.revoked_at) if record.revoked_at else None,
-            "reason": int(record.reason) if record.reason is not None else None,
-            "fingerprint_sha256": record.fingerprint_sha256,
-            "der": record.der,
-            "requested_by": record.requested_by,
-            "issued_at": _epoch(record.issued_at),
-            "authorized_by": record.authorized_by,
-            **_ocsp_columns(record.ocsp),
-        }
+        row = _certificate_row(record)
 
         def tx(db: sqlite3.Connection) -> None:
             _insert(db, "certificates", row)
             self._append_audit(db, audit)
 
+        self._write_certificate(record.serial, tx)
+
+    def _write_certificate(self, serial: str, tx: Callable[[sqlite3.Connection], Any]) -> Any:
         try:
-            self._write(tx)
+            return self._write(tx)
         except sqlite3.IntegrityError as exc:
             if "serial" in str(exc):
-                raise DuplicateSerial(record.serial) from exc
+                raise DuplicateSerial(serial) from exc
             raise
 
     def get_certificate(self, serial: str) -> CertificateRecord | None:
@@ -573,31 +580,46 @@ class SqliteStore:
 
         self._write(tx)
 
-    def consume_token(self, token_hash: str, now: dt.datetime) -> TokenRecord | None:
-        def tx(db: sqlite3.Connection) -> TokenRecord | None:
-            row = db.execute(
-                "UPDATE bootstrap_tokens SET used_at = ? "
-                "WHERE token_hash = ? AND used_at IS NULL AND expires_at > ? "
-                "RETURNING identity, dns_names, ip_addresses, certificate_ttl, expires_at, "
-                "created_by, created_at",
-                [_epoch(now), token_hash, _epoch(now)],
-            ).fetchone()
-            if row is None:
-                return None
-            identity, dns, ips, ttl, expires_at, created_by, created_at = row
-            return TokenRecord(
-                token_hash,
-                identity,
-                tuple(json.loads(dns)),
-                tuple(json.loads(ips)),
-                dt.timedelta(seconds=ttl),
-                _from_epoch(expires_at),
-                created_by,
-                _from_epoch(created_at),
-            )
+    def usable_token(self, token_hash: str, now: dt.datetime) -> TokenRecord | None:
+        row = self._read_one(
+            "SELECT identity, dns_names, ip_addresses, certificate_ttl, expires_at, created_by, "
+            "created_at FROM bootstrap_tokens "
+            "WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
+            [token_hash, _epoch(now)],
+        )
+        if row is None:
+            return None
+        identity, dns, ips, ttl, expires_at, created_by, created_at = row
+        return TokenRecord(
+            token_hash,
+            identity,
+            tuple(json.loads(dns)),
+            tuple(json.loads(ips)),
+            dt.timedelta(seconds=ttl),
+            _from_epoch(expires_at),
+            created_by,
+            _from_epoch(created_at),
+        )
 
-        token: TokenRecord | None = self._write(tx)
-        return token
+    def add_enrolled_certificate(
+        self, record: CertificateRecord, audit: AuditEvent, token_hash: str, now: dt.datetime
+    ) -> bool:
+        row = _certificate_row(record)
+
+        def tx(db: sqlite3.Connection) -> bool:
+            spent = db.execute(
+                "UPDATE bootstrap_tokens SET used_at = ? "
+                "WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
+                [_epoch(now), token_hash, _epoch(now)],
+            )
+            if spent.rowcount != 1:
+                return False
+            _insert(db, "certificates", row)
+            self._append_audit(db, audit)
+            return True
+
+        stored: bool = self._write_certificate(record.serial, tx)
+        return stored
 
     def append_audit(self, event: AuditEvent) -> None:
         self._write(lambda db: self._append_audit(db, event))
