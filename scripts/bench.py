@@ -137,6 +137,7 @@ def _row_from(name: str, window: Window, seconds: float, sampler: Sampler) -> Ro
         first_error=first_error,
         note=note,
         other_cores=(sampler.machine_seconds - sampler.cpu_seconds - client_cpu) / seconds,
+        per_second=[sum(s) for s in zip(*(r.per_second for r in window.results), strict=True)],
     )
 
 
@@ -382,10 +383,15 @@ def sustain(
     base_at = next((i for i, (t, _) in enumerate(samples) if t >= 10.0), 0) if seconds >= 20 else 0
     first, last = samples[base_at][1], samples[-1][1]
     growth = (last - first) / first if first else 0.0
+    every = int(RSS_EVERY)
+    rates = [
+        sum(row.per_second[i : i + every]) / every for i in range(0, len(row.per_second), every)
+    ]
     return {
         "target_rps": rate,
         "seconds": seconds,
         "row": row,
+        "rps_every_5s": rates,
         "rss_samples": [{"t": round(t, 1), "rss_mb": round(b / 2**20, 1)} for t, b in samples],
         "rss_baseline_t": round(samples[base_at][0], 1),
         "rss_growth": growth,
@@ -546,26 +552,17 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def report(args: argparse.Namespace, results: dict[str, Any], command: str) -> None:
     rows: list[Row] = results["rows"]
     cf: CfsslResults | None = results["cfssl"]
-    shown = list(rows)
-    if results.get("sustain"):
-        shown.append(results["sustain"]["row"])
     beside: dict[str, Row] = {}
     if cf is not None:
         cf_sign = wrk_row("cfssl POST /api/v1/cfssl/sign (wrk)", "cfssl", cf.sign)
         cf_ocsp = wrk_row(f"cfssl ocspserve {cf.ocsp_method}, pre-signed (wrk)", "cfssl", cf.ocsp)
-        shown += [cf_sign, cf_ocsp]
         beside = {
             "gRPC SignCertificate": cf_sign,
             f"HTTP OCSP {cf.ocsp_method}, pre-signed (wrk)": cf_ocsp,
         }
         results["cfssl_rows"] = [cf_sign, cf_ocsp]
     print()
-    print(rows_table(shown))
-    for row in shown:
-        if row.first_error:
-            print(f"  first error, {row.name}: {row.first_error}")
-        if row.note:
-            print(f"  note, {row.name}: {row.note}")
+    print(rows_table(bench_docs.table_rows(results)))
     print(bench_docs.summary_text(results))
     print()
     print(floors_table(results["floors"]))

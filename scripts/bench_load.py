@@ -60,6 +60,7 @@ class RowSpec:
 @dataclass
 class ProcessResult:
     latencies: list[float] = field(default_factory=list)  # seconds, OK calls in the window
+    per_second: list[int] = field(default_factory=list)  # OK calls completed in each second
     errors: int = 0
     first_error: str = ""
     started: int = 0
@@ -288,7 +289,7 @@ class Schedule:
     def __init__(self, limit: int, t_start: float, t_measure: float, t_end: float, rate: float):
         self.limit, self.t_start, self.t_measure, self.t_end = limit, t_start, t_measure, t_end
         self.rate = rate
-        self.result = ProcessResult()
+        self.result = ProcessResult(per_second=[0] * max(1, math.ceil(t_end - t_measure)))
         self._next = 0
         self._lock = threading.Lock()
 
@@ -313,6 +314,8 @@ class Schedule:
                 self.result.first_error = self.result.first_error or describe(error)
             elif self.t_measure <= end <= self.t_end:
                 self.result.latencies.append(end - since)
+                second = min(int(end - self.t_measure), len(self.result.per_second) - 1)
+                self.result.per_second[second] += 1
 
 
 def _sleep_until(when: float) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class Row:
     # Cores busy with neither the server nor the load generator during the window (other
     # programs on the machine): anything well above 0 means the row was measured on a busy box.
     other_cores: float | None = None
+    per_second: list[int] = field(default_factory=list)  # gRPC rows: OK calls in each second
 
 
 @dataclass
