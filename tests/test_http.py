@@ -20,7 +20,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from ca_server.core.profile import LeafRequest, build_leaf
 from signet.ca.v1 import ca_pb2
-from tests.conftest import CaServer, Credentials
+from tests.conftest import CaServer, Credentials, start_ca, stop_ca
 from tests.pki import make_key, spiffe
 from tests.tools import openssl
 
@@ -268,3 +268,18 @@ def test_raw_garbage_on_the_socket_never_breaks_the_listener(ca: CaServer) -> No
         reply = _raw(ca, blob)
         assert reply == b"" or reply.startswith(b"HTTP/1.")
     assert _fetch(_url(ca, "/crl"))[0] == 200
+
+
+def test_a_slow_or_idle_client_does_not_hold_a_connection(tmp_path: Path) -> None:
+    ca = start_ca(tmp_path / "ca-data", server={"http_request_timeout": "1s"})
+    try:
+        host, port = ca.running.http_address.rsplit(":", 1)
+        for opening in (b"GET /crl HTTP/1.1\r\nHost: x\r\n", b""):  # slow headers; idle
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.sendall(opening)
+                assert s.recv(65536) == b""  # closed by the server, well before our timeout
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"GET /crl HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 431")
+    finally:
+        stop_ca(ca)

@@ -3,24 +3,32 @@ the RFC 5019 GET form), the DER CRL and the issuing CA certificate (the AIA caIs
 
 A thin adapter like the gRPC servicer: every answer comes from the core's caches (pre-signed
 OCSP responses in the store, the published CRL); nothing here signs or builds in the common
-case. It runs its own asyncio loop on a thread beside the gRPC server."""
+case. The path is lean on purpose — an OCSP answer is a dictionary lookup, so HTTP framework
+overhead was most of its cost: an asyncio protocol on uvloop with httptools (llhttp, Node's
+parser) doing the parsing, and a small routing function. It also owns the limits a framework
+left open: time to send the headers (slow-header clients), time to send the body, idle
+keep-alive connections, header and body sizes. It runs its own loop on a thread beside gRPC."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import email.utils
 import functools
 import hashlib
-import logging
+import socket
 import threading
+import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections import deque
+from dataclasses import dataclass, field
+from typing import cast
 
+import httptools
 import structlog
-from aiohttp import web
 
 try:
     import uvloop
@@ -30,20 +38,25 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from ..core.authority import CertificateAuthority
+from ..core.crl_publisher import CrlResult
 from ..core.ocsp import SignedStatus, unsuccessful_response
 
 log = structlog.get_logger("signet.http")
-# aiohttp reports every malformed request it rejects with a multi-line traceback on the stdlib
-# logger: noise (and a log flood) for what is only a client's mistake, answered with a 400.
-logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 OCSP_REQUEST_MAX = 16 * 1024  # an OCSP request is ~100 bytes; anything near this is not one
+HEADERS_MAX = 16 * 1024  # request line and headers together
 CRL_MAX_AGE = 60  # seconds: CRLs are rebuilt on revocation, so caches should look again soon
+KEEPALIVE_TIMEOUT = 30.0
 OCSP_PATH = "/ocsp"
 CRL_PATH = "/crl"
 CA_CERT_PATH = "/ca.crt"
+OCSP_TYPE = b"application/ocsp-response"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REASONS = {
+    200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 404: b"Not Found",
+    405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+}  # fmt: skip
 
 
 @functools.lru_cache(maxsize=4096)  # the same few thisUpdate/nextUpdate values recur
@@ -51,76 +64,95 @@ def _http_date(when: dt.datetime) -> str:
     return email.utils.format_datetime(when.astimezone(dt.UTC), usegmt=True)
 
 
+@functools.lru_cache(maxsize=1024)
 def _etag(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
-def _not_modified(request: web.Request, etag: str, last_modified: dt.datetime) -> bool:
-    if request.headers.get("If-None-Match"):
-        return etag in [t.strip() for t in request.headers["If-None-Match"].split(",")]
-    since = request.if_modified_since
+@dataclass(slots=True)
+class Reply:
+    status: int
+    body: bytes = b""
+    content_type: bytes = b"text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+    close: bool = False
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: bytes
+    headers: dict[bytes, bytes]
+    body: bytes
+
+
+def _text(status: int, text: str, *, close: bool = False, **headers: str) -> Reply:
+    return Reply(status, text.encode() + b"\n", headers=headers, close=close)
+
+
+def _not_modified(request: Request, etag: str, last_modified: dt.datetime) -> bool:
+    match = request.headers.get(b"if-none-match")
+    if match:
+        return etag in [t.strip() for t in match.decode("latin-1").split(",")]
+    since_text = request.headers.get(b"if-modified-since")
+    if not since_text:
+        return False
+    try:
+        since = email.utils.parsedate_to_datetime(since_text.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return False
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=dt.UTC)
     # Strictly earlier: HTTP dates have one-second resolution, and a CRL rebuilt within the
     # second a client last fetched must not be answered "not modified".
-    return since is not None and last_modified < since
+    return last_modified < since
 
 
-class RelyingPartyApp:
-    def __init__(
-        self,
-        authority: CertificateAuthority,
-        request_timeout: float = 10.0,
-        max_body: int = OCSP_REQUEST_MAX,
-    ) -> None:
+class RelyingParty:
+    """What each path answers, as plain values; knows nothing of sockets."""
+
+    def __init__(self, authority: CertificateAuthority) -> None:
         self._ca = authority
-        self._timeout = request_timeout
-        self._max_body = max_body
         self._ca_cert_der = authority.issuer.certificate.public_bytes(serialization.Encoding.DER)
 
-    def build(self) -> web.Application:
-        app = web.Application(client_max_size=self._max_body, middlewares=[self._guard])
-        app.router.add_post(OCSP_PATH, self.ocsp_post)
-        app.router.add_post(OCSP_PATH + "/", self.ocsp_post)
-        app.router.add_get(OCSP_PATH + "/{request:.+}", self.ocsp_get)
-        app.router.add_get(CRL_PATH, self.crl)
-        app.router.add_get(CA_CERT_PATH, self.ca_cert)
-        return app
+    def route(self, request: Request) -> Reply | None:
+        """The reply, or None when it has to wait (a CRL being rebuilt): see slow()."""
+        path = _path(request.target)
+        method = request.method
+        if path in (OCSP_PATH, OCSP_PATH + "/"):
+            if method != "POST":
+                return _text(405, "use POST, or GET /ocsp/<base64 request>", Allow="POST")
+            return self.ocsp(request.body, cache=False)
+        if path.startswith(OCSP_PATH + "/"):
+            if method not in ("GET", "HEAD"):
+                return _text(405, "method not allowed", Allow="GET, HEAD")
+            # RFC 6960 A.1: GET {url}/{url-encoding of base-64 encoding of the DER request}.
+            try:
+                der = base64.b64decode(
+                    urllib.parse.unquote(path[len(OCSP_PATH) + 1 :]), validate=True
+                )
+            except (binascii.Error, ValueError):
+                der = b""  # answered as malformedRequest by the responder
+            return self.ocsp(der, cache=True)
+        if path == CRL_PATH:
+            if method not in ("GET", "HEAD"):
+                return _text(405, "method not allowed", Allow="GET, HEAD")
+            crl = self._ca.crls.ready()
+            return None if crl is None else self._crl(request, crl)
+        if path == CA_CERT_PATH:
+            if method not in ("GET", "HEAD"):
+                return _text(405, "method not allowed", Allow="GET, HEAD")
+            return Reply(200, self._ca_cert_der, b"application/pkix-cert")
+        return _text(404, "not found")
 
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Turn anything unexpected into a 500, never a crash: this listener faces whatever
-        the network sends."""
-        try:
-            return await handler(request)
-        except web.HTTPException:
-            raise
-        except TimeoutError:
-            return web.Response(status=408, text="request timeout\n")
-        except Exception:
-            log.exception("http_internal_error", path=request.path)
-            if request.path.startswith(OCSP_PATH):
-                status = ocsp.OCSPResponseStatus.INTERNAL_ERROR
-                return self._ocsp_reply(unsuccessful_response(status), cache=False)
-            return web.Response(status=500, text="internal error\n")
+    def slow(self, request: Request) -> Reply:
+        """The CRL when it must wait for a build (blocks: run it off the event loop)."""
+        return self._crl(request, self._ca.crl())
 
-    # -- OCSP -------------------------------------------------------------------------------
-    async def ocsp_post(self, request: web.Request) -> web.StreamResponse:
-        async with asyncio.timeout(self._timeout):  # a slow body must not hold a connection
-            body = await request.read()
-        return self._ocsp_reply(self._ca.ocsp_answer(body), cache=False)
-
-    async def ocsp_get(self, request: web.Request) -> web.StreamResponse:
-        # RFC 6960 A.1: GET {url}/{url-encoding of base-64 encoding of the DER request}.
-        # rel_url: also right for an absolute-form target (GET http://host/ocsp/...).
-        encoded = request.rel_url.raw_path[len(OCSP_PATH) + 1 :]
-        try:
-            der = base64.b64decode(urllib.parse.unquote(encoded), validate=True)
-        except (binascii.Error, ValueError):
-            der = b""  # answered as malformedRequest by the responder
-        return self._ocsp_reply(self._ca.ocsp_answer(der), cache=True)
-
-    def _ocsp_reply(self, reply: SignedStatus | bytes, *, cache: bool) -> web.Response:
+    def ocsp(self, der: bytes, *, cache: bool) -> Reply:
+        reply = self._ca.ocsp_answer(der)
         if not isinstance(reply, SignedStatus):  # malformedRequest, unauthorized: no caching
-            return web.Response(body=reply, content_type="application/ocsp-response")
+            return Reply(200, reply, OCSP_TYPE)
         headers = {}
         if cache:
             # RFC 5019 6.2: let HTTP caches keep a response until its nextUpdate.
@@ -131,14 +163,9 @@ class RelyingPartyApp:
                 "Expires": _http_date(reply.next_update),
                 "ETag": _etag(reply.der),
             }
-        return web.Response(
-            body=reply.der, content_type="application/ocsp-response", headers=headers
-        )
+        return Reply(200, reply.der, OCSP_TYPE, headers)
 
-    # -- CRL and CA certificate -------------------------------------------------------------
-    async def crl(self, request: web.Request) -> web.StreamResponse:
-        # current() may wait for the background build after a revocation: not on the loop.
-        crl = await asyncio.get_running_loop().run_in_executor(None, self._ca.crl)
+    def _crl(self, request: Request, crl: CrlResult) -> Reply:
         etag = _etag(crl.der)
         headers = {
             "ETag": etag,
@@ -147,15 +174,235 @@ class RelyingPartyApp:
             "Cache-Control": f"max-age={CRL_MAX_AGE}, public, no-transform",
         }
         if _not_modified(request, etag, crl.this_update):
-            return web.Response(status=304, headers=headers)
-        return web.Response(body=crl.der, content_type="application/pkix-crl", headers=headers)
+            return Reply(304, b"", b"", headers)
+        return Reply(200, crl.der, b"application/pkix-crl", headers)
 
-    async def ca_cert(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(body=self._ca_cert_der, content_type="application/pkix-cert")
+    def internal_error(self, request: Request) -> Reply:
+        if _path(request.target).startswith(OCSP_PATH):
+            return Reply(200, unsuccessful_response(ocsp.OCSPResponseStatus.INTERNAL_ERROR),
+                         OCSP_TYPE)  # fmt: skip
+        return _text(500, "internal error")
+
+
+def _path(target: bytes) -> str:
+    """The path of an origin-form or absolute-form target (GET http://host/ocsp/...), raw
+    (still percent-encoded), without its query."""
+    if not target.startswith(b"/"):
+        try:
+            target = httptools.parse_url(target).path or b"/"
+        except httptools.HttpParserInvalidURLError:
+            return ""
+    return target.split(b"?", 1)[0].decode("latin-1")
+
+
+class _Date:
+    """The Date header, rendered once a second rather than per response."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._value = b""
+
+    def __call__(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = email.utils.formatdate(now, usegmt=True).encode()
+        return self._value
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse with httptools, answer in order, enforce the limits."""
+
+    def __init__(self, listener: HttpListener) -> None:
+        self._l = listener
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._queue: deque[tuple[Request, bool]] = deque()
+        self._busy = False  # a slow reply is being made: later requests wait their turn
+        self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        # the message being parsed
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._header_bytes = 0
+        self._body = bytearray()
+        self._last_field = b""
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._l.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._arm(self._l.request_timeout)  # the first request's headers must come in time
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._l.connections.discard(self)
+        self._closing = True
+        self._disarm()
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:  # raised by one of our callbacks
+            refused = exc.__context__
+            if isinstance(refused, _Refused):
+                self._fail(refused.status, refused.text)
+            else:
+                log.error("http_callback_failed", error=repr(refused))
+                self._fail(500, "internal error")
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "upgrades are not supported")
+        except httptools.HttpParserError:
+            self._fail(400, "malformed HTTP request")
+
+    # -- httptools callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url, self._headers, self._header_bytes = b"", {}, 0
+        self._body = bytearray()
+        self._last_field = b""
+        self._arm(self._l.request_timeout)  # headers and body within the request timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        key = name.lower()
+        if key in self._headers:
+            self._headers[key] += b", " + value
+        else:
+            self._headers[key] = value
+
+    def on_body(self, body: bytes) -> None:
+        if len(self._body) + len(body) > self._l.max_body:
+            raise _Refused(413, "request body too large")
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        request = Request(
+            self._parser.get_method().decode("ascii", "replace"),
+            self._url,
+            self._headers,
+            bytes(self._body),
+        )
+        self._queue.append((request, self._parser.should_keep_alive()))
+        self._arm(KEEPALIVE_TIMEOUT)
+        self._drain()
+
+    # -- answering ---------------------------------------------------------------------------
+    def _drain(self) -> None:
+        while self._queue and not self._busy and not self._closing:
+            request, keep_alive = self._queue.popleft()
+            try:
+                reply = self._l.app.route(request)
+            except Exception:
+                log.exception("http_internal_error", path=_path(request.target))
+                reply = self._l.app.internal_error(request)
+            if reply is None:
+                self._busy = True
+                asyncio.get_running_loop().create_task(self._slow(request, keep_alive))
+                return
+            self._send(request, reply, keep_alive)
+
+    async def _slow(self, request: Request, keep_alive: bool) -> None:
+        try:
+            reply = await asyncio.get_running_loop().run_in_executor(
+                None, self._l.app.slow, request
+            )
+        except Exception:
+            log.exception("http_internal_error", path=_path(request.target))
+            reply = self._l.app.internal_error(request)
+        self._busy = False
+        self._send(request, reply, keep_alive)
+        self._drain()
+
+    def _send(self, request: Request, reply: Reply, keep_alive: bool) -> None:
+        if self._transport is None or self._closing:
+            return
+        close = reply.close or not keep_alive
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (reply.status, _REASONS.get(reply.status, b"")),
+            b"Date: " + self._l.date() + b"\r\n",
+        ]
+        if reply.content_type:
+            head.append(b"Content-Type: " + reply.content_type + b"\r\n")
+        if reply.status != 304:
+            head.append(b"Content-Length: %d\r\n" % len(reply.body))
+        for name, value in reply.headers.items():
+            head.append(f"{name}: {value}\r\n".encode("latin-1"))
+        if close:
+            head.append(b"Connection: close\r\n")
+        head.append(b"\r\n")
+        body = b"" if request.method == "HEAD" or reply.status == 304 else reply.body
+        self._transport.write(b"".join(head) + body)
+        if close:
+            self._close()
+
+    def _fail(self, status: int, text: str) -> None:
+        """A request we cannot read to its end: answer it and close (the stream is lost)."""
+        if self._transport is None or self._closing:
+            return
+        reply = _text(status, text, close=True)
+        self._send(Request("GET", b"/", {}, b""), reply, keep_alive=False)
+
+    def close(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._disarm()
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- limits ------------------------------------------------------------------------------
+    def _count(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > HEADERS_MAX:
+            raise _Refused(431, "request line and headers too large")
+
+    def _arm(self, seconds: float) -> None:
+        """Set the deadline; one timer per connection checks it (re-arming a timer for every
+        request cost a tenth of an OCSP answer)."""
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + seconds
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        """Idle, or too slow sending a request: a connection is not held for ever."""
+        self._timer = None
+        if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        if self._busy:  # we are the slow one
+            self._deadline = max(self._deadline, loop.time() + KEEPALIVE_TIMEOUT)
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._expired)
+            return
+        self._close()
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status, self.text = status, text
 
 
 class HttpListener:
-    """The relying-party app on its own event loop thread."""
+    """The relying-party listener on its own event loop thread."""
 
     def __init__(
         self,
@@ -166,35 +413,53 @@ class HttpListener:
         *,
         reuse_port: bool = False,
     ) -> None:
-        self._app = RelyingPartyApp(authority, request_timeout, max_body).build()
+        self.app = RelyingParty(authority)
+        self.request_timeout = request_timeout
+        self.max_body = max_body
+        self.date = _Date()
         self._listen = listen
         self._reuse_port = reuse_port
         # uvloop's libuv loop serves this small-request traffic markedly faster than asyncio's.
         self._loop = uvloop.new_event_loop() if uvloop else asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="http", daemon=True)
-        self._runner = web.AppRunner(self._app, access_log=None, keepalive_timeout=30)
+        self._server: asyncio.Server | None = None
+        self.connections: set[_Connection] = set()
         self.address = ""
 
     def start(self) -> str:
         """Bind and serve; return the bound host:port (port 0 picks a free one)."""
         host, _, port = self._listen.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
         self._thread.start()
 
         async def up() -> str:
-            await self._runner.setup()
-            site = web.TCPSite(
-                self._runner, host or "127.0.0.1", int(port), reuse_port=self._reuse_port
+            self._server = await self._loop.create_server(
+                lambda: _Connection(self),
+                host,
+                int(port),
+                reuse_port=self._reuse_port or None,
+                backlog=1024,
             )
-            await site.start()
-            sockname = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
-            return f"{host or '127.0.0.1'}:{sockname[1]}"
+            bound = self._server.sockets[0].getsockname()[1]
+            return f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
 
-        self.address = asyncio.run_coroutine_threadsafe(up(), self._loop).result(timeout=30)
+        try:
+            self.address = asyncio.run_coroutine_threadsafe(up(), self._loop).result(timeout=30)
+        except OSError:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            raise
         return self.address
 
     def stop(self) -> None:
         if self._thread.is_alive():
-            future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
-            future.result(timeout=30)
+
+            async def down() -> None:
+                if self._server is not None:
+                    self._server.close()
+                for connection in list(self.connections):
+                    connection.close()
+
+            asyncio.run_coroutine_threadsafe(down(), self._loop).result(timeout=30)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)

@@ -56,6 +56,14 @@ class CrlPublisher:
             self._adopt(newer)
         return self._current
 
+    def ready(self) -> CrlResult | None:
+        """The CRL reflecting every revocation committed before this call, if there is one
+        without waiting for a build (else None: call current() off any event loop)."""
+        epoch = self._store.revocation_epoch()
+        if self._is_current(self._current, epoch) or self._is_current(self.follow(), epoch):
+            return self._current
+        return None
+
     def current(self, wait: float = 10.0) -> CrlResult:
         """The CRL reflecting every revocation committed before this call."""
         epoch = self._store.revocation_epoch()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -46,13 +47,24 @@ def _public_key_bits(key: CertificatePublicKeyTypes) -> bytes:
 
 
 def issuer_hashes(issuer: x509.Certificate, algorithm: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
-    """(issuerNameHash, issuerKeyHash) of a CertID for certificates this issuer signed."""
+    """(issuerNameHash, issuerKeyHash) of a CertID for certificates this issuer signed
+    (computed once per issuer and algorithm: every signed response and status answer asks)."""
+    return _issuer_hashes(issuer, algorithm.name)
+
+
+@functools.lru_cache(maxsize=64)
+def _issuer_hashes(issuer: x509.Certificate, algorithm_name: str) -> tuple[bytes, bytes]:
+    algorithm = _HASHES[algorithm_name]()
     name = hashes.Hash(algorithm)
     name.update(issuer.subject.public_bytes())
     key = hashes.Hash(algorithm)
     key.update(_public_key_bits(issuer.public_key()))
     return name.finalize(), key.finalize()
 
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    h.name: h for h in (hashes.SHA1, hashes.SHA224, hashes.SHA256, hashes.SHA384, hashes.SHA512)
+}
 
 _OCSP_STATUS = {
     CertStatus.GOOD: ocsp.OCSPCertStatus.GOOD,
