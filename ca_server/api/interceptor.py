@@ -24,6 +24,11 @@ else:
 
 
 class RpcInterceptor(_ServerInterceptor):
+    def __init__(self) -> None:
+        # method -> (the servicer's handler, our wrapper of it): built once per method, not
+        # once per call (gRPC asks the interceptor on every call).
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
@@ -33,6 +38,18 @@ class RpcInterceptor(_ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         method: str = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    @staticmethod
+    def _wrap(
+        method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        assert handler.unary_unary is not None
         behavior = handler.unary_unary
         deserialize = handler.request_deserializer or (lambda raw: raw)
 

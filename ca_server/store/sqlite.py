@@ -202,7 +202,11 @@ class SqliteStore:
         self.path = Path(path)
         self._local = threading.local()
         self._migrate()
-        self._writer = GroupCommitWriter(self._connect_writer, on_batch=on_batch)
+        self._writer = GroupCommitWriter(
+            self._connect_writer,
+            on_batch=on_batch,
+            lock_path=self.path.with_name(self.path.name + "-writer.lock"),
+        )
 
     # -- connection handling -------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
