@@ -128,7 +128,13 @@ def floors(
             "HTTP OCSP (GET) rate", f"{ocsp_get.rps:,.0f}/s", ">= 15,000/s", ocsp_get.rps >= 15000
         ),
         Floor(
-            "CRL of 100k entries built",
+            "CRL of 100k entries rebuilt after a revocation",
+            f"{crl100k['rebuild_seconds']:.3f} s",
+            "<= 0.5 s",
+            crl100k["rebuild_seconds"] <= 0.5,
+        ),
+        Floor(
+            "CRL of 100k entries, cold (once per start)",
             f"{crl100k['seconds']:.3f} s",
             "<= 0.5 s",
             crl100k["seconds"] <= 0.5,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable
 
 from cryptography import x509
@@ -12,14 +13,21 @@ from .keys import signature_hash
 from .profile import Issuer
 from .revocation import Reason, RevokedEntry
 
+# RFC 5280 5.3.1: reasonCode unspecified SHOULD be absent rather than present as 0.
+_REASON_EXTENSIONS = {
+    reason: x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(reason.flag))
+    for reason in Reason
+    if reason is not Reason.UNSPECIFIED
+}
 
+
+# A CRL is rebuilt after every burst of revocations with nearly the same entries: each entry
+# is encoded once and reused (bounded), so a rebuild costs the new entries and the signature.
+@functools.lru_cache(maxsize=1 << 18)
 def _revoked(entry: RevokedEntry) -> x509.RevokedCertificate:
     extensions: list[x509.Extension[x509.ExtensionType]] = []
-    # RFC 5280 5.3.1: reasonCode unspecified SHOULD be absent rather than present as 0.
-    if entry.reason is not Reason.UNSPECIFIED:
-        extensions.append(
-            x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(entry.reason.flag))
-        )
+    if entry.reason in _REASON_EXTENSIONS:
+        extensions.append(_REASON_EXTENSIONS[entry.reason])
     if entry.invalidity_date is not None:
         extensions.append(
             x509.Extension(
