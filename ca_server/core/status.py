@@ -53,6 +53,8 @@ class StatusService:
         self._responder = responder
         self.settings = settings
         self._writeback = ThreadPoolExecutor(1, thread_name_prefix="ocsp-writeback")
+        self._sha1 = hashes.SHA1()  # noqa: S303 - CertID matching, what most clients send
+        self._sha1_hashes = issuer_hashes(issuer.certificate, self._sha1)
 
     def status(self, serial_text: str) -> StatusResult:
         """Status and the OCSP response an RFC 6960 client sending a SHA-1 CertID and no nonce
@@ -97,8 +99,8 @@ class StatusService:
         self._writeback.submit(lambda: None).result()
 
     def _plain_query(self, serial: int) -> OcspQuery:
-        name_hash, key_hash = issuer_hashes(self._issuer.certificate, hashes.SHA1())  # noqa: S303
-        return OcspQuery(serial, hashes.SHA1(), name_hash, key_hash, None)  # noqa: S303
+        name_hash, key_hash = self._sha1_hashes
+        return OcspQuery(serial, self._sha1, name_hash, key_hash, None)
 
     def _lookup(self, serial: int) -> tuple[StatusAnswer, SignedStatus | None] | None:
         row = self._store.get_status(serial_hex(serial))
