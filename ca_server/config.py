@@ -338,10 +338,10 @@ def load_config(
     if log_level not in {"debug", "info", "warning", "error"}:
         raise ConfigurationError(f"log_level {log_level!r}: choose debug, info, warning or error")
     store = str(pick("store", srv.get("store", "")))
-    if store and not store.startswith("sqlite:///"):
+    if store and not store.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ConfigurationError(
             f"unsupported store URL {store!r}: use sqlite:///<path> (the default is "
-            "<data-dir>/ca.db)"
+            "<data-dir>/ca.db) or postgresql://user@host/db"
         )
     defaults = ServerSettings()
     server = ServerSettings(

@@ -127,36 +127,42 @@ def init_ca(
         raise ConfigurationError(f"{data_dir} already holds a CA; refusing to overwrite it")
     clock = clock or SystemClock()
     data_dir.mkdir(parents=True, exist_ok=True)
-    d.secrets.mkdir(mode=0o700, exist_ok=True)
-    d.admin.mkdir(mode=0o700, exist_ok=True)
-
-    write_public(d.config, render_default_config(trust_domain, key_type))
-    overrides = {"store": store_url} if store_url else None
-    config = load_config(data_dir, overrides)
-    now = utc_seconds(clock.now())
-
-    root_key = generate_key(key_type)
-    root_cert = build_root(
-        root_key,
-        ca_name(trust_domain, f"Signet Root CA ({trust_domain})"),
-        now,
-        now + ROOT_VALIDITY,
-    )
-    int_key = generate_key(key_type)
-    int_cert = build_intermediate(
-        Issuer(root_cert, root_key, ()),
-        int_key.public_key(),
-        ca_name(trust_domain, f"Signet Intermediate CA ({trust_domain})"),
-        now,
-        now + INTERMEDIATE_VALIDITY,
-    )
-    write_private_key(d.root_key, root_key, passphrase)
-    write_private_key(d.intermediate_key, int_key, passphrase)
-    write_public(d.root_cert, pem(root_cert))
-    write_public(d.intermediate_cert, pem(int_cert))
-
-    store = open_store(config.store_url)
+    # The database first: an unusable or unreachable store, or one that already holds a CA
+    # (a shared PostgreSQL database), stops init before any key is made.
+    store = open_store(store_url or f"sqlite:///{data_dir / 'ca.db'}")
     try:
+        if store.audit_events(limit=1):
+            raise ConfigurationError(
+                "the database already holds a CA; refusing to overwrite it (replicas use a "
+                "copy of the first data directory: see the README)"
+            )
+        d.secrets.mkdir(mode=0o700, exist_ok=True)
+        d.admin.mkdir(mode=0o700, exist_ok=True)
+        write_public(d.config, render_default_config(trust_domain, key_type))
+        overrides = {"store": store_url} if store_url else None
+        config = load_config(data_dir, overrides)
+        now = utc_seconds(clock.now())
+
+        root_key = generate_key(key_type)
+        root_cert = build_root(
+            root_key,
+            ca_name(trust_domain, f"Signet Root CA ({trust_domain})"),
+            now,
+            now + ROOT_VALIDITY,
+        )
+        int_key = generate_key(key_type)
+        int_cert = build_intermediate(
+            Issuer(root_cert, root_key, ()),
+            int_key.public_key(),
+            ca_name(trust_domain, f"Signet Intermediate CA ({trust_domain})"),
+            now,
+            now + INTERMEDIATE_VALIDITY,
+        )
+        write_private_key(d.root_key, root_key, passphrase)
+        write_private_key(d.intermediate_key, int_key, passphrase)
+        write_public(d.root_cert, pem(root_cert))
+        write_public(d.intermediate_cert, pem(int_cert))
+
         store.append_audit(
             AuditEvent(now, "init", INIT_ACTOR, None, f"trust_domain={trust_domain}")
         )

@@ -33,6 +33,7 @@ class BufferedLineLogger:
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
+        self._pid = os.getpid()
 
     def msg(self, message: bytes) -> None:
         self._out.write(message + b"\n")
@@ -45,6 +46,10 @@ class BufferedLineLogger:
     warn = warning = err = error = critical = exception = fatal = urgent
 
     def flush(self) -> None:
+        # Never in a forked child: the parent's flusher thread may have held the buffer's lock
+        # at the moment of fork(), and then it stays held here for ever.
+        if os.getpid() != self._pid:
+            return
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to do
             self._out.flush()
 

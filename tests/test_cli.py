@@ -431,7 +431,8 @@ def test_second_server_on_the_same_data_directory_is_refused_and_leaves_serve_js
 @pytest.mark.parametrize(
     ("flag", "value", "needle"),
     [
-        ("--store", "postgresql://db.example/signet", "unsupported store URL"),
+        ("--store", "mysql://db.example/signet", "unsupported store URL"),
+        ("--store", "postgresql://signet@127.0.0.1:1/signet", "cannot reach the database"),
         ("--server-name", "bad_name!", "server name 'bad_name!'"),
     ],
 )
@@ -448,6 +449,6 @@ def test_bad_flag_values_exit_1_with_a_message_not_a_traceback(
 
 def test_an_unsupported_store_url_fails_before_anything_is_written(tmp_path: Path) -> None:
     data = tmp_path / "ca-data"
-    result = _serve_refused("--data-dir", data, "--store", "postgresql://x/y", cwd=tmp_path)
+    result = _serve_refused("--data-dir", data, "--store", "mysql://x/y", cwd=tmp_path)
     assert result.returncode == 1
     assert not (data / "config.toml").exists() and not (data / "root.pem").exists()

@@ -16,7 +16,7 @@ from ca_server.core.errors import Unavailable
 from ca_server.store import DuplicateSerial, ListQuery
 from ca_server.store.sqlite import SqliteStore
 from ca_server.store.writer import GroupCommitWriter
-from tests.test_store_sqlite import issue_event, raw, record
+from tests.test_store import issue_event, raw, record
 
 
 @pytest.fixture

@@ -27,10 +27,20 @@ __all__ = [
 ]
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
 def open_store(url: str) -> Store:
-    """Open a store from a URL: ``sqlite:///path/to/ca.db`` (the embedded default)."""
+    """Open a store from a URL: ``sqlite:///path/to/ca.db`` (the embedded default) or
+    ``postgresql://user@host/db`` (shared by several replicas)."""
     if url.startswith("sqlite:///"):
         from .sqlite import SqliteStore
 
         return SqliteStore(url.removeprefix("sqlite:///"))
-    raise ConfigurationError(f"unsupported store URL {url!r}: use sqlite:///<path>")
+    if url.startswith(POSTGRES_SCHEMES):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ConfigurationError(
+        f"unsupported store URL {url!r}: use sqlite:///<path> or postgresql://user@host/db"
+    )

@@ -1,0 +1,172 @@
+"""The shared store for several CA replicas: PostgreSQL through psycopg 3 and a connection pool.
+
+Every replica (and every worker of each) runs the same SQL as the SQLite store (see ``sql``);
+PostgreSQL's row locks and conditional UPDATEs make serials, one-time tokens, CRL numbers and
+leases hold across machines. Each write is one transaction, committed (fsynced by PostgreSQL)
+before the call returns; PostgreSQL groups concurrent commits itself. Migrations run once,
+under an advisory lock, however many replicas start together; a schema newer than this
+Signet knows is refused. A database that cannot be reached is ``Unavailable`` within seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+import psycopg_pool
+
+from ..core.errors import ConfigurationError, Unavailable
+from .sql import Cursor, SqlStore, Tx
+
+CONNECT_TIMEOUT = 3  # seconds to open a connection
+POOL_TIMEOUT = 5.0  # seconds a call waits for a free connection before it is UNAVAILABLE
+SCHEMA_LOCK = 0x5167_6E65_7400  # pg_advisory_xact_lock key: "Signet" migrations
+
+
+@functools.lru_cache(maxsize=1024)
+def _pg(sql: str) -> str:
+    """Our statements use ? placeholders (no literal ? or % in them); psycopg wants %s."""
+    return sql.replace("?", "%s")
+
+
+class _PgDb:
+    """A psycopg connection speaking the ? placeholders of the shared SQL."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
+        return self._conn.execute(_pg(sql), parameters)
+
+
+def _unavailable(exc: Exception) -> Unavailable:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return Unavailable(f"the database cannot be reached: {first}")
+
+
+def _v1(db: _PgDb) -> None:
+    for statement in (
+        """CREATE TABLE certificates (
+            serial TEXT PRIMARY KEY, identity TEXT NOT NULL, dns_names TEXT, ip_addresses TEXT,
+            not_before BIGINT NOT NULL, not_after BIGINT NOT NULL, status TEXT NOT NULL,
+            revoked_at BIGINT, reason INTEGER, fingerprint_sha256 TEXT NOT NULL UNIQUE,
+            der BYTEA NOT NULL, requested_by TEXT, issued_at BIGINT, authorized_by TEXT,
+            ocsp_der BYTEA, ocsp_this_update BIGINT, ocsp_next_update BIGINT,
+            invalidity_date BIGINT)""",
+        "CREATE INDEX certificates_issued ON certificates (issued_at, serial)",
+        "CREATE INDEX certificates_status ON certificates (status, not_after)",
+        "CREATE INDEX certificates_identity ON certificates (identity)",
+        "CREATE INDEX certificates_ocsp_next ON certificates (ocsp_next_update)",
+        """CREATE TABLE audit (
+            id BIGSERIAL PRIMARY KEY, at BIGINT, action TEXT, actor TEXT, serial TEXT,
+            detail TEXT)""",
+        """CREATE FUNCTION signet_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN RAISE EXCEPTION 'audit is append-only'; END $$""",
+        """CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
+            FOR EACH ROW EXECUTE FUNCTION signet_audit_append_only()""",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+        "INSERT INTO meta (key, value) VALUES ('crl_number', '0'), ('revocations', '0')",
+        """CREATE TABLE bootstrap_tokens (
+            token_hash TEXT PRIMARY KEY, identity TEXT, dns_names TEXT, ip_addresses TEXT,
+            certificate_ttl BIGINT, expires_at BIGINT, created_by TEXT, created_at BIGINT,
+            used_at BIGINT)""",
+        """CREATE TABLE crls (
+            number BIGINT PRIMARY KEY, der BYTEA, this_update BIGINT, next_update BIGINT,
+            epoch BIGINT)""",
+        """CREATE TABLE leases (
+            name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION)""",
+    ):
+        db.execute(statement)
+
+
+# Append only: the index is the schema version a migration produces (signet_schema.version).
+MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class PostgresStore(SqlStore):
+    def __init__(self, url: str, *, max_connections: int = 20) -> None:
+        self.url = url
+        try:  # one plain attempt first: a refused or mistyped database fails at once, clearly
+            psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT).close()
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise ConfigurationError(
+                f"cannot reach the database {_redacted(url)}: {reason}"
+            ) from None
+        self._pool = psycopg_pool.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            timeout=POOL_TIMEOUT,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+            open=False,
+            name="signet",
+        )
+        try:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT + 2)
+        except psycopg_pool.PoolTimeout:
+            self._pool.close()
+            raise ConfigurationError(
+                f"cannot reach the database {_redacted(url)} (within {CONNECT_TIMEOUT + 2} s)"
+            ) from None
+        try:
+            self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _write(self, fn: Tx) -> Any:
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                return fn(_PgDb(conn))
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise _unavailable(exc) from None
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            with self._pool.connection() as conn:
+                return conn.execute(_pg(sql), params).fetchall()
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise _unavailable(exc) from None
+
+    def _is_duplicate_serial(self, exc: Exception) -> bool:
+        return (
+            isinstance(exc, psycopg.errors.UniqueViolation)
+            and exc.diag.constraint_name == "certificates_pkey"
+        )
+
+    def _migrate(self) -> None:
+        with self._pool.connection() as conn, conn.transaction():
+            db = _PgDb(conn)
+            # Replicas starting together take turns; the first migrates, the rest find it done.
+            db.execute("SELECT pg_advisory_xact_lock(?)", [SCHEMA_LOCK])
+            db.execute("CREATE TABLE IF NOT EXISTS signet_schema (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM signet_schema").fetchone()
+            version = row[0] if row else 0
+            if version > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"the database {_redacted(self.url)} has schema version {version}, newer "
+                    f"than this Signet understands ({SCHEMA_VERSION}); upgrade Signet"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                MIGRATIONS[number](db)
+            if row is None:
+                db.execute("INSERT INTO signet_schema (version) VALUES (?)", [SCHEMA_VERSION])
+            else:
+                db.execute("UPDATE signet_schema SET version = ?", [SCHEMA_VERSION])
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(unparsable URL)"
+    host, db = info.get("host", ""), info.get("dbname", "")
+    return f"postgresql://{info.get('user', '')}@{host}:{info.get('port', '')}/{db}"

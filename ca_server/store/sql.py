@@ -1,0 +1,492 @@
+"""The store's logic in SQL, written once for every database it runs on: each implementation
+(SQLite, PostgreSQL) gives it a way to run a write transaction and a read, and its schema.
+Statements use ``?`` placeholders; an implementation whose driver wants another style
+translates them.
+
+Durability and atomicity are the implementations' (one transaction per write, committed
+before the call returns); the conditional UPDATEs here make each change safe under concurrency
+from any number of processes and machines: a revocation, a token spend, a CRL number are
+decided by the database, not by a lock in one process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from ..core.ocsp import SignedStatus
+from ..core.revocation import Reason, RevokedEntry
+from ..core.store import (
+    AuditEvent,
+    CertificateRecord,
+    DuplicateSerial,
+    ListQuery,
+    OcspUpdate,
+    RevokeOutcome,
+    Status,
+    StatusRow,
+    StoredCrl,
+    TokenRecord,
+)
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Db(Protocol):
+    """What a write transaction sees: sqlite3.Connection, or an adapter over psycopg's."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+
+Tx = Callable[[Db], Any]
+
+
+def _ocsp_columns(ocsp: SignedStatus | None) -> dict[str, Any]:
+    if ocsp is None:
+        return {"ocsp_der": None, "ocsp_this_update": None, "ocsp_next_update": None}
+    return {
+        "ocsp_der": ocsp.der,
+        "ocsp_this_update": _epoch(ocsp.this_update),
+        "ocsp_next_update": _epoch(ocsp.next_update),
+    }
+
+
+def _epoch(when: dt.datetime) -> int:
+    return int(when.timestamp())
+
+
+def _from_epoch(seconds: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+def _insert(db: Db, table: str, row: dict[str, Any]) -> None:
+    """A plain INSERT of constant column names (sqlite-utils' insert introspects the table on
+    every call, too slow for the write path)."""
+    columns = ", ".join(row)
+    marks = ", ".join("?" * len(row))
+    db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))  # noqa: S608
+
+
+def _certificate_row(record: CertificateRecord) -> dict[str, Any]:
+    return {
+        "serial": record.serial,
+        "identity": record.identity,
+        "dns_names": json.dumps(list(record.dns_names)),
+        "ip_addresses": json.dumps(list(record.ip_addresses)),
+        "not_before": _epoch(record.not_before),
+        "not_after": _epoch(record.not_after),
+        "status": record.status,
+        "revoked_at": _epoch(record.revoked_at) if record.revoked_at else None,
+        "reason": int(record.reason) if record.reason is not None else None,
+        "fingerprint_sha256": record.fingerprint_sha256,
+        "der": record.der,
+        "requested_by": record.requested_by,
+        "issued_at": _epoch(record.issued_at),
+        "authorized_by": record.authorized_by,
+        **_ocsp_columns(record.ocsp),
+    }
+
+
+# Selected by name so that migrations adding columns never shift _record's unpacking.
+_COLUMNS = (
+    "serial, identity, dns_names, ip_addresses, not_before, not_after, status, revoked_at, "
+    "reason, fingerprint_sha256, der, requested_by, issued_at, authorized_by, "
+    "ocsp_der, ocsp_this_update, ocsp_next_update"
+)
+_COLUMN_NAMES = tuple(c.strip() for c in _COLUMNS.split(","))
+
+
+class SqlStore:
+    """Every Store method, over _write (one transaction, committed before it returns) and
+    _read, which the implementations provide."""
+
+    def _write(self, fn: Tx) -> Any:
+        raise NotImplementedError
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    def _is_duplicate_serial(self, exc: Exception) -> bool:
+        """Whether a failed write was the certificates primary key refusing a serial."""
+        raise NotImplementedError
+
+    def _read_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = self._read(sql, params)
+        return rows[0] if rows else None
+
+    # -- certificates ------------------------------------------------------------------------
+    def add_certificate(self, record: CertificateRecord, audit: AuditEvent) -> None:
+        row = _certificate_row(record)
+
+        def tx(db: Db) -> None:
+            _insert(db, "certificates", row)
+            self._append_audit(db, audit)
+
+        self._write_certificate(record.serial, tx)
+
+    def _write_certificate(self, serial: str, tx: Tx) -> Any:
+        try:
+            return self._write(tx)
+        except Exception as exc:
+            if self._is_duplicate_serial(exc):
+                raise DuplicateSerial(serial) from exc
+            raise
+
+    def get_certificate(self, serial: str) -> CertificateRecord | None:
+        row = self._read_one(
+            f"SELECT {_COLUMNS} FROM certificates WHERE serial = ?",  # noqa: S608 - constant columns
+            [serial],
+        )
+        return self._record(row) if row else None
+
+    def get_status(self, serial: str) -> StatusRow | None:
+        row = self._read_one(
+            "SELECT status, revoked_at, reason, ocsp_der, ocsp_this_update, ocsp_next_update "
+            "FROM certificates WHERE serial = ?",
+            [serial],
+        )
+        if row is None:
+            return None
+        status, revoked_at, reason, der, this_update, next_update = row
+        return StatusRow(
+            "revoked" if status == "revoked" else "good",
+            _from_epoch(revoked_at) if revoked_at is not None else None,
+            Reason(reason) if reason is not None else None,
+            SignedStatus(der, _from_epoch(this_update), _from_epoch(next_update))
+            if der is not None
+            else None,
+            serial,
+        )
+
+    def revoke(
+        self,
+        serial: str,
+        revoked_at: dt.datetime,
+        reason: Reason,
+        audit: AuditEvent,
+        ocsp: SignedStatus | None = None,
+        invalidity_date: dt.datetime | None = None,
+    ) -> RevokeOutcome:
+        hold = int(Reason.CERTIFICATE_HOLD)
+        o = _ocsp_columns(ocsp)
+        invalid = _epoch(invalidity_date) if invalidity_date else None
+
+        def tx(db: Db) -> RevokeOutcome:
+            cursor = db.execute(
+                "UPDATE certificates SET status = 'revoked', revoked_at = ?, reason = ?, "
+                "ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ?, invalidity_date = ? "
+                "WHERE serial = ? AND (status = 'good' OR (reason = ? AND ? != ?))",
+                [
+                    _epoch(revoked_at),
+                    int(reason),
+                    *o.values(),
+                    invalid,
+                    serial,
+                    hold,
+                    int(reason),
+                    hold,
+                ],
+            )
+            return self._revocation_outcome(
+                db, cursor, serial, audit, RevokeOutcome.REVOKED, RevokeOutcome.ALREADY_REVOKED
+            )
+
+        outcome: RevokeOutcome = self._write(tx)
+        return outcome
+
+    def release_hold(
+        self, serial: str, audit: AuditEvent, ocsp: SignedStatus | None = None
+    ) -> RevokeOutcome:
+        o = _ocsp_columns(ocsp)
+
+        def tx(db: Db) -> RevokeOutcome:
+            cursor = db.execute(
+                "UPDATE certificates SET status = 'good', revoked_at = NULL, reason = NULL, "
+                "invalidity_date = NULL, ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ? "
+                "WHERE serial = ? AND status = 'revoked' AND reason = ?",
+                [*o.values(), serial, int(Reason.CERTIFICATE_HOLD)],
+            )
+            return self._revocation_outcome(
+                db, cursor, serial, audit, RevokeOutcome.RELEASED, RevokeOutcome.NOT_HELD
+            )
+
+        outcome: RevokeOutcome = self._write(tx)
+        return outcome
+
+    def update_ocsp(self, updates: Sequence[OcspUpdate]) -> int:
+        def tx(db: Db) -> int:
+            changed = 0
+            for u in updates:
+                cursor = db.execute(
+                    "UPDATE certificates SET ocsp_der = ?, ocsp_this_update = ?, "
+                    "ocsp_next_update = ? WHERE serial = ? AND status = ? "
+                    "AND COALESCE(reason, -1) = ? AND COALESCE(revoked_at, -1) = ?",
+                    [
+                        *_ocsp_columns(u.ocsp).values(),
+                        u.serial,
+                        u.status,
+                        -1 if u.reason is None else int(u.reason),
+                        -1 if u.revoked_at is None else _epoch(u.revoked_at),
+                    ],
+                )
+                changed += cursor.rowcount
+            return changed
+
+        changed: int = self._write(tx)
+        return changed
+
+    def stale_ocsp(
+        self, next_update_before: dt.datetime, now: dt.datetime, limit: int
+    ) -> Sequence[StatusRow]:
+        rows = self._read(
+            "SELECT serial, status, revoked_at, reason FROM certificates "
+            # Rows without a response (the responder's own certificate, rows older than v4)
+            # are signed on demand instead. Expired certificates are left as they are.
+            "WHERE ocsp_next_update < ? AND not_after >= ? ORDER BY ocsp_next_update LIMIT ?",
+            [_epoch(next_update_before), _epoch(now), limit],
+        )
+        return [
+            StatusRow(
+                "revoked" if status == "revoked" else "good",
+                _from_epoch(revoked_at) if revoked_at is not None else None,
+                Reason(reason) if reason is not None else None,
+                None,
+                serial,
+            )
+            for serial, status, revoked_at, reason in rows
+        ]
+
+    def _revocation_outcome(
+        self,
+        db: Db,
+        cursor: Cursor,
+        serial: str,
+        audit: AuditEvent,
+        done: RevokeOutcome,
+        refused: RevokeOutcome,
+    ) -> RevokeOutcome:
+        """After a conditional status UPDATE: `done` (audited, epoch bumped) if it changed the
+        row, else `refused` if the certificate exists, else NOT_FOUND."""
+        if cursor.rowcount == 1:
+            self._changed_revocations(db, audit)
+            return done
+        exists = db.execute("SELECT 1 FROM certificates WHERE serial = ?", [serial]).fetchone()
+        return refused if exists else RevokeOutcome.NOT_FOUND
+
+    def _changed_revocations(self, db: Db, audit: AuditEvent) -> None:
+        db.execute(
+            "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) "
+            "WHERE key = 'revocations'"
+        )
+        self._append_audit(db, audit)
+
+    def list_certificates(self, query: ListQuery) -> Sequence[CertificateRecord]:
+        where, params = [], []  # type: list[str], list[Any]
+        if query.status:
+            where.append("status = ?")
+            params.append(query.status)
+        if query.expiring_before:
+            where.append("not_after < ?")
+            params.append(_epoch(query.expiring_before))
+        if query.after:
+            where.append("(issued_at, serial) > (?, ?)")
+            params.extend(query.after)
+        # Only constant fragments are joined in; every value is a bound parameter.
+        sql = f"SELECT {_COLUMNS} FROM certificates"  # noqa: S608
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY issued_at, serial LIMIT ?"
+        params.append(query.limit)
+        return [self._record(r) for r in self._read(sql, params)]
+
+    def revoked_unexpired(self, now: dt.datetime) -> Sequence[RevokedEntry]:
+        rows = self._read(
+            "SELECT serial, revoked_at, reason, invalidity_date FROM certificates "
+            "WHERE status = 'revoked' AND not_after >= ? ORDER BY serial",
+            [_epoch(now)],
+        )
+        return [
+            RevokedEntry(int(s, 16), _from_epoch(at), Reason(r), _from_epoch(inv) if inv else None)
+            for s, at, r, inv in rows
+        ]
+
+    def revocation_epoch(self) -> int:
+        row = self._read_one("SELECT value FROM meta WHERE key = 'revocations'")
+        return int(row[0])
+
+    def next_crl_number(self) -> int:
+        def tx(db: Db) -> int:
+            row = db.execute(
+                "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) "
+                "WHERE key = 'crl_number' RETURNING value"
+            ).fetchone()
+            return int(row[0])
+
+        number: int = self._write(tx)
+        return number
+
+    def save_crl(self, crl: StoredCrl) -> None:
+        def tx(db: Db) -> None:
+            db.execute(
+                "INSERT INTO crls (number, der, this_update, next_update, epoch) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (number) DO UPDATE SET der = excluded.der, "
+                "this_update = excluded.this_update, next_update = excluded.next_update, "
+                "epoch = excluded.epoch",
+                [crl.number, crl.der, _epoch(crl.this_update), _epoch(crl.next_update), crl.epoch],
+            )
+            # A 100k-entry CRL is megabytes: keep the latest two, not every one ever built.
+            db.execute("DELETE FROM crls WHERE number < ?", [crl.number - 1])
+
+        self._write(tx)
+
+    def latest_crl(self, newer_than: int = 0) -> StoredCrl | None:
+        # The number first (cheap), the bytes only when they are news.
+        head = self._read_one("SELECT MAX(number) FROM crls")
+        if head is None or head[0] is None or head[0] <= newer_than:
+            return None
+        row = self._read_one(
+            "SELECT der, number, this_update, next_update, epoch FROM crls WHERE number = ?",
+            [head[0]],
+        )
+        if row is None:
+            return None
+        der, number, this_update, next_update, epoch = row
+        return StoredCrl(der, number, _from_epoch(this_update), _from_epoch(next_update), epoch)
+
+    # -- leases ------------------------------------------------------------------------------
+    def acquire_lease(self, name: str, holder: str, until: dt.datetime, now: dt.datetime) -> bool:
+        def tx(db: Db) -> bool:
+            row = db.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "expires_at = excluded.expires_at "
+                "WHERE leases.holder = excluded.holder OR leases.expires_at < ? "
+                "RETURNING holder",
+                [name, holder, until.timestamp(), now.timestamp()],
+            ).fetchone()
+            return row is not None
+
+        held: bool = self._write(tx)
+        return held
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self._write(
+            lambda db: db.execute(
+                "UPDATE leases SET expires_at = 0 WHERE name = ? AND holder = ?", [name, holder]
+            )
+        )
+
+    # -- audit ---------------------------------------------------------------------------
+    @staticmethod
+    def _append_audit(db: Db, event: AuditEvent) -> None:
+        db.execute(
+            "INSERT INTO audit (at, action, actor, serial, detail) VALUES (?, ?, ?, ?, ?)",
+            [_epoch(event.at), event.action, event.actor, event.serial, event.detail],
+        )
+
+    def add_token(self, token: TokenRecord, audit: AuditEvent) -> None:
+        row = {
+            "token_hash": token.token_hash,
+            "identity": token.identity,
+            "dns_names": json.dumps(list(token.dns_names)),
+            "ip_addresses": json.dumps(list(token.ip_addresses)),
+            "certificate_ttl": int(token.certificate_ttl.total_seconds()),
+            "expires_at": _epoch(token.expires_at),
+            "created_by": token.created_by,
+            "created_at": _epoch(token.created_at),
+            "used_at": None,
+        }
+
+        def tx(db: Db) -> None:
+            _insert(db, "bootstrap_tokens", row)
+            self._append_audit(db, audit)
+
+        self._write(tx)
+
+    def usable_token(self, token_hash: str, now: dt.datetime) -> TokenRecord | None:
+        row = self._read_one(
+            "SELECT identity, dns_names, ip_addresses, certificate_ttl, expires_at, created_by, "
+            "created_at FROM bootstrap_tokens "
+            "WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
+            [token_hash, _epoch(now)],
+        )
+        if row is None:
+            return None
+        identity, dns, ips, ttl, expires_at, created_by, created_at = row
+        return TokenRecord(
+            token_hash,
+            identity,
+            tuple(json.loads(dns)),
+            tuple(json.loads(ips)),
+            dt.timedelta(seconds=ttl),
+            _from_epoch(expires_at),
+            created_by,
+            _from_epoch(created_at),
+        )
+
+    def add_enrolled_certificate(
+        self, record: CertificateRecord, audit: AuditEvent, token_hash: str, now: dt.datetime
+    ) -> bool:
+        row = _certificate_row(record)
+
+        def tx(db: Db) -> bool:
+            spent = db.execute(
+                "UPDATE bootstrap_tokens SET used_at = ? "
+                "WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
+                [_epoch(now), token_hash, _epoch(now)],
+            )
+            if spent.rowcount != 1:
+                return False
+            _insert(db, "certificates", row)
+            self._append_audit(db, audit)
+            return True
+
+        stored: bool = self._write_certificate(record.serial, tx)
+        return stored
+
+    def append_audit(self, event: AuditEvent) -> None:
+        self._write(lambda db: self._append_audit(db, event))
+
+    def audit_events(self, limit: int = 100) -> Sequence[AuditEvent]:
+        rows = self._read(
+            "SELECT at, action, actor, serial, detail FROM audit ORDER BY id DESC LIMIT ?", [limit]
+        )
+        return [AuditEvent(_from_epoch(at), a, actor, s, d or "") for at, a, actor, s, d in rows]
+
+    # -- helpers -------------------------------------------------------------------------------
+    @staticmethod
+    def _record(row: Sequence[Any]) -> CertificateRecord:
+        r = dict(zip(_COLUMN_NAMES, row, strict=True))
+        ocsp = None
+        if r["ocsp_der"] is not None:
+            ocsp = SignedStatus(
+                r["ocsp_der"],
+                _from_epoch(r["ocsp_this_update"]),
+                _from_epoch(r["ocsp_next_update"]),
+            )
+        status: Status = "revoked" if r["status"] == "revoked" else "good"
+        return CertificateRecord(
+            serial=r["serial"],
+            identity=r["identity"],
+            dns_names=tuple(json.loads(r["dns_names"])),
+            ip_addresses=tuple(json.loads(r["ip_addresses"])),
+            not_before=_from_epoch(r["not_before"]),
+            not_after=_from_epoch(r["not_after"]),
+            fingerprint_sha256=r["fingerprint_sha256"],
+            der=r["der"],
+            requested_by=r["requested_by"] or "",
+            issued_at=_from_epoch(r["issued_at"]),
+            authorized_by=r["authorized_by"] or "",
+            status=status,
+            revoked_at=_from_epoch(r["revoked_at"]) if r["revoked_at"] is not None else None,
+            reason=Reason(r["reason"]) if r["reason"] is not None else None,
+            ocsp=ocsp,
+        )

@@ -1,0 +1,79 @@
+"""What only the PostgreSQL store has: migrations that run once however many replicas start
+together, refusing a newer schema, and a database that goes away and comes back. Everything
+else: test_store.py, for every store."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import pytest
+
+from ca_server.core.errors import ConfigurationError, Unavailable
+from ca_server.store.postgres import SCHEMA_VERSION, PostgresStore
+from tests.pg import PgCluster, pg_cluster, pg_url  # noqa: F401 - fixtures
+from tests.test_store import issue_event, record
+
+
+def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
+    with ThreadPoolExecutor(6) as pool:
+        stores = list(pool.map(lambda _: PostgresStore(pg_url), range(6)))
+    try:
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT version FROM signet_schema").fetchall() == [
+                (SCHEMA_VERSION,)
+            ]
+            meta = conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+        assert meta == [("crl_number", "0"), ("revocations", "0")]
+        stores[0].add_certificate(record("01"), issue_event("01"))
+        assert all(s.get_certificate("01") == record("01") for s in stores)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_database_with_a_newer_schema_is_refused_and_left_alone(pg_url: str) -> None:
+    PostgresStore(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE signet_schema SET version = %s", [SCHEMA_VERSION + 1])
+    with pytest.raises(ConfigurationError, match=r"newer than this Signet understands"):
+        PostgresStore(pg_url)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT version FROM signet_schema").fetchone() == (SCHEMA_VERSION + 1,)
+
+
+def test_an_unreachable_database_is_a_clear_error_at_once() -> None:
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError, match="cannot reach the database") as info:
+        PostgresStore("postgresql://signet:secret@127.0.0.1:1/signet")
+    assert "secret" not in str(info.value)  # no password in messages
+    assert time.monotonic() - started < 30
+
+
+def test_a_database_that_goes_away_is_unavailable_then_recovers(
+    pg_cluster: PgCluster, pg_url: str
+) -> None:
+    store = PostgresStore(pg_url)
+    try:
+        store.add_certificate(record("01"), issue_event("01"))
+        pg_cluster.stop()
+        try:
+            with pytest.raises(Unavailable, match="cannot be reached"):
+                store.get_certificate("01")
+            with pytest.raises(Unavailable, match="cannot be reached"):
+                store.add_certificate(record("02"), issue_event("02"))
+        finally:
+            pg_cluster.start()
+        deadline = time.monotonic() + 30
+        while True:  # the pool replaces its broken connections by itself
+            try:
+                assert store.get_certificate("01") == record("01")
+                break
+            except Unavailable:
+                assert time.monotonic() < deadline, "the store did not recover"
+                time.sleep(0.1)
+        store.add_certificate(record("02"), issue_event("02"))
+        assert store.get_certificate("02") == record("02")
+    finally:
+        store.close()
