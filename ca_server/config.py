@@ -57,12 +57,22 @@ class CaConfig:
         return self.server.store or f"sqlite:///{self.data_dir / 'ca.db'}"
 
 
+def url_has_password(url: str) -> bool:
+    """Whether a database URL carries a password (user:password@ or password=)."""
+    netloc = url.split("://", 1)[-1].split("/", 1)[0]
+    return ("@" in netloc and ":" in netloc.rsplit("@", 1)[0]) or "password=" in url
+
+
 def default_admin_patterns(trust_domain: str) -> list[str]:
     return [f"spiffe://{trust_domain}/admin", f"spiffe://{trust_domain}/admin/*"]
 
 
-def render_default_config(trust_domain: str, key_type: str) -> str:
-    """The config.toml that init writes: every setting, at its default, with what it means."""
+def render_default_config(trust_domain: str, key_type: str, store: str = "") -> str:
+    """The config.toml that init writes: every setting, at its default, with what it means.
+    A store URL given at init is kept (so that copies of the directory, the replicas, find the
+    shared database) unless it holds a password: config.toml is not a secret."""
+    if store and url_has_password(store):
+        store = ""
     s, i = ServerSettings(), IssuanceSettings()
     admins = ", ".join(f'"{p}"' for p in default_admin_patterns(trust_domain))
     d = format_duration
@@ -102,7 +112,9 @@ max_workers = {s.max_workers}
 # Server processes sharing the ports (flag --workers, env SIGNET_WORKERS); 0: one per core.
 workers = {s.workers}
 # Database URL; empty means sqlite:///<data-dir>/ca.db (flag --store, env SIGNET_STORE).
-store = ""
+# postgresql://user@host/db is shared by several replicas (put a password in SIGNET_STORE or in
+# ~/.pgpass, not here).
+store = "{store}"
 # Base URL that issued certificates carry in AIA (OCSP, caIssuers) and CRL Distribution Points.
 # Unset: http://<the bound http_listen address>; set it to the name relying parties can reach
 # (flag --public-url, env SIGNET_PUBLIC_URL).

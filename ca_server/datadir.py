@@ -138,7 +138,7 @@ def init_ca(
             )
         d.secrets.mkdir(mode=0o700, exist_ok=True)
         d.admin.mkdir(mode=0o700, exist_ok=True)
-        write_public(d.config, render_default_config(trust_domain, key_type))
+        write_public(d.config, render_default_config(trust_domain, key_type, store_url or ""))
         overrides = {"store": store_url} if store_url else None
         config = load_config(data_dir, overrides)
         now = utc_seconds(clock.now())
