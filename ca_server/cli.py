@@ -23,7 +23,10 @@ from .core.keys import CA_KEY_TYPES
 from .core.policy import Caller
 from .datadir import DataDir, init_ca, load_ca
 from .logs import configure_logging
+from .migrate import migrate, terminal_progress
 from .server import start_server
+from .store import open_store
+from .store.sql import SqlStore
 from .supervisor import Supervisor, check_loads
 
 log = structlog.get_logger("signet.cli")
@@ -71,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--token-ttl", help="how long the token can be used (default 15m)")
     create.add_argument("--certificate-ttl", help="lifetime of the certificate it yields")
     create.add_argument("--json", action="store_true", help="machine-readable output")
+
+    move = sub.add_parser(
+        "migrate", help="copy a CA's whole history into a new database (e.g. SQLite to PostgreSQL)"
+    )
+    move.add_argument("--from", dest="source", required=True, help="sqlite:///path/to/ca.db")
+    move.add_argument("--to", dest="target", required=True, help="postgresql://user@host/db")
+    move.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     serve = sub.add_parser("serve", help="run the CA (initialises an empty data directory first)")
     common(serve)
@@ -251,13 +261,42 @@ def _token_create(data_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    """Copy everything; the source CA must not be serving meanwhile (its serve.lock)."""
+    if not args.source.startswith("sqlite:///"):
+        raise ConfigurationError("--from must be sqlite:///<path to ca.db>")
+    path = Path(args.source.removeprefix("sqlite:///"))
+    if not path.is_file():
+        raise ConfigurationError(f"{path} does not exist")
+    lock = DataDir(path.parent).lock() if (path.parent / "serve.lock").exists() else None
+    source, target = open_store(args.source), open_store(args.target)
+    try:
+        if not isinstance(source, SqlStore) or not isinstance(target, SqlStore):
+            raise ConfigurationError("migrate copies between SQL stores")
+        summary = migrate(source, target, str(path.resolve()), terminal_progress())
+    finally:
+        source.close()
+        target.close()
+        if lock is not None:
+            lock.close()
+    rows = ", ".join(f"{n:,} {table}" for table, n in summary.copied.items())
+    if summary.already_done:
+        print(f"already migrated: the target holds {rows}")
+    else:
+        print(f"migrated {rows}")
+    print(f'next: set store = "{args.target}" in [server] of config.toml (or --store)')
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level or _env("log_level") or "info")
-    data_dir = Path(args.data_dir or _env("data_dir") or "ca-data")
+    data_dir = Path(getattr(args, "data_dir", None) or _env("data_dir") or "ca-data")
     try:
         if args.command == "token":
             return _token_create(data_dir, args)
+        if args.command == "migrate":
+            return _migrate(args)
         if args.command == "init":
             _init(data_dir, args)
             print(

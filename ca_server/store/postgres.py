@@ -138,6 +138,13 @@ class PostgresStore(SqlStore):
             and exc.diag.constraint_name == "certificates_pkey"
         )
 
+    def after_bulk_insert(self, db: Any, table: str, column: str, top: int) -> None:
+        highest = f"(SELECT COALESCE(MAX({column}), 0) FROM {table})"  # noqa: S608 - constants
+        db.execute(
+            f"SELECT setval(pg_get_serial_sequence(?, ?), GREATEST(1, ?, {highest}))",
+            [table, column, top],
+        )
+
     def _migrate(self) -> None:
         with self._pool.connection() as conn, conn.transaction():
             db = _PgDb(conn)

@@ -122,6 +122,10 @@ class SqlStore:
         rows = self._read(sql, params)
         return rows[0] if rows else None
 
+    def after_bulk_insert(self, db: Db, table: str, column: str, top: int) -> None:
+        """Rows were inserted with explicit ids up to `top`: let new ones follow them (SQLite
+        does by itself; a PostgreSQL sequence must be told)."""
+
     # -- certificates ------------------------------------------------------------------------
     def add_certificate(self, record: CertificateRecord, audit: AuditEvent) -> None:
         row = _certificate_row(record)

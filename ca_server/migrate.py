@@ -1,0 +1,164 @@
+"""``ca-server migrate --from sqlite:///…/ca.db --to postgresql://…``: move a CA's whole history
+(certificates with their revocations and OCSP responses, the audit trail, bootstrap tokens, the
+CRL number and the latest CRL) into a new database, for a move to replicas.
+
+Rows are copied in batches, each batch one transaction, and every insert skips a row that is
+already there, so an interrupted run is resumed by running it again, and a finished one can be
+rerun harmlessly. The target must be empty, or hold an unfinished migration from the same
+source: a database that holds anything else is refused. The source is only read."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from .core.errors import ConfigurationError
+from .store.sql import Db, SqlStore
+
+# (table, key column its rows are read in order of, columns)
+TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "certificates",
+        "serial",
+        (
+            "serial", "identity", "dns_names", "ip_addresses", "not_before", "not_after",
+            "status", "revoked_at", "reason", "fingerprint_sha256", "der", "requested_by",
+            "issued_at", "authorized_by", "ocsp_der", "ocsp_this_update", "ocsp_next_update",
+            "invalidity_date",
+        ),
+    ),
+    ("audit", "id", ("id", "at", "action", "actor", "serial", "detail")),
+    (
+        "bootstrap_tokens",
+        "token_hash",
+        (
+            "token_hash", "identity", "dns_names", "ip_addresses", "certificate_ttl",
+            "expires_at", "created_by", "created_at", "used_at",
+        ),
+    ),
+    ("crls", "number", ("number", "der", "this_update", "next_update", "epoch")),
+)  # fmt: skip
+COUNTERS = ("crl_number", "revocations")
+BATCH = 500
+
+Progress = Callable[[str, int, int], None]  # (table, rows copied so far in all, total)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    copied: dict[str, int]
+    already_done: bool
+
+
+def _count(store: SqlStore, table: str) -> int:
+    return int(store._read_one(f"SELECT COUNT(*) FROM {table}")[0])  # noqa: S608 - constant
+
+
+def _meta(store: SqlStore, key: str) -> str | None:
+    row = store._read_one("SELECT value FROM meta WHERE key = ?", [key])
+    return None if row is None else str(row[0])
+
+
+def _set_meta(db: Db, key: str, value: str) -> None:
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )
+
+
+def _claim(source_name: str, target: SqlStore) -> bool:
+    """Whether the target already holds this finished migration; refuse any other content."""
+    state, origin = _meta(target, "migration_state"), _meta(target, "migrated_from")
+    if origin == source_name and state == "done":
+        return True
+    if origin == source_name and state == "copying":
+        return False  # resume
+    if any(_count(target, table) for table, _, _ in TABLES):
+        raise ConfigurationError(
+            "the target database is not empty (it holds certificates, audit events, tokens or "
+            "CRLs); migrate only into a new, empty database"
+        )
+
+    def claim(db: Db) -> None:
+        _set_meta(db, "migrated_from", source_name)
+        _set_meta(db, "migration_state", "copying")
+
+    target._write(claim)
+    return False
+
+
+def migrate(
+    source: SqlStore,
+    target: SqlStore,
+    source_name: str,
+    progress: Progress | None = None,
+    batch: int = BATCH,
+) -> Summary:
+    if _claim(source_name, target):
+        return Summary({table: _count(target, table) for table, _, _ in TABLES}, True)
+    total = sum(_count(source, table) for table, _, _ in TABLES)
+    done = 0
+    copied: dict[str, int] = {}
+    for table, key, columns in TABLES:
+        names = ", ".join(columns)
+        marks = ", ".join("?" * len(columns))
+        insert = (
+            f"INSERT INTO {table} ({names}) VALUES ({marks}) "  # noqa: S608 - constant names
+            f"ON CONFLICT ({key}) DO NOTHING"
+        )
+        copied[table] = 0
+        last: Any = None
+        while True:
+            where = f"WHERE {key} > ? " if last is not None else ""
+            rows = source._read(
+                f"SELECT {names} FROM {table} {where}ORDER BY {key} LIMIT ?",  # noqa: S608
+                [*([last] if last is not None else []), batch],
+            )
+            if not rows:
+                break
+
+            def copy(db: Db, rows: list[Any] = rows, insert: str = insert) -> None:
+                for row in rows:
+                    db.execute(insert, list(row))
+
+            target._write(copy)
+            last = rows[-1][columns.index(key)]
+            copied[table] += len(rows)
+            done += len(rows)
+            if progress is not None:
+                progress(table, done, total)
+
+    counters = {name: int(_meta(source, name) or 0) for name in COUNTERS}
+    top_audit = int(source._read_one("SELECT COALESCE(MAX(id), 0) FROM audit")[0])
+
+    def finish(db: Db) -> None:
+        for name, value in counters.items():
+            # Never backwards: CRL numbers must keep increasing (RFC 5280 5.2.3).
+            current = db.execute("SELECT value FROM meta WHERE key = ?", [name]).fetchone()
+            _set_meta(db, name, str(max(value, int(current[0]) if current else 0)))
+        target.after_bulk_insert(db, "audit", "id", top_audit)
+        _set_meta(db, "migration_state", "done")
+
+    target._write(finish)
+    return Summary(copied, False)
+
+
+def terminal_progress(out: TextIO = sys.stderr) -> Progress:
+    """Rows copied of total: rewritten in place on a terminal, a line per table otherwise."""
+    tty = out.isatty()
+    seen: set[str] = set()
+
+    def show(table: str, done: int, total: int) -> None:
+        if tty:
+            out.write(f"\rmigrating: {done:,} of {total:,} rows ({table})   ")
+            if done == total:
+                out.write("\n")
+        elif table not in seen or done == total:
+            seen.add(table)
+            out.write(f"migrating: {done:,} of {total:,} rows ({table})\n")
+        out.flush()
+
+    return show
