@@ -8,10 +8,12 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 
 import structlog
 
 from .core.authority import CertificateAuthority
+from .core.errors import Unavailable
 from .core.lease import Lease
 
 log = structlog.get_logger("signet.maintenance")
@@ -27,6 +29,7 @@ class Maintenance:
         lease: Lease | None = None,
         coalesce: float = 0.05,
         poll: float = 0.25,
+        on_store_health: Callable[[bool], None] | None = None,
     ) -> None:
         """coalesce: how long to gather revocations that arrive together into one CRL build;
         poll: how often to look for revocations made by other processes sharing the store
@@ -40,6 +43,8 @@ class Maintenance:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="maintenance", daemon=True)
         self._epoch: int | None = None
+        self._store_ok = True
+        self._on_store_health = on_store_health
         self.leader = False
 
     def start(self) -> None:
@@ -68,10 +73,31 @@ class Maintenance:
         self._ca.crls.builder = held
 
     def _watch_revocations(self) -> None:
-        epoch = self._ca.store.revocation_epoch()
+        """Also the store's health check: this read fails while the database does."""
+        try:
+            epoch = self._ca.store.revocation_epoch()
+        except Unavailable as exc:
+            self._store_health(False, str(exc))
+            raise
+        self._store_health(True)
         if epoch != self._epoch:
             self._epoch = epoch
             self._ca.revocations_changed()
+
+    @property
+    def store_ok(self) -> bool:
+        return self._store_ok
+
+    def _store_health(self, ok: bool, reason: str = "") -> None:
+        if ok == self._store_ok:
+            return
+        self._store_ok = ok
+        if ok:
+            log.info("store_recovered")
+        else:
+            log.error("store_unavailable", error=reason)
+        if self._on_store_health is not None:
+            self._on_store_health(ok)
 
     def _run(self) -> None:
         crls = self._ca.crls
@@ -90,6 +116,8 @@ class Maintenance:
                     continue
                 if crls.run_pending():
                     log.info("crl_published", number=crls.current().number)
+            except Unavailable:
+                continue  # said once by _store_health; retried every poll
             except Exception:
                 log.exception("maintenance_failed")
                 continue

@@ -144,7 +144,19 @@ def start_server(
     data = DataDir(ca.config.data_dir)
     ca.authority.responder.share_signer(SharedSignerSlot(data.ocsp_responder_credential))
     http = _start_http(ca, reuse_port)
-    maintenance = Maintenance(ca.authority)
+    health_servicer = health.HealthServicer()
+
+    def store_health(ok: bool) -> None:
+        # While the database cannot be used, load balancers should send callers elsewhere.
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, status)
+
+    maintenance = Maintenance(ca.authority, on_store_health=store_health)
     maintenance.start()
     serving = ServingCertificate(
         ca.authority,
@@ -159,7 +171,6 @@ def start_server(
     )
     servicer = CertificateAuthorityServicer(ca.authority)
     ca_pb2_grpc.add_CertificateAuthorityServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(server, [SERVICE_NAME, health.SERVICE_NAME])
     try:
@@ -180,8 +191,7 @@ def start_server(
             http.stop()
         maintenance.stop()
         raise
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    store_health(maintenance.store_ok)
     address = _bound_address(settings.listen, port)
     serve_json = DataDir(ca.config.data_dir).serve_json if write_serve_json else None
     ready: dict[str, object] = {"listen": address, "pid": os.getpid()}

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ca_server.datadir import DataDir, LoadedCa, init_ca, load_ca
 from ca_server.logs import configure_logging
 from ca_server.server import RunningServer, start_server
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
+from tests.pg import pg_cluster, pg_url  # noqa: F401 - fixtures for every test module
 from tests.pki import TRUST_DOMAIN, key_pem, make_csr, make_key, spiffe
 from tests.tools import Grpcurl
 
@@ -129,10 +131,18 @@ def start_ca(
     extra_config: str = TEST_POLICY,
     issuance: dict[str, str] | None = None,
     server: dict[str, str] | None = None,
+    store_url: str | None = None,
 ) -> CaServer:
-    """Initialise a CA in data_dir (if new), adjust config.toml, and serve it on 127.0.0.1:0."""
+    """Initialise a CA in data_dir (if new), adjust config.toml, and serve it on 127.0.0.1:0.
+    The store: store_url, else a new PostgreSQL database when the suite runs with
+    SIGNET_TEST_STORE=postgresql (the API tests against the shared store), else SQLite."""
     if not DataDir(data_dir).exists():
-        init_ca(data_dir, trust_domain=TRUST_DOMAIN, key_type="ec-p256", clock=clock)
+        if store_url is None and NEW_POSTGRES_DATABASE:
+            store_url = NEW_POSTGRES_DATABASE[0]()
+        init_ca(
+            data_dir, trust_domain=TRUST_DOMAIN, key_type="ec-p256", clock=clock,
+            store_url=store_url,
+        )  # fmt: skip
         config_path = data_dir / "config.toml"
         text = config_path.read_text()
         settings = {"min_validity": "1s", **(issuance or {})}
@@ -162,6 +172,20 @@ def _set(text: str, name: str, value: str) -> str:
 def stop_ca(ca: CaServer) -> None:
     ca.running.stop(0)
     ca.store.close()
+
+
+# Set by the _test_store fixture when SIGNET_TEST_STORE=postgresql: makes a new database.
+NEW_POSTGRES_DATABASE: list[Callable[[], str]] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_store(request: pytest.FixtureRequest) -> None:
+    store = os.environ.get("SIGNET_TEST_STORE", "sqlite")
+    if store == "postgresql":
+        cluster = request.getfixturevalue("pg_cluster")
+        NEW_POSTGRES_DATABASE.append(cluster.new_database)
+    elif store != "sqlite":
+        raise pytest.UsageError(f"SIGNET_TEST_STORE={store!r}: use sqlite or postgresql")
 
 
 @pytest.fixture(scope="session", autouse=True)

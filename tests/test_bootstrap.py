@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -135,8 +134,7 @@ def test_only_admins_mint_tokens_and_only_for_the_trust_domain(ca: CaServer, adm
 
 def test_tokens_are_stored_only_as_hashes(ca: CaServer, admin) -> None:
     token = _token(admin, "web/hashed").token
-    with sqlite3.connect(ca.data_dir / "ca.db") as db:
-        stored = [r[0] for r in db.execute("SELECT token_hash FROM bootstrap_tokens")]
+    stored = [r[0] for r in ca.store._read("SELECT token_hash FROM bootstrap_tokens")]
     assert hashlib.sha256(token.encode()).hexdigest() in stored
     assert token not in stored
     assert not any(token in (e.detail or "") for e in ca.store.audit_events(500))

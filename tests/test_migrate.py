@@ -18,7 +18,6 @@ from ca_server.datadir import load_ca
 from ca_server.migrate import migrate
 from ca_server.store.postgres import PostgresStore
 from ca_server.store.sqlite import SqliteStore
-from tests.pg import pg_cluster, pg_url  # noqa: F401 - fixtures
 from tests.pki import make_csr, spiffe
 from tests.test_cli import _ca_server
 

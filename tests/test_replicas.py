@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
-from tests.pg import pg_cluster, pg_url  # noqa: F401 - fixtures
 from tests.pki import key_pem, make_csr, spiffe
 from tests.test_cli import Server, _ca_server, serving
 

@@ -30,7 +30,6 @@ from ca_server.core.store import (
     TokenRecord,
 )
 from ca_server.store import open_store
-from tests.pg import pg_cluster, pg_url  # noqa: F401 - fixtures
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 ADMIN = "spiffe://signet.local/admin"

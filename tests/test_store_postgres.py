@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import grpc
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ca_server.core.errors import ConfigurationError, Unavailable
 from ca_server.store.postgres import SCHEMA_VERSION, PostgresStore
-from tests.pg import PgCluster, pg_cluster, pg_url  # noqa: F401 - fixtures
+from signet.ca.v1 import ca_pb2
+from tests.conftest import start_ca, stop_ca
+from tests.pg import PgCluster
+from tests.pki import make_csr, spiffe
 from tests.test_store import issue_event, record
 
 
@@ -77,3 +83,37 @@ def test_a_database_that_goes_away_is_unavailable_then_recovers(
         assert store.get_certificate("02") == record("02")
     finally:
         store.close()
+
+
+def test_a_server_whose_database_goes_away_says_not_serving_then_recovers(
+    pg_cluster: PgCluster, pg_url: str, tmp_path: Path
+) -> None:
+    ca = start_ca(tmp_path / "ca-data", store_url=pg_url)
+    try:
+        with ca.admin_channel() as channel:
+            stub, health = ca.stub(channel), health_pb2_grpc.HealthStub(channel)
+            csr = ca_pb2.SignCertificateRequest(csr_pem=make_csr(uris=[spiffe("pg/1")])[1])
+            stub.SignCertificate(csr, timeout=10)
+            pg_cluster.stop()
+            try:
+                _until(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.SignCertificate(csr, timeout=30)
+                assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+                assert "database cannot be reached" in str(info.value.details())
+            finally:
+                pg_cluster.start()
+            _until(health, health_pb2.HealthCheckResponse.SERVING)
+            stub.SignCertificate(csr, timeout=10)  # by itself, no restart
+    finally:
+        stop_ca(ca)
+
+
+def _until(health: health_pb2_grpc.HealthStub, status: int, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        seen = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+        if seen == status:
+            return
+        assert time.monotonic() < deadline, f"health stayed {seen}, wanted {status}"
+        time.sleep(0.05)
