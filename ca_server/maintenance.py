@@ -13,6 +13,7 @@ from collections.abc import Callable
 import structlog
 
 from .core.authority import CertificateAuthority
+from .core.enrollment import FAILURE_WINDOW
 from .core.errors import Unavailable
 from .core.lease import Lease
 
@@ -135,5 +136,6 @@ class Maintenance:
                             break
                     if total:
                         log.info("ocsp_refreshed", responses=total)
+                    self._ca.store.prune_enroll_failures(self._ca.clock.now() - FAILURE_WINDOW)
                 except Exception:
                     log.exception("ocsp_refresh_failed")

@@ -451,3 +451,25 @@ def test_a_token_is_spent_only_by_the_transaction_that_stores_its_certificate(
     store.add_token(_token("t2"), AuditEvent(NOW, "token-create", ADMIN))
     assert store.usable_token("t2", late) is None
     assert not store.add_enrolled_certificate(record("0d"), issue_event("0d"), "t2", late)
+
+
+def test_refused_enrollments_are_counted_per_peer_window_by_every_process(
+    opener: Callable[[], Store],
+) -> None:
+    first, second = opener(), opener()
+    window = dt.timedelta(minutes=1)
+    try:
+        counts = [
+            (first if i % 2 else second).count_enroll_failure("ipv4:10.0.0.1", NOW, window)[0]
+            for i in range(5)
+        ]
+        assert counts == [1, 2, 3, 4, 5]  # one count, whichever process refused
+        assert first.count_enroll_failure("ipv4:10.0.0.2", NOW, window) == (1, NOW)  # per peer
+        later = NOW + window + dt.timedelta(seconds=1)
+        assert second.count_enroll_failure("ipv4:10.0.0.1", later, window) == (1, later)
+        first.prune_enroll_failures(later)  # 10.0.0.2's window is over; 10.0.0.1's began now
+        assert first.count_enroll_failure("ipv4:10.0.0.2", later, window) == (1, later)
+        assert first.count_enroll_failure("ipv4:10.0.0.1", later, window) == (2, later)
+    finally:
+        first.close()
+        second.close()

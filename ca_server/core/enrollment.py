@@ -1,18 +1,20 @@
 """Bootstrap enrollment: an admin mints a one-time token for an identity and its names; whoever
 holds it gets a first certificate for a key of its own. Only the token's hash is stored, and
-refused attempts are audited and rate-limited per peer."""
+refused attempts are counted per peer in the store (so the limit holds across workers and
+replicas), summarised in the audit trail and, past a limit, refused outright."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NoReturn
 
 from .bootstrap import (
     DEFAULT_TOKEN_TTL,
     MAX_TOKEN_TTL,
-    FailureLimiter,
     new_token,
     token_hash,
 )
@@ -23,6 +25,11 @@ from .issuance import Issuance, IssuanceSettings, Issued, TokenSpent, checked_li
 from .names import normalize_dns_name, parse_spiffe_id
 from .policy import Caller, Policy, RequestedNames, check_is_admin, check_request, grantor
 from .store import AuditEvent, Store, TokenRecord
+
+FAILURE_LIMIT = 10  # bad tokens per peer per window, answered UNAUTHENTICATED; then refused
+FAILURE_WINDOW = dt.timedelta(minutes=1)
+_OVER_LIMIT_MAX = 10_000
+_TOO_MANY = "too many failed enrollment attempts from this address; wait a minute"
 
 
 class Enrollment:
@@ -40,7 +47,9 @@ class Enrollment:
         self._policy = policy
         self.settings = settings
         self._issuance = issuance
-        self._enroll_failures = FailureLimiter(clock)
+        # peer -> end of its window, once it is over the limit: refused without a store write
+        self._over_limit: OrderedDict[str, dt.datetime] = OrderedDict()
+        self._lock = threading.Lock()
 
     def create_token(
         self,
@@ -85,13 +94,11 @@ class Enrollment:
 
     def enroll(self, token: str, csr_pem: str, peer: str) -> Issued:
         """A first certificate for whoever holds a valid, unused token; the names are the
-        token's, the key the CSR's. Refusals are audited and rate-limited per peer."""
-        try:
-            self._enroll_failures.check(peer)
-        except LimitExceeded:
-            now = utc_seconds(self._clock.now())
-            self._store.append_audit(AuditEvent(now, "enroll-refused", peer, None, "rate-limited"))
-            raise
+        token's, the key the CSR's. A valid token always works, however many bad ones came
+        from the same address (behind NAT that is everyone); bad ones are counted per peer
+        for every process sharing the store and, past FAILURE_LIMIT a window, refused with
+        LimitExceeded. The audit trail gets a row when a peer's window of refusals opens and
+        when it goes over the limit, not one per attempt."""
         csr = parse_csr(csr_pem)  # a bad CSR must not burn the token
         now = utc_seconds(self._clock.now())
         digest = token_hash(token)
@@ -121,6 +128,22 @@ class Enrollment:
             self._refused(peer, now)
 
     def _refused(self, peer: str, now: dt.datetime) -> NoReturn:
-        self._enroll_failures.failed(peer)
-        self._store.append_audit(AuditEvent(now, "enroll-refused", peer, None, "bad token"))
+        with self._lock:
+            until = self._over_limit.get(peer)
+        if until is not None and now < until:
+            raise LimitExceeded(_TOO_MANY)  # known over the limit here: no write per attempt
+        count, started = self._store.count_enroll_failure(peer, now, FAILURE_WINDOW)
+        if count == 1:
+            detail = "bad token; more from this address within a minute are only counted"
+            self._store.append_audit(AuditEvent(now, "enroll-refused", peer, None, detail))
+        if count > FAILURE_LIMIT:
+            if count == FAILURE_LIMIT + 1:
+                detail = f"rate-limited: more than {FAILURE_LIMIT} bad tokens within a minute"
+                self._store.append_audit(AuditEvent(now, "enroll-refused", peer, None, detail))
+            with self._lock:
+                self._over_limit[peer] = started + FAILURE_WINDOW
+                self._over_limit.move_to_end(peer)
+                while len(self._over_limit) > _OVER_LIMIT_MAX:
+                    self._over_limit.popitem(last=False)
+            raise LimitExceeded(_TOO_MANY)
         raise Unauthenticated("the bootstrap token is unknown, already used or expired")

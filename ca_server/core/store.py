@@ -189,6 +189,18 @@ class Store(Protocol):
         written) if the token is no longer usable; DuplicateSerial as add_certificate."""
         ...
 
+    def count_enroll_failure(
+        self, peer: str, now: dt.datetime, window: dt.timedelta
+    ) -> tuple[int, dt.datetime]:
+        """Count one refused enrollment from `peer`, atomically for every process sharing the
+        store: (failures in the peer's current window, when that window began). A window
+        begins at the first failure after the previous one ended."""
+        ...
+
+    def prune_enroll_failures(self, before: dt.datetime) -> None:
+        """Forget windows that began before `before` (they are over)."""
+        ...
+
     def append_audit(self, event: AuditEvent) -> None:
         """Record an event that changes no certificate (e.g. the CA's creation)."""
         ...

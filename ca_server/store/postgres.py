@@ -81,8 +81,15 @@ def _v1(db: _PgDb) -> None:
         db.execute(statement)
 
 
+def _v2(db: _PgDb) -> None:
+    db.execute(
+        "CREATE TABLE enroll_failures ("
+        "peer TEXT PRIMARY KEY, window_start DOUBLE PRECISION NOT NULL, count INTEGER NOT NULL)"
+    )
+
+
 # Append only: the index is the schema version a migration produces (signet_schema.version).
-MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1]
+MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

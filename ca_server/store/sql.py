@@ -456,6 +456,34 @@ class SqlStore:
         stored: bool = self._write_certificate(record.serial, tx)
         return stored
 
+    def count_enroll_failure(
+        self, peer: str, now: dt.datetime, window: dt.timedelta
+    ) -> tuple[int, dt.datetime]:
+        at, expired = now.timestamp(), (now - window).timestamp()
+
+        def tx(db: Db) -> tuple[int, dt.datetime]:
+            count, start = db.execute(
+                "INSERT INTO enroll_failures (peer, window_start, count) VALUES (?, ?, 1) "
+                "ON CONFLICT (peer) DO UPDATE SET "
+                "count = CASE WHEN enroll_failures.window_start <= ? THEN 1 "
+                "ELSE enroll_failures.count + 1 END, "
+                "window_start = CASE WHEN enroll_failures.window_start <= ? "
+                "THEN excluded.window_start ELSE enroll_failures.window_start END "
+                "RETURNING count, window_start",
+                [peer, at, expired, expired],
+            ).fetchone()
+            return int(count), dt.datetime.fromtimestamp(start, dt.UTC)
+
+        counted: tuple[int, dt.datetime] = self._write(tx)
+        return counted
+
+    def prune_enroll_failures(self, before: dt.datetime) -> None:
+        self._write(
+            lambda db: db.execute(
+                "DELETE FROM enroll_failures WHERE window_start < ?", [before.timestamp()]
+            )
+        )
+
     def append_audit(self, event: AuditEvent) -> None:
         self._write(lambda db: self._append_audit(db, event))
 

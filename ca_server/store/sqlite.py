@@ -123,8 +123,26 @@ def _v8(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v9(db: sqlite_utils.Database) -> None:
+    # Refused enrollments, counted per peer and window for every process (not one audit row
+    # per attempt, not a counter per process).
+    db.table("enroll_failures").create(
+        {"peer": str, "window_start": float, "count": int}, pk="peer"
+    )
+
+
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1,
+    _v2,
+    _v3,
+    _v4,
+    _v5,
+    _v6,
+    _v7,
+    _v8,
+    _v9,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
