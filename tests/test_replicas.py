@@ -198,3 +198,33 @@ def test_losing_a_replica_mid_load_loses_nothing(replicas: tuple[Replica, Replic
     # it the same certificate); never more than that, and nothing is lost.
     assert set(per_identity) == {spiffe(f"load/{i}") for i in range(len(csrs))}
     assert max(per_identity.values()) <= 2
+
+
+def test_background_work_moves_to_the_other_replica_when_its_holder_dies(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    def holding(r: Replica) -> bool:
+        return '"held":true' in r.server.stderr
+
+    deadline = time.monotonic() + 30
+    while not any(holding(r) for r in replicas):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    holder, other = replicas if holding(replicas[0]) else replicas[::-1]
+    os.kill(holder.server.proc.pid, signal.SIGKILL)  # it cannot release the lease
+    deadline = time.monotonic() + 30  # the lease's 10 s term, then the next poll
+    while not holding(other):
+        assert time.monotonic() < deadline, "the lease did not move"
+        time.sleep(0.05)
+    with ExitStack() as stack:  # and the survivor now publishes the CRLs
+        admin = other.stub(stack)
+        issued = admin.SignCertificate(
+            ca_pb2.SignCertificateRequest(csr_pem=make_csr(uris=[spiffe("web/late")])[1]),
+            timeout=10,
+        )
+        admin.RevokeCertificate(
+            ca_pb2.RevokeCertificateRequest(serial_number=issued.serial_number, reason=1),
+            timeout=10,
+        )
+        crl = other.crl()
+    assert crl.get_revoked_certificate_by_serial_number(int(issued.serial_number, 16))
