@@ -24,7 +24,7 @@ from .core.policy import Caller
 from .datadir import DataDir, init_ca, load_ca
 from .logs import configure_logging
 from .migrate import migrate, terminal_progress
-from .server import start_server
+from .server import raise_open_file_limit, start_server
 from .store import open_store
 from .store.sql import SqlStore
 from .supervisor import Supervisor, check_loads
@@ -198,6 +198,7 @@ def _serve(data_dir: Path, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    raise_open_file_limit()  # before any worker is forked: they inherit it
     workers = resolved_workers(config.server)
     if workers == 1:
         ca = load_ca(config, passphrase)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,19 @@ class RunningServer:
         self.maintenance.stop()
         if self.serve_json is not None:
             self.serve_json.unlink(missing_ok=True)
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit of open files to the hard one (often 1024 against 1M or more):
+    every connection is a descriptor, and running out stops the API accepting anyone."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+        return hard
+    return soft
 
 
 def _bound_address(listen: str, port: int) -> str:

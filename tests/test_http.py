@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from ca_server.api.http import MAX_PER_PEER
 from ca_server.core.profile import LeafRequest, build_leaf
+from ca_server.server import raise_open_file_limit
 from signet.ca.v1 import ca_pb2
 from tests.conftest import CaServer, Credentials, start_ca, stop_ca
 from tests.pki import make_key, spiffe
@@ -283,3 +285,41 @@ def test_a_slow_or_idle_client_does_not_hold_a_connection(tmp_path: Path) -> Non
             assert s.recv(65536).startswith(b"HTTP/1.1 431")
     finally:
         stop_ca(ca)
+
+
+def test_thousands_of_idle_connections_starve_neither_the_api_nor_other_relying_parties(
+    tmp_path: Path,
+) -> None:
+    raise_open_file_limit()  # this process holds both ends of every connection
+    ca = start_ca(tmp_path / "ca-data")
+    host, port = ca.running.http_address.rsplit(":", 1)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(3000):  # bounded: each connect is answered or closed at once
+            s = socket.create_connection((host, int(port)), timeout=10)
+            idle.append(s)
+        with ca.admin_channel() as ch:  # the mTLS API still takes a new connection
+            ca.stub(ch).GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)
+        # Another address still gets answers: one address cannot take the listener's share.
+        with socket.create_connection(
+            (host, int(port)), timeout=10, source_address=("127.0.0.2", 0)
+        ) as other:
+            other.sendall(b"GET /ca.crt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert other.recv(65536).startswith(b"HTTP/1.1 200")
+        # ...and of ours only the per-address share was kept open.
+        open_ones = sum(1 for s in idle if _still_open(s))
+        assert 0 < open_ones <= MAX_PER_PEER
+    finally:
+        for s in idle:
+            s.close()
+        stop_ca(ca)
+
+
+def _still_open(s: socket.socket) -> bool:
+    s.setblocking(False)
+    try:
+        return s.recv(1) != b""  # b"": closed by the server
+    except BlockingIOError:
+        return True  # nothing to read: still open
+    except OSError:
+        return False  # reset

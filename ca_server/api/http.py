@@ -47,6 +47,10 @@ OCSP_REQUEST_MAX = 16 * 1024  # an OCSP request is ~100 bytes; anything near thi
 HEADERS_MAX = 16 * 1024  # request line and headers together
 CRL_MAX_AGE = 60  # seconds: CRLs are rebuilt on revocation, so caches should look again soon
 KEEPALIVE_TIMEOUT = 30.0
+# Open connections this listener keeps (per process), and from one address: beyond them a new
+# connection is closed at once, so that no flood of idle connections starves the API.
+MAX_CONNECTIONS = 2048
+MAX_PER_PEER = 256
 OCSP_PATH = "/ocsp"
 CRL_PATH = "/crl"
 CA_CERT_PATH = "/ca.crt"
@@ -222,6 +226,7 @@ class _Connection(asyncio.Protocol):
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
+        self._peer = ""
         # the message being parsed
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
@@ -232,7 +237,14 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._l.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) else "?"
+        if not self._l.admit(self):
+            # Over this listener's or this address's share: idle connections from outside
+            # must not use up the descriptors the mTLS API needs (no reply: nothing was asked).
+            self._closing = True
+            self._transport.abort()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -240,7 +252,7 @@ class _Connection(asyncio.Protocol):
         self._arm(self._l.request_timeout)  # the first request's headers must come in time
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._l.connections.discard(self)
+        self._l.release(self)
         self._closing = True
         self._disarm()
         self._transport = None
@@ -412,8 +424,13 @@ class HttpListener:
         max_body: int = OCSP_REQUEST_MAX,
         *,
         reuse_port: bool = False,
+        max_connections: int = MAX_CONNECTIONS,
+        max_per_peer: int = MAX_PER_PEER,
     ) -> None:
         self.app = RelyingParty(authority)
+        self.max_connections = max_connections
+        self.max_per_peer = max_per_peer
+        self._per_peer: dict[str, int] = {}
         self.request_timeout = request_timeout
         self.max_body = max_body
         self.date = _Date()
@@ -425,6 +442,27 @@ class HttpListener:
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
         self.address = ""
+
+    def admit(self, connection: _Connection) -> bool:
+        """Count a new connection in, unless the listener or its peer is at its cap (runs on
+        the loop thread only)."""
+        peer = connection._peer
+        if len(self.connections) >= self.max_connections:
+            return False
+        if self._per_peer.get(peer, 0) >= self.max_per_peer:
+            return False
+        self.connections.add(connection)
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+        return True
+
+    def release(self, connection: _Connection) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            left = self._per_peer.get(connection._peer, 1) - 1
+            if left:
+                self._per_peer[connection._peer] = left
+            else:
+                self._per_peer.pop(connection._peer, None)
 
     def start(self) -> str:
         """Bind and serve; return the bound host:port (port 0 picks a free one)."""
