@@ -181,3 +181,26 @@ def test_a_database_locked_by_another_process_is_unavailable_then_recovers(
         other.execute("ROLLBACK")
     store.add_certificate(record("0001"), issue_event("0001"))
     assert store.get_certificate("0001") is not None
+
+
+def test_a_connection_that_cannot_write_is_replaced_once_the_fault_is_gone(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    with raw(path) as setup:
+        setup.execute("CREATE TABLE t (x)")
+    read_only = [True]  # the file was read-only when the writer connected
+
+    def connect() -> sqlite3.Connection:
+        mode = "ro" if read_only[0] else "rw"
+        uri = f"file:{path}?mode={mode}"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+    writer = GroupCommitWriter(connect)
+    try:
+        with pytest.raises(Unavailable, match="read-only"):
+            writer.submit(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+        read_only[0] = False  # the operator fixed it: no restart needed
+        writer.submit(lambda c: c.execute("INSERT INTO t VALUES (2)"))
+    finally:
+        writer.close()
+    with raw(path) as check:
+        assert check.execute("SELECT x FROM t").fetchall() == [(2,)]

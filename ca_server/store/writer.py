@@ -12,6 +12,7 @@ within ``timeout`` seconds, never a long wait.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import queue
@@ -179,10 +180,11 @@ class GroupCommitWriter:
         except sqlite3.Error as exc:
             # A failure outside a job's own error handling (disk full, I/O error): nothing of
             # this batch is kept, and every caller is told so.
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                self._drop()
+            # And a new connection next time: one opened while the file was read-only (or
+            # the disk full) stays that way after the fault is gone.
+            self._drop()
             self._fail(batch, Unavailable(describe(exc)))
             return
         if self._on_batch is not None:
