@@ -106,31 +106,32 @@ def test_either_replica_answers_for_what_the_other_did(
             ca_pb2.GetCertificateStatusRequest(serial_number=issued.serial_number), timeout=10
         )
         assert status.status == ca_pb2.GOOD
-        holder_b = b.stub(stack, (issued.certificate_pem + issued.chain_pem).encode(), key_pem(key))
-        holder_b.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)  # cached as good
+        holder_a = a.stub(stack, (issued.certificate_pem + issued.chain_pem).encode(), key_pem(key))
+        holder_a.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)  # cached as good
 
-        admin_a.RevokeCertificate(
+        # Issued on A, revoked on B: A must honour it.
+        admin_b.RevokeCertificate(
             ca_pb2.RevokeCertificateRequest(serial_number=issued.serial_number, reason=1),
             timeout=10,
         )
         revoked_at = time.monotonic()
-        status = admin_b.GetCertificateStatus(
+        status = admin_a.GetCertificateStatus(
             ca_pb2.GetCertificateStatusRequest(serial_number=issued.serial_number), timeout=10
         )
         assert status.status == ca_pb2.REVOKED  # read from the shared database: at once
-        assert b.ocsp(issued.certificate_pem) is ocsp.OCSPCertStatus.REVOKED  # and over HTTP
+        assert a.ocsp(issued.certificate_pem) is ocsp.OCSPCertStatus.REVOKED  # and over HTTP
         serial = int(issued.serial_number, 16)
         refused = listed = False
         while not (refused and listed):
             assert time.monotonic() - revoked_at < PROPAGATION_BOUND, (refused, listed)
             if not refused:
                 try:
-                    holder_b.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)
+                    holder_a.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)
                 except grpc.RpcError as exc:
                     assert exc.code() is grpc.StatusCode.UNAUTHENTICATED
                     refused = True
             if not listed:
-                listed = b.crl().get_revoked_certificate_by_serial_number(serial) is not None
+                listed = a.crl().get_revoked_certificate_by_serial_number(serial) is not None
             time.sleep(0.02)
         numbers = {
             r.crl().extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
