@@ -4,6 +4,7 @@ the openssl command and plain HTTP, against a real server on 127.0.0.1."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import random
 import socket
@@ -323,3 +324,32 @@ def _still_open(s: socket.socket) -> bool:
         return True  # nothing to read: still open
     except OSError:
         return False  # reset
+
+
+def test_a_client_that_pipelines_without_reading_is_paused_then_dropped(ca: CaServer) -> None:
+    host, port = ca.running.http_address.rsplit(":", 1)
+    flood = socket.socket()
+    flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it reads nothing anyway
+    flood.settimeout(5)
+    flood.connect((host, int(port)))
+    try:
+        request = b"GET /crl HTTP/1.1\r\nHost: x\r\n\r\n"
+        sent = 0
+        with contextlib.suppress(OSError):  # the server may stop reading, or drop us
+            for _ in range(20):  # 100k requests, never reading an answer
+                flood.sendall(request * 5000)
+                sent += 5000
+        assert _fetch(_url(ca, "/ca.crt"))[0] == 200  # another client is served meanwhile
+        answered, dropped = b"", False
+        try:
+            while chunk := flood.recv(1 << 20):
+                answered += chunk
+            dropped = True  # closed by the server
+        except ConnectionResetError:
+            dropped = True  # closed with our unread requests still in its buffer
+        except TimeoutError:
+            pass
+        assert dropped, "a client that does not read its answers must be dropped"
+        assert answered.count(b"HTTP/1.1 ") < sent  # well before answering everything
+    finally:
+        flood.close()

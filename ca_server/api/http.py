@@ -51,6 +51,11 @@ KEEPALIVE_TIMEOUT = 30.0
 # connection is closed at once, so that no flood of idle connections starves the API.
 MAX_CONNECTIONS = 2048
 MAX_PER_PEER = 256
+# A client that sends requests faster than it reads the answers: past this much unsent reply
+# data we stop reading from it, and past this many requests waiting we close it.
+WRITE_BUFFER_MAX = 1024 * 1024
+PIPELINED_MAX = 64
+FEED_SLICE = 8 * 1024  # bytes handed to the parser at a time, so limits apply as data arrives
 OCSP_PATH = "/ocsp"
 CRL_PATH = "/crl"
 CA_CERT_PATH = "/ca.crt"
@@ -60,6 +65,7 @@ _REASONS = {
     200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 404: b"Not Found",
     405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    503: b"Service Unavailable",
 }  # fmt: skip
 
 
@@ -226,7 +232,11 @@ class _Connection(asyncio.Protocol):
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
+        self._timer_at = 0.0
         self._peer = ""
+        self._in_headers = True
+        self._raw_header_bytes = 0
+        self._write_paused = False
         # the message being parsed
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
@@ -245,6 +255,7 @@ class _Connection(asyncio.Protocol):
             self._closing = True
             self._transport.abort()
             return
+        self._transport.set_write_buffer_limits(high=WRITE_BUFFER_MAX)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -261,7 +272,17 @@ class _Connection(asyncio.Protocol):
         if self._closing:
             return
         try:
-            self._parser.feed_data(data)
+            for start in range(0, len(data), FEED_SLICE):
+                piece = data[start : start + FEED_SLICE]
+                if self._in_headers:
+                    # httptools joins a header before calling on_header: a header that never
+                    # ends must be refused as it arrives (allowing a slice of the next one)
+                    self._raw_header_bytes += len(piece)
+                    if self._raw_header_bytes > HEADERS_MAX + FEED_SLICE:
+                        raise _Refused(431, "request line and headers too large")
+                self._parser.feed_data(piece)
+                if self._closing:
+                    return
         except httptools.HttpParserCallbackError as exc:  # raised by one of our callbacks
             refused = exc.__context__
             if isinstance(refused, _Refused):
@@ -269,6 +290,8 @@ class _Connection(asyncio.Protocol):
             else:
                 log.error("http_callback_failed", error=repr(refused))
                 self._fail(500, "internal error")
+        except _Refused as refused:  # counted before the parser saw it
+            self._fail(refused.status, refused.text)
         except httptools.HttpParserUpgrade:
             self._fail(400, "upgrades are not supported")
         except httptools.HttpParserError:
@@ -276,6 +299,7 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._in_headers = True
         self._url, self._headers, self._header_bytes = b"", {}, 0
         self._body = bytearray()
         self._last_field = b""
@@ -293,6 +317,10 @@ class _Connection(asyncio.Protocol):
         else:
             self._headers[key] = value
 
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._raw_header_bytes = 0
+
     def on_body(self, body: bytes) -> None:
         if len(self._body) + len(body) > self._l.max_body:
             raise _Refused(413, "request body too large")
@@ -305,6 +333,8 @@ class _Connection(asyncio.Protocol):
             self._headers,
             bytes(self._body),
         )
+        if len(self._queue) >= PIPELINED_MAX:
+            raise _Refused(503, "too many requests sent ahead of their answers")
         self._queue.append((request, self._parser.should_keep_alive()))
         self._arm(KEEPALIVE_TIMEOUT)
         self._drain()
@@ -312,6 +342,8 @@ class _Connection(asyncio.Protocol):
     # -- answering ---------------------------------------------------------------------------
     def _drain(self) -> None:
         while self._queue and not self._busy and not self._closing:
+            if self._write_paused:
+                return  # resume_writing() drains the rest once the client has read
             request, keep_alive = self._queue.popleft()
             try:
                 reply = self._l.app.route(request)
@@ -358,6 +390,18 @@ class _Connection(asyncio.Protocol):
         if close:
             self._close()
 
+    # -- flow control: asyncio calls these as the unsent reply data crosses its water marks --
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+            self._drain()
+
     def _fail(self, status: int, text: str) -> None:
         """A request we cannot read to its end: answer it and close (the stream is lost)."""
         if self._transport is None or self._closing:
@@ -385,7 +429,10 @@ class _Connection(asyncio.Protocol):
         request cost a tenth of an OCSP answer)."""
         loop = asyncio.get_running_loop()
         self._deadline = loop.time() + seconds
+        if self._timer is not None and self._deadline < self._timer_at:
+            self._disarm()  # a shorter limit now applies (a request after keep-alive)
         if self._timer is None:
+            self._timer_at = self._deadline
             self._timer = loop.call_at(self._deadline, self._expired)
 
     def _disarm(self) -> None:
@@ -402,6 +449,7 @@ class _Connection(asyncio.Protocol):
         if self._busy:  # we are the slow one
             self._deadline = max(self._deadline, loop.time() + KEEPALIVE_TIMEOUT)
         if loop.time() < self._deadline:
+            self._timer_at = self._deadline
             self._timer = loop.call_at(self._deadline, self._expired)
             return
         self._close()
