@@ -3,11 +3,15 @@
     python scripts/bench.py                 # full run (~3-4 min): table, JSON, PNG
     python scripts/bench.py --quick         # 1 s per row, no sustain, no cfssl: a smoke run
     python scripts/bench.py --sustain 60 --write-docs   # what docs/performance.md shows
+    python scripts/bench.py --store auto    # and replicas on a throwaway PostgreSQL cluster
 
 It starts a real `ca-server serve --workers N` on a fresh data directory (127.0.0.1 only) and
 loads it from P client processes with one load driver for every gRPC row, then with wrk over
 HTTP; builds CRLs with the code the server runs; runs cfssl beside it when cfssl and wrk are
-installed; and checks the floors. Every loop is bounded in count and in time. Figures are
+installed; and checks the floors. With --store (a postgresql:// URL, or auto for a throwaway
+cluster) it then runs the SignCertificate and GetCertificateStatus rows again against one and
+two CA replicas sharing a fresh PostgreSQL database, beside the SQLite node's figures. Every
+loop is bounded in count and in time. Figures are
 comparable only within one run: the load generator shares the machine's cores with the server,
 and its own CPU per call is reported so the reader can see how much it took.
 
@@ -51,6 +55,7 @@ from bench_report import (
     floors,
     floors_table,
     plot,
+    replica_floor,
     rows_table,
     write_json,
 )
@@ -75,24 +80,35 @@ def _sleep_until(when: float) -> None:
 @dataclass
 class Sampler:
     """Reads the server's CPU and the machine's (and optionally RSS every few seconds) during a
-    window."""
+    window. `also`: more server processes (other replicas), whose trees' CPU is added to the
+    server's; `postgres`: the postmaster whose tree's CPU is PostgreSQL's, read separately."""
 
     pid: int
     rss_every: float = 0.0
+    also: tuple[int, ...] = ()
+    postgres: int | None = None
     cpu_seconds: float = 0.0
+    postgres_seconds: float = 0.0
     machine_seconds: float = 0.0
     rss: list[tuple[float, int]] = field(default_factory=list)
 
+    def _server_cpu(self) -> float:
+        return sum(tree_cpu_seconds(pid) for pid in (self.pid, *self.also))
+
+    def _postgres_cpu(self) -> float:
+        return tree_cpu_seconds(self.postgres, reaped=True) if self.postgres else 0.0
+
     def __call__(self, t_measure: float, t_end: float) -> None:
         _sleep_until(t_measure)
-        cpu, busy = tree_cpu_seconds(self.pid), machine_busy_seconds()
+        cpu, pg, busy = self._server_cpu(), self._postgres_cpu(), machine_busy_seconds()
         if self.rss_every:
             ticks = int((t_end - t_measure) // self.rss_every)
             for k in range(ticks + 1):
                 _sleep_until(t_measure + k * self.rss_every)
                 self.rss.append((time.monotonic() - t_measure, tree_rss_bytes(self.pid)))
         _sleep_until(t_end)
-        self.cpu_seconds = tree_cpu_seconds(self.pid) - cpu
+        self.cpu_seconds = self._server_cpu() - cpu
+        self.postgres_seconds = self._postgres_cpu() - pg
         self.machine_seconds = machine_busy_seconds() - busy
 
 
@@ -124,6 +140,7 @@ def _row_from(name: str, window: Window, seconds: float, sampler: Sampler) -> Ro
     )
     per_call = 1e6 / max(1, calls)
     client_cpu = sum(r.cpu_seconds for r in window.results)
+    measured = sampler.cpu_seconds + sampler.postgres_seconds + client_cpu
     return Row(
         name=name,
         group="grpc",
@@ -136,8 +153,9 @@ def _row_from(name: str, window: Window, seconds: float, sampler: Sampler) -> Ro
         calls=calls,
         first_error=first_error,
         note=note,
-        other_cores=(sampler.machine_seconds - sampler.cpu_seconds - client_cpu) / seconds,
+        other_cores=(sampler.machine_seconds - measured) / seconds,
         per_second=[sum(s) for s in zip(*(r.per_second for r in window.results), strict=True)],
+        postgres_cpu_us=sampler.postgres_seconds * per_call if sampler.postgres else None,
     )
 
 
@@ -277,6 +295,100 @@ def grpc_rows(
     for row in rows:
         row.vs_health = row.rps / health if health else None
     return rows, minted
+
+
+# --- replicas on PostgreSQL -------------------------------------------------------------------
+
+
+def replica_pair(
+    pool: ClientPool, servers: list[Server], load: Load, label: str, postmaster: int | None
+) -> tuple[Row, Row]:
+    """SignCertificate and GetCertificateStatus with the same driver, P, C and K as the SQLite
+    rows; with several replicas each process's K connections are spread evenly over their API
+    addresses, and the server CPU is summed over every replica's process tree."""
+    first = servers[0]
+    admin = Admin(first)
+    try:
+        known = admin.sign("bench/known")
+    finally:
+        admin.close()
+    apis = tuple(s.listen for s in servers) if len(servers) > 1 else ()
+    others = tuple(s.pid for s in servers[1:])
+    csrs = pool_size(load, SIGN_POOL_RATE, load.seconds)
+    rows = []
+    for name, spec in (
+        ("gRPC SignCertificate", base_spec(first, load, "sign", csrs, apis=apis)),
+        (
+            "gRPC GetCertificateStatus",
+            base_spec(first, load, "status", serial=known.serial_number, apis=apis),
+        ),
+    ):
+        sampler = Sampler(first.pid, also=others, postgres=postmaster)
+        row = grpc_row(pool, first, load, f"{label}: {name}", spec, sampler=sampler)
+        row.group = "postgres"
+        rows.append(row)
+    return rows[0], rows[1]
+
+
+def replica_rows(
+    pool: ClientPool, load: Load, args: argparse.Namespace, tmp: Path, rows: list[Row]
+) -> dict[str, Any]:
+    """One replica, then two, each on a fresh database of the --store server (dropped after),
+    beside the SQLite node's SignCertificate and GetCertificateStatus rows of this run."""
+    from bench_pg import postgres, replicas
+
+    began = time.monotonic()
+    workers = args.replica_workers or args.workers
+    configs: list[dict[str, Any]] = [
+        {
+            "name": f"SQLite, 1 node (--workers {args.workers})",
+            "store": "sqlite",
+            "replicas": 1,
+            "workers": args.workers,
+            "sign": find(rows, "gRPC SignCertificate"),
+            "status": find(rows, "gRPC GetCertificateStatus"),
+        }
+    ]
+    pg_rows: list[Row] = []
+    commands: list[list[str]] = []
+    with postgres(args.store) as pg:
+        print(f"replicas on PostgreSQL {pg.version}: {pg.description}", flush=True)
+        for count in (1, 2):
+            label = "1 replica" if count == 1 else f"{count} replicas"
+            base = tmp / f"pg-{count}"
+            print(f"starting {label} (--workers {workers} each) on a fresh database", flush=True)
+            with pg.database(f"{count}r") as url, replicas(base, url, count, workers) as servers:
+                sign, status = replica_pair(
+                    pool, servers, load, f"PostgreSQL {label}", pg.postmaster
+                )
+                commands = [s.command for s in servers]
+            pg_rows += [sign, status]
+            each = " each" if count > 1 else ""
+            configs.append(
+                {
+                    "name": f"PostgreSQL, {label} (--workers {workers}{each})",
+                    "store": "postgresql",
+                    "replicas": count,
+                    "workers": workers,
+                    "sign": sign,
+                    "status": status,
+                }
+            )
+        measured = pg.postmaster is not None
+        description, version = pg.description, pg.version
+    return {
+        "store": description,
+        "postgres_version": version,
+        "postgres_cpu_measured": measured,
+        "workers_per_replica": workers,
+        "server_commands": [
+            ["DIR" if part.endswith("ca-data") else part for part in c] for c in commands
+        ],
+        "configs": configs,
+        "rows": pg_rows,
+        "floor": replica_floor(configs),
+        "seconds": time.monotonic() - began,
+    }
 
 
 # --- HTTP rows --------------------------------------------------------------------------------
@@ -485,7 +597,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json-out", type=Path, default=Path("bench-results.json"))
     p.add_argument("--png-out", type=Path, default=REPO / "docs" / "performance.png")
     p.add_argument("--write-docs", action="store_true", help="regenerate docs/performance.md")
+    p.add_argument(
+        "--store",
+        help="also measure 1 and 2 CA replicas on PostgreSQL: a postgresql:// URL of a server "
+        "where the bench may CREATE DATABASE (a fresh signet_bench_* per configuration, dropped "
+        "after), or 'auto' for a throwaway local cluster (started and deleted by the bench)",
+    )
+    p.add_argument(
+        "--replica-workers",
+        type=int,
+        help="ca-server serve --workers for each PostgreSQL replica (default: --workers)",
+    )
     args = p.parse_args(argv)
+    if args.store and not (
+        args.store == "auto" or args.store.startswith(("postgresql://", "postgres://"))
+    ):
+        p.error("--store takes 'auto' or a postgresql:// URL")
     if args.quick:
         args.seconds, args.warmup, args.sustain, args.no_cfssl = 1.0, 0.3, 0.0, True
     return args
@@ -509,6 +636,46 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     print(f"starting ca-server (--workers {args.workers}) on a fresh data directory", flush=True)
     server = start_server(tmp / "ca-data", tmp, args.workers)
     pool = ClientPool(args.processes)  # spawned before this process makes any gRPC object
+    try:
+        rows = sqlite_node(pool, server, load, args, tmp, results)
+        if args.store:
+            results["replicas"] = replica_rows(pool, load, args, tmp, rows)
+    finally:
+        pool.close()
+    shown = ["DIR" if part == str(server.data) else part for part in server.command]
+    results.update(rows=rows, server_command=shown, server_note=server.note, load=load)
+    print("CRL builds (ca_server.core.crl.build_crl)", flush=True)
+    results["crl"] = crl_builds(1 if args.quick else 3)
+    results["cfssl"] = None
+    if args.no_cfssl:
+        results["cfssl_note"] = "skipped (--quick or --no-cfssl)"
+    elif not (have_cfssl() and have_wrk()):
+        results["cfssl_note"] = "skipped: cfssl or wrk is not on PATH"
+    else:
+        print("cfssl beside it", flush=True)
+        from tests.pki import make_csr, spiffe
+
+        csrs = [
+            make_csr(uris=[spiffe(f"bench/cfssl/{n}")], cn="bench.internal")[1]
+            for n in range(SIGNED_FOR_OCSP + 1)
+        ]
+        results["cfssl"] = run_cfssl(tmp / "cfssl", csrs, args.seconds, CRL_SIZES[-1])
+        results["cfssl_ratios"] = cfssl_ratios(rows, results["cfssl"], results["crl"])
+    results["floors"] = floors(
+        rows, results["crl"], results.get("sustain"), results.get("replicas")
+    )
+    return results
+
+
+def sqlite_node(
+    pool: ClientPool,
+    server: Server,
+    load: Load,
+    args: argparse.Namespace,
+    tmp: Path,
+    results: dict[str, Any],
+) -> list[Row]:
+    """Every row against the single node on SQLite (stopped at the end)."""
     try:
         admin = Admin(server)
         known = admin.sign("bench/known")
@@ -537,29 +704,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if args.sustain > 0:
             results["sustain"] = sustain(pool, server, load, sign_peak, args.sustain)
     finally:
-        pool.close()
         server.stop()
-    shown = ["DIR" if part == str(server.data) else part for part in server.command]
-    results.update(rows=rows, server_command=shown, server_note=server.note, load=load)
-    print("CRL builds (ca_server.core.crl.build_crl)", flush=True)
-    results["crl"] = crl_builds(1 if args.quick else 3)
-    results["cfssl"] = None
-    if args.no_cfssl:
-        results["cfssl_note"] = "skipped (--quick or --no-cfssl)"
-    elif not (have_cfssl() and have_wrk()):
-        results["cfssl_note"] = "skipped: cfssl or wrk is not on PATH"
-    else:
-        print("cfssl beside it", flush=True)
-        from tests.pki import make_csr, spiffe
-
-        csrs = [
-            make_csr(uris=[spiffe(f"bench/cfssl/{n}")], cn="bench.internal")[1]
-            for n in range(SIGNED_FOR_OCSP + 1)
-        ]
-        results["cfssl"] = run_cfssl(tmp / "cfssl", csrs, args.seconds, CRL_SIZES[-1])
-        results["cfssl_ratios"] = cfssl_ratios(rows, results["cfssl"], results["crl"])
-    results["floors"] = floors(rows, results["crl"], results.get("sustain"))
-    return results
+    return rows
 
 
 def report(args: argparse.Namespace, results: dict[str, Any], command: str) -> None:
@@ -577,6 +723,9 @@ def report(args: argparse.Namespace, results: dict[str, Any], command: str) -> N
     print()
     print(rows_table(bench_docs.table_rows(results)))
     print(bench_docs.summary_text(results))
+    if results.get("replicas"):
+        print()
+        print(bench_docs.replica_text(results["replicas"]))
     print()
     print(floors_table(results["floors"]))
     results["machine"] = machine()
@@ -604,9 +753,14 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("matplotlib") is None:
         print("bench: matplotlib is missing: pip install -e '.[bench]'", file=sys.stderr)
         return 1
-    command = "python " + shlex.join(
-        ["scripts/bench.py", *(sys.argv[1:] if argv is None else argv)]
-    )
+    from bench_pg import redacted
+
+    given = sys.argv[1:] if argv is None else argv
+    shown = [redacted(a) if a.startswith(("postgresql://", "postgres://")) else a for a in given]
+    shown = [
+        "--store=" + redacted(a[8:]) if a.startswith("--store=") else a for a in shown
+    ]  # a password in --store goes no further than this process
+    command = "python " + shlex.join(["scripts/bench.py", *shown])
     began = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="signet-bench-") as tmp:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_cfssl import CRL_REPEATS
-from bench_report import Row, floors_table, markdown_table, rows_table
+from bench_report import Row, floors_table, markdown_table, replica_table, rows_table
 
 BUSY_CORES = 0.25  # other programs' CPU during a window above which the row is flagged
 
@@ -135,6 +135,74 @@ def _sustain_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def replica_lines(replicas: dict[str, Any]) -> list[str]:
+    """What the replica table cannot say: where PostgreSQL ran, errors, what was measured."""
+    out = [f"PostgreSQL {replicas['postgres_version']}: {replicas['store']}"]
+    for row in replicas["rows"]:
+        if row.first_error:
+            out.append(f"first error, {row.name}: {row.first_error}")
+        if row.note:
+            out.append(f"note, {row.name}: {row.note}")
+    busy = [r.name for r in replicas["rows"] if (r.other_cores or 0) > BUSY_CORES]
+    if busy:
+        out.append(
+            f"WARNING: other programs used more than {BUSY_CORES} cores during: " + "; ".join(busy)
+        )
+    if replicas["postgres_cpu_measured"]:
+        out.append(
+            "postgres µs/sign: utime + stime of the postmaster and all its processes (backends"
+            " that exited in the window included), over the window, per call"
+        )
+    else:
+        out.append("postgres µs/sign: not measured (the database server is not the bench's own)")
+    out.append(
+        "server µs/sign: summed over every replica's process tree; with two replicas each "
+        "client process's connections are spread evenly over both replicas' API addresses"
+    )
+    out.append(f"replica rows took {replicas['seconds']:.0f} s with their setup")
+    return out
+
+
+def replica_text(replicas: dict[str, Any]) -> str:
+    """The printed replica section: the small table, its floor, the notes."""
+    return "\n".join(
+        [
+            replica_table(replicas["configs"]),
+            "",
+            floors_table([replicas["floor"]]),
+            "",
+            *replica_lines(replicas),
+        ]
+    )
+
+
+def replica_section(replicas: dict[str, Any]) -> list[str]:
+    """docs/performance.md's "Replicas on PostgreSQL" (only when the run measured them)."""
+    workers = replicas["workers_per_replica"]
+    return [
+        "## Replicas on PostgreSQL",
+        "",
+        "The SignCertificate and GetCertificateStatus rows again, with the same load driver,"
+        " processes, calls in flight and connections, against CA replicas sharing one"
+        " PostgreSQL database: `ca-server init --store postgresql://…` once, a copy of that"
+        f" data directory per replica, `ca-server serve --workers {workers}` on each (a fresh"
+        " database per configuration, dropped afterwards). With two replicas each client"
+        " process spreads its connections evenly over both replicas' addresses. The SQLite"
+        " line is the single node of the table above, from the same run.",
+        "",
+        replica_table(replicas["configs"], markdown=True),
+        "",
+        floors_table([replicas["floor"]], markdown=True),
+        "",
+        rows_table(replicas["rows"], markdown=True),
+        "",
+        "```",
+        *replica_lines(replicas),
+        "```",
+        "",
+    ]
+
+
 def summary_text(results: dict[str, Any]) -> str:
     return "\n".join(["", *summary_lines(results)])
 
@@ -249,6 +317,8 @@ def page(results: dict[str, Any], png: Path, docs_dir: Path) -> str:
         floors_table(results["floors"], markdown=True),
         "",
     ]
+    if results.get("replicas"):
+        parts += replica_section(results["replicas"])
     cf = results.get("cfssl")
     if cf is not None:
         parts += ["## cfssl commands that worked", "", "```sh", *cf.commands, "```", ""]

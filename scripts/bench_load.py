@@ -44,6 +44,9 @@ class RowSpec:
     kind: str  # health, sign, renew, status, crl, fresh_health, enroll
     data_dir: str
     api: str  # host:port of the mTLS API
+    # Several replicas: connection k of process p goes to apis[(k + p) % len(apis)] (so the
+    # connections are spread evenly over them); empty: every connection goes to `api`.
+    apis: tuple[str, ...] = ()
     bootstrap: str = ""  # host:port of the server-TLS enrollment listener
     index: int = 0  # this process's number, for distinct identities
     processes: int = 1
@@ -93,10 +96,23 @@ def _files(spec: RowSpec) -> tuple[bytes, bytes, bytes]:
     )
 
 
-def _ready_channels(target: str, creds: list[Any], options: list[tuple[str, Any]]) -> list[Any]:
+def _targets(spec: RowSpec) -> list[str]:
+    """The address of each of the spec's K connections."""
+    if not spec.apis:
+        return [spec.api] * spec.connections
+    return [spec.apis[(k + spec.index) % len(spec.apis)] for k in range(spec.connections)]
+
+
+def _ready_channels(
+    targets: list[str], creds: list[Any], options: list[tuple[str, Any]]
+) -> list[Any]:
+    """One channel per credential, the i-th to targets[i], each connected before it is used."""
     import grpc
 
-    channels = [grpc.secure_channel(target, c, options=[LOCAL_POOL, *options]) for c in creds]
+    channels = [
+        grpc.secure_channel(t, c, options=[LOCAL_POOL, *options])
+        for t, c in zip(targets, creds, strict=True)
+    ]
     for channel in channels:
         grpc.channel_ready_future(channel).result(timeout=CALL_TIMEOUT)
     return channels
@@ -150,7 +166,7 @@ def _admin_workload(spec: RowSpec, method_name: str, request: Any) -> Persistent
 
     root, key, chain = _files(spec)
     creds = [grpc.ssl_channel_credentials(root, key, chain)] * spec.connections
-    channels = _ready_channels(spec.api, creds, [])
+    channels = _ready_channels(_targets(spec), creds, [])
     return PersistentWorkload(
         channels, lambda c: getattr(ca_pb2_grpc.CertificateAuthorityStub(c), method_name), request
     )
@@ -162,7 +178,7 @@ def _health(spec: RowSpec) -> Workload:
 
     root, key, chain = _files(spec)
     creds = [grpc.ssl_channel_credentials(root, key, chain)] * spec.connections
-    channels = _ready_channels(spec.api, creds, [])
+    channels = _ready_channels(_targets(spec), creds, [])
     request = health_pb2.HealthCheckRequest(service="")
     return PersistentWorkload(channels, lambda c: health_pb2_grpc.HealthStub(c).Check, request)
 
@@ -185,7 +201,7 @@ def _workload_credentials(spec: RowSpec) -> list[Any]:
     from tests.pki import key_pem, make_csr, spiffe
 
     root, key, chain = _files(spec)
-    (admin,) = _ready_channels(spec.api, [grpc.ssl_channel_credentials(root, key, chain)], [])
+    (admin,) = _ready_channels([spec.api], [grpc.ssl_channel_credentials(root, key, chain)], [])
     stub = ca_pb2_grpc.CertificateAuthorityStub(admin)
     creds = []
     for k in range(spec.connections):
@@ -200,7 +216,7 @@ def _workload_credentials(spec: RowSpec) -> list[Any]:
 def _renew(spec: RowSpec) -> Workload:
     from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
-    channels = _ready_channels(spec.api, _workload_credentials(spec), [])
+    channels = _ready_channels(_targets(spec), _workload_credentials(spec), [])
     requests = [ca_pb2.RenewCertificateRequest(csr_pem=c) for c in _csrs(spec.max_calls, None)]
     return PersistentWorkload(
         channels,

@@ -42,13 +42,17 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """utime + stime of root and its descendants (all their threads), in seconds."""
+def tree_cpu_seconds(root: int, reaped: bool = False) -> float:
+    """utime + stime of root and its descendants (all their threads), in seconds. With
+    `reaped`, also the CPU of children they have already waited for (cutime + cstime): for
+    PostgreSQL, whose backends come and go, a backend that exits inside a window still counts."""
     ticks = 0
     for pid in process_tree(root):
         fields = _stat_fields(pid)
         if fields is not None:
             ticks += int(fields[11]) + int(fields[12])  # stat fields 14 and 15
+            if reaped:
+                ticks += int(fields[13]) + int(fields[14])  # stat fields 16 and 17
     return ticks / TICKS_PER_SECOND
 
 

@@ -34,6 +34,9 @@ class Row:
     # programs on the machine): anything well above 0 means the row was measured on a busy box.
     other_cores: float | None = None
     per_second: list[int] = field(default_factory=list)  # gRPC rows: OK calls in each second
+    # Rows on PostgreSQL: the postgres processes' CPU per call (None: SQLite, or not measured
+    # because the database server is not the bench's own).
+    postgres_cpu_us: float | None = None
 
 
 @dataclass
@@ -102,7 +105,10 @@ def find(rows: list[Row], name: str) -> Row:
 
 
 def floors(
-    rows: list[Row], crl: list[dict[str, Any]], sustained: dict[str, Any] | None
+    rows: list[Row],
+    crl: list[dict[str, Any]],
+    sustained: dict[str, Any] | None,
+    replicas: dict[str, Any] | None = None,
 ) -> list[Floor]:
     sign = find(rows, "gRPC SignCertificate")
     status = find(rows, "gRPC GetCertificateStatus")
@@ -111,6 +117,7 @@ def floors(
     fresh = find(rows, "fresh mTLS connection + Health/Check")
     crl100k = next(c for c in crl if c["entries"] == 100_000 and c["reason_codes"])
     errors = sum(r.errors for r in rows) + (sustained["row"].errors if sustained else 0)
+    errors += sum(r.errors for r in replicas["rows"]) if replicas else 0
     ratio = enroll.rps / fresh.rps if fresh.rps else 0.0
     out = [
         Floor("SignCertificate rate", f"{sign.rps:,.0f}/s", ">= 2,000/s", sign.rps >= 2000),
@@ -142,6 +149,8 @@ def floors(
         Floor("Enroll / fresh mTLS+Check", f"{ratio:.2f}x", ">= 0.60x", ratio >= 0.6),
         Floor("failed calls, all rows", str(errors), "0", errors == 0),
     ]
+    if replicas:
+        out.append(replicas["floor"])
     if sustained:
         out.append(
             Floor(
@@ -152,6 +161,60 @@ def floors(
             )
         )
     return out
+
+
+REPLICA_FLOOR = "two PostgreSQL replicas sign >= one SQLite node"
+
+
+def replica_floor(configs: list[dict[str, Any]]) -> Floor:
+    """The last configuration (two replicas) against the first (one SQLite node)."""
+    sqlite, two = configs[0]["sign"], configs[-1]["sign"]
+    ratio = two.rps / sqlite.rps if sqlite.rps else math.nan
+    return Floor(
+        REPLICA_FLOOR,
+        f"{two.rps:,.0f}/s vs {sqlite.rps:,.0f}/s ({ratio:.2f}x)",
+        ">= 1.00x",
+        two.rps >= sqlite.rps,
+    )
+
+
+REPLICA_COLUMNS = (
+    "configuration",
+    "sign calls/s",
+    "sign p99 ms",
+    "server µs/sign",
+    "postgres µs/sign",
+    "status calls/s",
+    "status p99 ms",
+    "errors",
+)
+
+
+def replica_table(configs: list[dict[str, Any]], markdown: bool = False) -> str:
+    """SQLite 1 node / PostgreSQL 1 replica / 2 replicas, one line each."""
+    cells = []
+    for c in configs:
+        sign, status = c["sign"], c["status"]
+        if c["store"] == "sqlite":
+            pg = "-"
+        elif sign.postgres_cpu_us is None:
+            pg = "not measured"
+        else:
+            pg = _num(sign.postgres_cpu_us)
+        cells.append(
+            [
+                c["name"],
+                _num(sign.rps),
+                _num(sign.p99_ms, 2),
+                _num(sign.server_cpu_us),
+                pg,
+                _num(status.rps),
+                _num(status.p99_ms, 2),
+                str(sign.errors + status.errors),
+            ]
+        )
+    headers = list(REPLICA_COLUMNS)
+    return markdown_table(headers, cells) if markdown else text_table(headers, cells)
 
 
 def cfssl_ratios(

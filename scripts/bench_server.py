@@ -57,7 +57,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _launch(
-    data: Path, logs: Path, workers: int | None
+    data: Path, logs: Path, workers: int | None, extra_env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], list[str]]:
     cmd = [sys.executable, "-m", "ca_server.cli", "serve", "--data-dir", str(data)]
     if workers is not None:
@@ -68,6 +68,7 @@ def _launch(
         "SIGNET_HTTP_LISTEN": "127.0.0.1:0",
         "SIGNET_BOOTSTRAP_LISTEN": "127.0.0.1:0",
         "SIGNET_LOG_LEVEL": "warning",
+        **(extra_env or {}),
     }
     # Files, not pipes: a pipe nobody reads would block the server once it filled up.
     out, err = (logs / "server.out").open("wb"), (logs / "server.err").open("wb")
@@ -93,17 +94,20 @@ def _wait_ready(proc: subprocess.Popen[bytes], logs: Path) -> bool:
     raise SetupError(f"ca-server was not ready within {SERVER_START_TIMEOUT:.0f} s")
 
 
-def start_server(data: Path, logs: Path, workers: int) -> Server:
-    """ca-server serve --workers N; if this server does not know the flag yet, without it."""
+def start_server(
+    data: Path, logs: Path, workers: int, extra_env: dict[str, str] | None = None
+) -> Server:
+    """ca-server serve --workers N; if this server does not know the flag yet, without it.
+    `extra_env` adds to the environment it gets (e.g. SIGNET_STORE)."""
     note = ""
-    proc, cmd = _launch(data, logs, workers)
+    proc, cmd = _launch(data, logs, workers, extra_env)
     if not _wait_ready(proc, logs):
         err = (logs / "server.err").read_text()
         if "unrecognized arguments" not in err:
             raise SetupError(f"ca-server exited ({proc.returncode}):\n{err[-2000:]}")
         note = f"ca-server rejected --workers {workers}; ran one server process instead"
         print(f"note: {note}")
-        proc, cmd = _launch(data, logs, None)
+        proc, cmd = _launch(data, logs, None, extra_env)
         if not _wait_ready(proc, logs):
             err = (logs / "server.err").read_text()
             raise SetupError(f"ca-server exited ({proc.returncode}):\n{err[-2000:]}")
