@@ -4,6 +4,7 @@ encrypted PKCS#8), refused when group- or world-readable."""
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -20,16 +21,20 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace path with data so that readers see the old file or the new one, never a mix,
     and the new one is created with `mode` from its first byte."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    # A stale or planted temp file (or symlink) must not lend us its mode: start from nothing.
-    tmp.unlink(missing_ok=True)
+    # A name of its own (two writers of one file must not share a temp file), created with
+    # O_EXCL: a planted file or symlink cannot lend us its mode.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_private_key(path: Path, key: PrivateKeyTypes, passphrase: bytes | None = None) -> None:

@@ -134,6 +134,9 @@ class Maintenance:
                         if crls.wanted.is_set():  # a revocation's CRL comes first
                             next_refresh = 0.0
                             break
+                        self._lead(self._lease.hold())  # a long refresh keeps its lease
+                        if not self.leader:
+                            break
                     if total:
                         log.info("ocsp_refreshed", responses=total)
                     self._ca.store.prune_enroll_failures(self._ca.clock.now() - FAILURE_WINDOW)

@@ -91,7 +91,10 @@ class Supervisor:
         self._workers: dict[int, _Worker] = {}
         self._restarts: list[float] = []
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        # Woken through a pipe: a signal handler must take no lock (the main thread it
+        # interrupts may hold it), and a byte in a pipe is never lost.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self._stopping = False
         self._config = self._reserve(config)
         self._serve_json = DataDir(config.data_dir).serve_json
@@ -132,6 +135,8 @@ class Supervisor:
         if pid == 0:  # the worker
             os.close(read_fd)
             code = 1
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
             try:
                 code = _worker_main(self._config, self._passphrase, write_fd, self._held)
             finally:
@@ -161,8 +166,20 @@ class Supervisor:
         worker.ready = json.loads(data)
         return True
 
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def _sleep(self, timeout: float) -> None:
+        """Until a child exits, stop is asked, or timeout; whichever is first."""
+        if select.select([self._wake_r], [], [], timeout)[0]:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.read(self._wake_r, 4096)
+
     def start(self) -> None:
         """Fork every worker and wait until each serves; raise if one cannot start."""
+        # Before the first fork: a worker that dies at once must still be noticed.
+        signal.signal(signal.SIGCHLD, lambda *_: self._wake())
         pending = [self._fork(i) for i in range(self._count)]
         for worker, read_fd in pending:
             if not self._await_ready(worker, read_fd, READY_TIMEOUT):
@@ -185,19 +202,15 @@ class Supervisor:
 
     def run(self, stop: threading.Event) -> None:
         """Supervise until `stop` is set: reap and restart workers that die."""
-        signal.signal(signal.SIGCHLD, lambda *_: self._wake.set())
 
         def watch() -> None:
             stop.wait()
-            self._wake.set()
+            self._wake()
 
         threading.Thread(target=watch, daemon=True).start()
         while not stop.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            if stop.is_set():
-                break
-            self._reap_and_restart()
+            self._reap_and_restart()  # also those that died before we got here
+            self._sleep(1.0)
 
     def _reap_and_restart(self) -> None:
         for pid, status in self._reap():
@@ -255,10 +268,13 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 deadline = float("inf")
-            self._wake.wait(0.05)  # SIGCHLD sets it; the timeout covers a missed signal
-            self._wake.clear()
+            self._sleep(0.05)
         self._serve_json.unlink(missing_ok=True)
         self._release()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _exit_reason(status: int) -> dict[str, object]:
@@ -289,6 +305,9 @@ def _worker_main(
         running = start_server(ca, reuse_port=True, write_serve_json=False)
     except (ConfigurationError, SignetError, ValueError, OSError) as exc:
         print(f"ca-server: error: worker {os.getpid()}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except Exception:  # anything else: said, not lost to os._exit
+        log.exception("worker_start_failed")
         return 1
     ready = {
         "listen": running.address,

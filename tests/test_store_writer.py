@@ -204,3 +204,14 @@ def test_a_connection_that_cannot_write_is_replaced_once_the_fault_is_gone(tmp_p
         writer.close()
     with raw(path) as check:
         assert check.execute("SELECT x FROM t").fetchall() == [(2,)]
+
+
+def test_the_writer_outlives_a_job_that_raises_anything(store: SqliteStore) -> None:
+    def fatal(conn: sqlite3.Connection) -> None:
+        store._append_audit(conn, issue_event("0001"))
+        raise SystemExit("not an Exception")
+
+    with pytest.raises(Unavailable):
+        store._write(fatal)
+    store.add_certificate(record("0002"), issue_event("0002"))  # the thread still writes
+    assert [e.serial for e in store.audit_events(limit=10)] == ["0002"]  # nothing half-done

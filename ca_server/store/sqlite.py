@@ -230,6 +230,8 @@ class SqliteStore(SqlStore):
                 db.execute(f"PRAGMA user_version = {number + 1}")
 
         db = self._db
+        if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # current: no write lock needed (workers under load open stores often)
         db.execute("BEGIN IMMEDIATE")
         try:
             run(db)

@@ -136,7 +136,11 @@ class GroupCommitWriter:
                     stop = True
                     break
                 batch.append(more)
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # the thread must outlive any job: nobody left waiting
+                self._drop()
+                self._fail(batch, Unavailable(f"the database write failed: {exc!r}"))
             if stop:
                 return
 
@@ -206,6 +210,8 @@ class GroupCommitWriter:
 
     def _fail(self, batch: list[_Slot], error: Unavailable) -> None:
         for slot in batch:
+            if not slot.done.locked():
+                continue  # already answered
             slot.result = None
             slot.error = error
             slot.done.release()
