@@ -7,14 +7,14 @@ pipe was ~15% of a cheap RPC's cost. Nothing is lost at exit (flushed by atexit)
 from __future__ import annotations
 
 import atexit
-import contextlib
 import io
 import logging
 import os
+import select
 import sys
 import threading
 import time
-from typing import Any, BinaryIO, TextIO
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -26,32 +26,61 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 FLUSH_INTERVAL = 0.1
+BUFFER_MAX = 64 * 1024  # flushed early when this much is waiting
 
 
 class BufferedLineLogger:
-    """A structlog logger writing rendered bytes lines to a buffered binary stream."""
+    """A structlog logger that gathers rendered lines and writes them to a file descriptor in
+    chunks of whole lines of at most PIPE_BUF bytes: several workers share one stderr pipe, and
+    only writes that small are never interleaved with another process's."""
 
-    def __init__(self, out: BinaryIO) -> None:
-        self._out = out
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
         self._pid = os.getpid()
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._lock = threading.Lock()
 
     def msg(self, message: bytes) -> None:
-        self._out.write(message + b"\n")
+        with self._lock:
+            self._lines.append(message + b"\n")
+            self._size += len(message) + 1
+            full = self._size >= BUFFER_MAX
+        if full:
+            self.flush()
 
     def urgent(self, message: bytes) -> None:
-        self._out.write(message + b"\n")
-        self._out.flush()
+        self.msg(message)
+        self.flush()
 
     debug = info = log = msg
     warn = warning = err = error = critical = exception = fatal = urgent
 
     def flush(self) -> None:
-        # Never in a forked child: the parent's flusher thread may have held the buffer's lock
-        # at the moment of fork(), and then it stays held here for ever.
+        # Never in a forked child: the parent's flusher thread may have held the lock at the
+        # moment of fork(), and then it stays held here for ever.
         if os.getpid() != self._pid:
             return
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to do
-            self._out.flush()
+        with self._lock:
+            lines, self._lines, self._size = self._lines, [], 0
+        chunk = b""
+        for line in lines:
+            if chunk and len(chunk) + len(line) > select.PIPE_BUF:
+                self._write(chunk)
+                chunk = b""
+            chunk += line
+        if chunk:
+            self._write(chunk)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
+            except InterruptedError:
+                continue
+            except OSError:  # a closed pipe or a full disk: logging must not stop the CA
+                return
 
 
 class _Factory:
@@ -82,13 +111,13 @@ def flush_logs() -> None:
 atexit.register(flush_logs)
 
 
-def _binary(stream: TextIO) -> BinaryIO | None:
+def _descriptor(stream: TextIO) -> int | None:
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):
         return None
     stream.flush()
-    return open(fd, "wb", buffering=64 * 1024, closefd=False)
+    return fd
 
 
 def configure_logging(
@@ -99,7 +128,7 @@ def configure_logging(
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
-    binary = _binary(stream) if json else None
+    binary = _descriptor(stream) if json else None
     pid = os.getpid()  # which worker said it (configure again after fork)
 
     def add_pid(_: Any, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:

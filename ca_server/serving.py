@@ -66,6 +66,7 @@ class ServingCertificate:
         self._generation = 0
         self._refresh()
         authority.on_revocation(self._on_revocation)
+        authority.on_revocation_elsewhere(self._check_revoked)
 
     @property
     def current(self) -> Issued:
@@ -147,6 +148,13 @@ class ServingCertificate:
             log.warning("serving_certificate_revoked", serial=serial)
             self._revoked.add(int(serial, 16))
             self._renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+    def _check_revoked(self) -> None:
+        """Revocations happened somewhere (perhaps another replica revoked ours)."""
+        serial = self.current.serial
+        row = self._ca.store.get_status(serial)
+        if row is not None and row.status == "revoked" and int(serial, 16) not in self._revoked:
+            self._on_revocation(serial)
 
     def _maybe_rotate(self) -> None:
         now = time.monotonic()

@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -229,3 +231,32 @@ def test_background_work_moves_to_the_other_replica_when_its_holder_dies(
         )
         crl = other.crl()
     assert crl.get_revoked_certificate_by_serial_number(int(issued.serial_number, 16))
+
+
+def _presented_serial(replica: Replica) -> int:
+    ctx = ssl.create_default_context(cafile=str(replica.data / "root.pem"))
+    ctx.load_cert_chain(replica.data / "admin" / "cert.pem", replica.data / "admin" / "key.pem")
+    ctx.set_alpn_protocols(["h2"])
+    host, port = replica.ready["listen"].rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_a_replicas_own_certificate_revoked_through_the_other_is_replaced(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    served = _presented_serial(b)
+    with ExitStack() as stack:
+        a.stub(stack).RevokeCertificate(
+            ca_pb2.RevokeCertificateRequest(serial_number=f"{served:x}", reason=1), timeout=10
+        )
+    revoked_at = time.monotonic()
+    while _presented_serial(b) == served:
+        assert time.monotonic() - revoked_at < PROPAGATION_BOUND, "still serving a revoked cert"
+        time.sleep(0.02)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections.abc import Callable
 
 from cryptography import x509
 
@@ -18,7 +19,7 @@ from .errors import AlreadyRevoked
 from .issuance import Issuance, IssuanceSettings, Issued
 from .listing import Listing, Page
 from .policy import Caller, Policy
-from .profile import Issuer, fingerprint_sha256, parse_serial, pem
+from .profile import Issuer, fingerprint_sha256, parse_serial, pem, serial_hex
 from .revocation import Reason
 from .revoker import Revoker
 from .status import StatusResult, StatusService
@@ -75,6 +76,7 @@ class CertificateAuthority:
             store=store, clock=clock, issuer=issuer, responder=self.responder, settings=settings
         )
         self._listing = Listing(store=store)
+        self._elsewhere: list[Callable[[], None]] = []
 
         # The calls answered by one part alone are that part's methods.
         self.sign = self._issuance.sign
@@ -123,8 +125,21 @@ class CertificateAuthority:
 
     def revocations_changed(self) -> None:
         """The store's revocation epoch moved (a revocation by any process sharing it): no
-        cached "not revoked" answer survives it. OCSP and CRL answers key on the epoch."""
+        cached "not revoked" answer survives it (OCSP and CRL answers key on the epoch), and
+        the CA's own certificates in use here are checked, in case one of them was revoked
+        (by another replica: this process's revocations are seen at once)."""
         self._authenticator.forget_all()
+        signer = self.responder.signer_serial()
+        if signer is not None:
+            row = self.store.get_status(serial_hex(signer))
+            if row is not None and row.status == "revoked":
+                self.responder.drop_signer(signer)
+        for listener in self._elsewhere:
+            listener()
+
+    def on_revocation_elsewhere(self, listener: Callable[[], None]) -> None:
+        """Call listener() whenever revocations by any process may have changed something."""
+        self._elsewhere.append(listener)
 
     def crl(self) -> CrlResult:
         """The current CRL (see CrlPublisher: never built on the request path when a

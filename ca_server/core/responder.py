@@ -101,6 +101,11 @@ class OcspResponder:
         }
 
     # -- signing ----------------------------------------------------------------------------
+    def signer_serial(self) -> int | None:
+        """The serial of the delegated responder certificate in use, if any."""
+        with self._lock:
+            return None if self._signer is None else self._signer.certificate.serial_number
+
     def share_signer(self, slot: SignerSlot) -> None:
         """Sign with the delegated responder kept in `slot`, shared with other processes."""
         with self._lock:
