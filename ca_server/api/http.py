@@ -121,18 +121,24 @@ def _not_modified(request: Request, etag: str, last_modified: dt.datetime) -> bo
 class RelyingParty:
     """What each path answers, as plain values; knows nothing of sockets."""
 
-    def __init__(self, authority: CertificateAuthority) -> None:
+    def __init__(self, authority: CertificateAuthority, inline_reads: bool = True) -> None:
+        """inline_reads: the store answers reads at once (a local SQLite file), so they may
+        run on the event loop; a networked database may make a read wait, so they go to a
+        thread (see slow())."""
         self._ca = authority
+        self._inline = inline_reads
         self._ca_cert_der = authority.issuer.certificate.public_bytes(serialization.Encoding.DER)
 
-    def route(self, request: Request) -> Reply | None:
-        """The reply, or None when it has to wait (a CRL being rebuilt): see slow()."""
+    def route(self, request: Request, *, may_block: bool = False) -> Reply | None:
+        """The reply, or None when it may have to wait (a CRL being rebuilt, a read from a
+        networked store): then slow() makes it, off the event loop."""
         path = _path(request.target)
         method = request.method
+        reads = self._inline or may_block
         if path in (OCSP_PATH, OCSP_PATH + "/"):
             if method != "POST":
                 return _text(405, "use POST, or GET /ocsp/<base64 request>", Allow="POST")
-            return self.ocsp(request.body, cache=False)
+            return self.ocsp(request.body, cache=False) if reads else None
         if path.startswith(OCSP_PATH + "/"):
             if method not in ("GET", "HEAD"):
                 return _text(405, "method not allowed", Allow="GET, HEAD")
@@ -143,11 +149,13 @@ class RelyingParty:
                 )
             except (binascii.Error, ValueError):
                 der = b""  # answered as malformedRequest by the responder
-            return self.ocsp(der, cache=True)
+            return self.ocsp(der, cache=True) if reads else None
         if path == CRL_PATH:
             if method not in ("GET", "HEAD"):
                 return _text(405, "method not allowed", Allow="GET, HEAD")
-            crl = self._ca.crls.ready()
+            if may_block:
+                return self._crl(request, self._ca.crl())
+            crl = self._ca.crls.ready() if reads else None
             return None if crl is None else self._crl(request, crl)
         if path == CA_CERT_PATH:
             if method not in ("GET", "HEAD"):
@@ -156,8 +164,10 @@ class RelyingParty:
         return _text(404, "not found")
 
     def slow(self, request: Request) -> Reply:
-        """The CRL when it must wait for a build (blocks: run it off the event loop)."""
-        return self._crl(request, self._ca.crl())
+        """What route() left: blocks, so run it off the event loop."""
+        reply = self.route(request, may_block=True)
+        assert reply is not None
+        return reply
 
     def ocsp(self, der: bytes, *, cache: bool) -> Reply:
         reply = self._ca.ocsp_answer(der)
@@ -474,8 +484,9 @@ class HttpListener:
         reuse_port: bool = False,
         max_connections: int = MAX_CONNECTIONS,
         max_per_peer: int = MAX_PER_PEER,
+        inline_reads: bool = True,
     ) -> None:
-        self.app = RelyingParty(authority)
+        self.app = RelyingParty(authority, inline_reads)
         self.max_connections = max_connections
         self.max_per_peer = max_per_peer
         self._per_peer: dict[str, int] = {}
