@@ -140,7 +140,7 @@ ocsp_signing = "delegated"
 # Lifetime of the delegated responder certificate (at least 3 x ocsp_validity).
 ocsp_signer_validity = "{d(i.ocsp_signer_validity)}"
 # How long a caller's "not revoked" check is reused before asking the store again.
-# Revocations made by this server take effect immediately regardless.
+# A revocation by any process sharing the database voids it within 250 ms regardless.
 auth_cache_ttl = "{d(i.auth_cache_ttl)}"
 
 [policy]
