@@ -167,11 +167,15 @@ class Supervisor:
         return True
 
     def _wake(self) -> None:
+        if self._wake_w < 0:
+            return  # closed: its number may belong to another file by now
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\0")
 
     def _sleep(self, timeout: float) -> None:
         """Until a child exits, stop is asked, or timeout; whichever is first."""
+        if self._wake_r < 0:
+            return
         if select.select([self._wake_r], [], [], timeout)[0]:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.read(self._wake_r, 4096)
@@ -272,9 +276,11 @@ class Supervisor:
         self._serve_json.unlink(missing_ok=True)
         self._release()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 def _exit_reason(status: int) -> dict[str, object]:
