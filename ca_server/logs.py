@@ -1,7 +1,8 @@
 """structlog set-up: JSON lines in production, readable console output on a terminal.
 
-JSON lines are rendered by orjson and written to a buffered stream that a small thread flushes
-every FLUSH_INTERVAL seconds (and at once for warnings and errors): one write(2) per RPC to a
+JSON lines are rendered by orjson and gathered in memory; a small thread writes them out every
+FLUSH_INTERVAL seconds (at once for warnings and errors) in whole-line chunks of at most
+PIPE_BUF, so that workers sharing one stderr pipe never interleave: one write(2) per RPC to a
 pipe was ~15% of a cheap RPC's cost. Nothing is lost at exit (flushed by atexit)."""
 
 from __future__ import annotations
@@ -93,7 +94,6 @@ class _Factory:
 
 _flusher: threading.Thread | None = None
 _current: BufferedLineLogger | None = None
-_retired: list[BufferedLineLogger] = []
 
 
 def _flush_forever() -> None:
@@ -145,10 +145,6 @@ def configure_logging(
     factory: Any
     if binary is not None:
         flush_logs()
-        if _current is not None:
-            # Never collected: after fork its lock may be held by the parent's flusher thread,
-            # and collecting it would flush (and block) under that lock.
-            _retired.append(_current)
         _current = BufferedLineLogger(binary)
         factory = _Factory(_current)
         renderer: structlog.typing.Processor = structlog.processors.JSONRenderer(

@@ -71,8 +71,9 @@ def redacted(url: str) -> str:
 
 
 def has_password(url: str) -> bool:
-    netloc = url.split("://", 1)[-1].split("/", 1)[0]
-    return ("@" in netloc and ":" in netloc.rsplit("@", 1)[0]) or "password=" in url
+    from ca_server.config import url_has_password  # the rule init uses for config.toml
+
+    return url_has_password(url)
 
 
 @dataclass

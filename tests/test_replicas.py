@@ -10,8 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -32,6 +30,7 @@ from cryptography.x509 import ocsp
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 from tests.pki import key_pem, make_csr, spiffe
 from tests.test_cli import Server, _ca_server, serving
+from tests.tools import presented_serial
 
 PROPAGATION_BOUND = 2.0  # seconds: the README's promise for a revocation across replicas
 
@@ -234,17 +233,7 @@ def test_background_work_moves_to_the_other_replica_when_its_holder_dies(
 
 
 def _presented_serial(replica: Replica) -> int:
-    ctx = ssl.create_default_context(cafile=str(replica.data / "root.pem"))
-    ctx.load_cert_chain(replica.data / "admin" / "cert.pem", replica.data / "admin" / "key.pem")
-    ctx.set_alpn_protocols(["h2"])
-    host, port = replica.ready["listen"].rsplit(":", 1)
-    with (
-        socket.create_connection((host, int(port)), timeout=10) as raw,
-        ctx.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return presented_serial(replica.ready["listen"], replica.data / "admin")
 
 
 def test_a_replicas_own_certificate_revoked_through_the_other_is_replaced(

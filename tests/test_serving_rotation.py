@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import socket
-import ssl
 from pathlib import Path
 
 from cryptography import x509
@@ -13,22 +11,11 @@ from ca_server.core.clock import FakeClock
 from ca_server.core.profile import serial_hex
 from signet.ca.v1 import ca_pb2
 from tests.conftest import CaServer, start_ca, stop_ca
+from tests.tools import presented_serial
 
 
 def _presented_serial(ca: CaServer, tmp_path: Path) -> int:
-    """Handshake like any client (ALPN h2, admin certificate) and read the server's leaf."""
-    cert, key = ca.admin_dir / "cert.pem", ca.admin_dir / "key.pem"
-    ctx = ssl.create_default_context(cafile=str(ca.admin_dir / "ca.pem"))
-    ctx.load_cert_chain(cert, key)
-    ctx.set_alpn_protocols(["h2"])
-    host, port = ca.address.rsplit(":", 1)
-    with (
-        socket.create_connection((host, int(port)), timeout=10) as raw,
-        ctx.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return presented_serial(ca.address, ca.admin_dir)
 
 
 def test_serving_certificate_rotates_at_two_thirds_without_restart(tmp_path: Path) -> None:

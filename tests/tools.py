@@ -1,13 +1,18 @@
-"""The independent verifiers: the openssl command and the grpcurl binary."""
+"""The independent verifiers: the openssl command, the grpcurl binary, and a plain TLS
+handshake as any client makes it."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
 
 
 def openssl(
@@ -71,3 +76,19 @@ class GrpcurlError(AssertionError):
     @property
     def text(self) -> str:
         return str(self)
+
+
+def presented_serial(address: str, admin_dir: Path) -> int:
+    """Handshake like any client (ALPN h2, the admin certificate in admin_dir) with the server
+    at host:port and return the serial of the certificate it presents."""
+    ctx = ssl.create_default_context(cafile=str(admin_dir / "ca.pem"))
+    ctx.load_cert_chain(admin_dir / "cert.pem", admin_dir / "key.pem")
+    ctx.set_alpn_protocols(["h2"])
+    host, port = address.rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number

@@ -54,7 +54,7 @@ class IssuanceSettings:
     crl_validity: dt.timedelta = dt.timedelta(hours=24)
     ocsp_validity: dt.timedelta = dt.timedelta(hours=4)
     # How long a caller's "not revoked" answer is reused before the store is asked again.
-    # Revocations made through this process invalidate it at once.
+    # Revocations by any process sharing the store void it within the revocation poll.
     auth_cache_ttl: dt.timedelta = dt.timedelta(seconds=2)
     public_urls: PublicUrls | None = None
     # OCSP responses signed by a short-lived delegated responder certificate (True) or by the
