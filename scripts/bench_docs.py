@@ -259,7 +259,8 @@ METHOD = """\
   server did *while* the load generator took the "client µs/call" shown beside it.
 - cfssl's sign row does less than Signet's: plain HTTP instead of mTLS, no database write
   (Signet commits every certificate and its audit record to SQLite with `synchronous=FULL`
-  before answering), no OCSP response signed at issuance, and it ignores the CSR's URI SAN.
+  before answering), and it ignores the CSR's URI SAN. (Neither signs an OCSP response at
+  issuance: Signet signs one when first asked for.)
   The ratio is the price of that work, not a like-for-like race.
 - cfssl 1.2's OCSP GET handler cannot decode any request (it keeps the leading `/` of the path
   and turns `+` into a space), so cfssl's OCSP is loaded with POST, and Signet's POST row is

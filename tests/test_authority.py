@@ -541,9 +541,14 @@ def test_status_of_a_good_certificate_is_good_in_answer_and_ocsp(
     result = authority.status(issued.serial)
     assert result.answer.status is CertStatus.GOOD
     assert result.answer.serial == issued.certificate.serial_number
-    # Pre-signed at issuance: the answer costs no new signature.
-    assert result.this_update == clock.now() - dt.timedelta(minutes=3)
+    # Signed when first asked for (not at issuance), then kept: asked again later, the same
+    # response comes back, costing no new signature.
+    assert result.this_update == clock.now()
     assert result.next_update == result.this_update + SETTINGS.ocsp_validity
+    authority.wait_for_writebacks()
+    clock.advance(dt.timedelta(minutes=5))
+    again = authority.status(issued.serial)
+    assert again.ocsp_response == result.ocsp_response
 
     response = load_ocsp(result.ocsp_response, pki)
     assert response.certificate_status is ocsp.OCSPCertStatus.GOOD

@@ -85,17 +85,21 @@ def request_for(
     return builder.build().public_bytes(serialization.Encoding.DER)
 
 
-def test_a_plain_request_gets_the_response_signed_at_issuance(
+def test_a_plain_request_is_signed_when_first_asked_and_kept(
     authority: CertificateAuthority, pki: Pki, clock: FakeClock
 ) -> None:
     issued = issue(authority)
+    # Nothing is signed at issuance: most mTLS peers never ask.
+    assert authority.store.get_certificate(issued.serial).ocsp is None  # type: ignore[union-attr]
     clock.advance(dt.timedelta(minutes=10))
     der = authority.ocsp_response(request_for(issued.certificate, pki.issuer.certificate))
+    authority.wait_for_writebacks()
     assert der == authority.store.get_certificate(issued.serial).ocsp.der  # type: ignore[union-attr]
+    clock.advance(dt.timedelta(minutes=1))
     assert der == authority.status(issued.serial).ocsp_response  # gRPC gives the same bytes
     response = load_ocsp(der, pki)
     assert response.certificate_status is ocsp.OCSPCertStatus.GOOD
-    assert response.this_update_utc == START
+    assert response.this_update_utc == START + dt.timedelta(minutes=10)
 
 
 def test_revocation_re_signs_at_once(authority: CertificateAuthority, pki: Pki) -> None:
@@ -209,6 +213,10 @@ def test_refresh_re_signs_responses_past_half_their_validity(
     authority: CertificateAuthority, pki: Pki, clock: FakeClock
 ) -> None:
     issued = [issue(authority) for _ in range(3)]
+    never_asked = issue(authority)
+    for cert in issued:
+        authority.status(cert.serial)
+    authority.wait_for_writebacks()
     assert authority.refresh_ocsp() == 0
     clock.advance(VALIDITY / 2 + dt.timedelta(seconds=1))
     assert authority.refresh_ocsp(limit=2) == 2
@@ -217,6 +225,8 @@ def test_refresh_re_signs_responses_past_half_their_validity(
     for cert in issued:
         stored = authority.store.get_certificate(cert.serial).ocsp  # type: ignore[union-attr]
         assert stored is not None and stored.this_update == clock.now().replace(microsecond=0)
+    # A certificate nobody asked about costs no signature, now or at any refresh.
+    assert authority.store.get_certificate(never_asked.serial).ocsp is None  # type: ignore[union-attr]
 
 
 def test_a_stale_response_is_re_signed_on_demand_and_kept(
@@ -234,6 +244,8 @@ def test_a_refresh_never_overwrites_a_newer_revocation(
     authority: CertificateAuthority, pki: Pki
 ) -> None:
     issued = issue(authority)
+    authority.status(issued.serial)
+    authority.wait_for_writebacks()
     good = authority.store.get_certificate(issued.serial).ocsp  # type: ignore[union-attr]
     authority.revoke(ADMIN, issued.serial, Reason.SUPERSEDED)
     assert good is not None

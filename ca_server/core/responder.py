@@ -1,7 +1,8 @@
 """The OCSP responder: who signs, when a stored response is still fresh, and answering raw
-RFC 6960 requests. Responses for issued certificates are signed ahead of time (at issuance, at
-revocation and by a periodic refresh) and kept in the store, so answering one costs a lookup,
-not a signature; the rest (nonces, SHA-256 CertIDs, unknown serials) are signed on demand."""
+RFC 6960 requests. A certificate's plain response is signed when first asked for (and at
+revocation), kept in the store and re-signed by a periodic refresh, so answering it again costs
+a lookup, not a signature; the rest (nonces, SHA-256 CertIDs, unknown serials) are signed on
+demand."""
 
 from __future__ import annotations
 

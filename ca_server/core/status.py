@@ -1,5 +1,5 @@
 """Certificate status for relying parties: the GetStatus answer and raw OCSP, both served from
-the store's pre-signed responses through the OCSP responder. Responses it has to re-sign are
+the responses kept in the store through the OCSP responder. Responses it has to re-sign are
 written back off the caller's thread, and a periodic refresh keeps the stored ones fresh."""
 
 from __future__ import annotations

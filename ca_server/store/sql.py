@@ -252,7 +252,7 @@ class SqlStore:
     ) -> Sequence[StatusRow]:
         rows = self._read(
             "SELECT serial, status, revoked_at, reason FROM certificates "
-            # Rows without a response (the responder's own certificate, rows older than v4)
+            # Rows without a response (never asked for, the responder's own certificate)
             # are signed on demand instead. Expired certificates are left as they are.
             "WHERE ocsp_next_update < ? AND not_after >= ? ORDER BY ocsp_next_update LIMIT ?",
             [_epoch(next_update_before), _epoch(now), limit],
