@@ -13,9 +13,16 @@ from .keys import signature_hash
 from .profile import Issuer
 from .revocation import Reason, RevokedEntry
 
-# RFC 5280 5.3.1: reasonCode unspecified SHOULD be absent rather than present as 0.
+# RFC 5280 5.3.1: reasonCode unspecified SHOULD be absent rather than present as 0. Each is
+# kept already encoded (cryptography's own DER of the CRLReason, carried as an unrecognized
+# extension of the same OID): the bytes are identical, and a cold build of 100k entries no
+# longer encodes the same three bytes 100k times (0.69 -> 0.55 s).
 _REASON_EXTENSIONS = {
-    reason: x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(reason.flag))
+    reason: x509.Extension(
+        x509.CRLReason.oid,
+        False,
+        x509.UnrecognizedExtension(x509.CRLReason.oid, x509.CRLReason(reason.flag).public_bytes()),
+    )
     for reason in Reason
     if reason is not Reason.UNSPECIFIED
 }
