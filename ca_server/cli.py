@@ -15,13 +15,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
+from cryptography import x509
 
 from .config import DEFAULT_KEY_TYPE, DEFAULT_TRUST_DOMAIN, load_config, resolved_workers
+from .core.clock import SystemClock
 from .core.durations import parse_duration
 from .core.errors import ConfigurationError, SignetError
 from .core.keys import CA_KEY_TYPES
 from .core.policy import Caller
+from .core.root_documents import RootPublisher
 from .datadir import DataDir, init_ca, load_ca
+from .files import load_private_key
 from .logs import configure_logging
 from .migrate import migrate, terminal_progress
 from .server import raise_open_file_limit, start_server
@@ -63,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="create a new CA in the data directory")
     common(init)
+    init.add_argument(
+        "--public-url",
+        help="base URL relying parties reach the HTTP listener at; the intermediate carries it "
+        "for life (default http://<the http_listen address>)",
+    )
 
     token = sub.add_parser("token", help="bootstrap tokens, minted locally (no server needed)")
     token_sub = token.add_subparsers(dest="token_command", required=True)
@@ -74,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--token-ttl", help="how long the token can be used (default 15m)")
     create.add_argument("--certificate-ttl", help="lifetime of the certificate it yields")
     create.add_argument("--json", action="store_true", help="machine-readable output")
+
+    root = sub.add_parser("root", help="what the root signs (run where the root key is kept)")
+    root_sub = root.add_subparsers(dest="root_command", required=True)
+    root_sign = root_sub.add_parser(
+        "sign",
+        help="sign the root's CRL and its OCSP answer about the intermediate into the store "
+        "(a server with the root key does this by itself; with the key offline, run this "
+        "before they expire: the server warns months ahead)",
+    )
+    common(root_sign)
 
     move = sub.add_parser(
         "migrate", help="copy a CA's whole history into a new database (e.g. SQLite to PostgreSQL)"
@@ -149,6 +168,8 @@ def _init(data_dir: Path, args: argparse.Namespace) -> None:
         key_type=boot.key_type,
         passphrase=_passphrase(args),
         store_url=boot.server.store or None,
+        public_url=boot.issuance.public_urls.base if boot.issuance.public_urls else None,
+        http_listen=boot.server.http_listen,
     )
     log.info("ca_initialised", data_dir=str(data_dir), trust_domain=boot.trust_domain)
 
@@ -262,6 +283,40 @@ def _token_create(data_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _root_sign(data_dir: Path, args: argparse.Namespace) -> int:
+    """Sign the root's long-lived documents with the root key from the data directory and
+    keep them in the store, where every server process and replica takes them up."""
+    d = DataDir(data_dir)
+    if not d.exists():
+        raise ConfigurationError(f"{data_dir} holds no Signet CA: run ca-server init first")
+    if not d.root_key.exists():
+        raise ConfigurationError(
+            f"{d.root_key} is missing: run this where the root key is kept (a copy of the data "
+            "directory with the root key put back, and the same --store)"
+        )
+    config = load_config(data_dir, _overrides(args))
+    root_key = load_private_key(d.root_key, _passphrase(args))
+    root = x509.load_pem_x509_certificate(d.root_cert.read_bytes())
+    intermediate = x509.load_pem_x509_certificate(d.intermediate_cert.read_bytes())
+    store = open_store(config.store_url)
+    try:
+        docs = RootPublisher(
+            store=store,
+            clock=SystemClock(),
+            root=root,
+            intermediate=intermediate,
+            root_key=root_key,
+            validity=config.issuance.root_crl_validity,
+        ).sign()
+    finally:
+        store.close()
+    print(
+        f"signed the root's CRL and its OCSP answer about the intermediate, valid until "
+        f"{docs.next_update.isoformat()}; servers take them up within a minute"
+    )
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
     """Copy everything; the source CA must not be serving meanwhile (its serve.lock)."""
     if not args.source.startswith("sqlite:///"):
@@ -298,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token_create(data_dir, args)
         if args.command == "migrate":
             return _migrate(args)
+        if args.command == "root":
+            return _root_sign(data_dir, args)
         if args.command == "init":
             _init(data_dir, args)
             print(

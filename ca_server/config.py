@@ -67,7 +67,9 @@ def default_admin_patterns(trust_domain: str) -> list[str]:
     return [f"spiffe://{trust_domain}/admin", f"spiffe://{trust_domain}/admin/*"]
 
 
-def render_default_config(trust_domain: str, key_type: str, store: str = "") -> str:
+def render_default_config(
+    trust_domain: str, key_type: str, store: str = "", public_url: str = ""
+) -> str:
     """The config.toml that init writes: every setting, at its default, with what it means.
     A store URL given at init is kept (so that copies of the directory, the replicas, find the
     shared database) unless it holds a password: config.toml is not a secret."""
@@ -117,8 +119,9 @@ workers = {s.workers}
 store = "{store}"
 # Base URL that issued certificates carry in AIA (OCSP, caIssuers) and CRL Distribution Points.
 # Unset: http://<the bound http_listen address>; set it to the name relying parties can reach
-# (flag --public-url, env SIGNET_PUBLIC_URL).
-# public_url = "http://ca.example.internal:8080"
+# (flag --public-url, env SIGNET_PUBLIC_URL). The intermediate carries the one known at init
+# (its AIA and CRL Distribution Points point at the root's answers) for its whole life.
+{f'public_url = "{public_url}"' if public_url else '# public_url = "http://ca.example.internal:8080"'}
 
 [issuance]
 # Lifetime of a certificate when the request does not ask for one.
@@ -131,8 +134,12 @@ min_validity = "{d(i.min_validity)}"
 backdate = "{d(i.backdate)}"
 # How long a CRL is valid (nextUpdate - thisUpdate); it is rebuilt on revocation and at half-life.
 crl_validity = "{d(i.crl_validity)}"
-# How long an OCSP response is valid (nextUpdate - thisUpdate). Responses are signed ahead of
-# time and re-signed at half this.
+# How long the root's CRL and its OCSP answer about the intermediate are valid. The root signs
+# them ahead of time; they are re-signed at 2/3 of this by a server that has the root key, or
+# by `ca-server root sign` where the key is kept offline (the server warns from then on).
+root_crl_validity = "{d(i.root_crl_validity)}"
+# How long an OCSP response is valid (nextUpdate - thisUpdate). A response is signed when first
+# asked for, kept, and re-signed at half this.
 ocsp_validity = "{d(i.ocsp_validity)}"
 # Who signs OCSP responses: "delegated" (a short-lived responder certificate with EKU
 # OCSPSigning, issued by the intermediate and replaced automatically) or "ca" (the intermediate).
@@ -310,6 +317,7 @@ def load_config(
             "min_validity",
             "backdate",
             "crl_validity",
+            "root_crl_validity",
             "ocsp_validity",
             "auth_cache_ttl",
             "ocsp_signing",
@@ -386,6 +394,7 @@ def load_config(
         min_validity=iss.duration("min_validity", i.min_validity),
         backdate=iss.duration("backdate", i.backdate),
         crl_validity=iss.duration("crl_validity", i.crl_validity),
+        root_crl_validity=iss.duration("root_crl_validity", i.root_crl_validity),
         ocsp_validity=iss.duration("ocsp_validity", i.ocsp_validity),
         auth_cache_ttl=iss.duration("auth_cache_ttl", i.auth_cache_ttl),
         public_urls=PublicUrls(str(public_url)) if public_url else None,

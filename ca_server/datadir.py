@@ -17,7 +17,7 @@ from .core.authority import CertificateAuthority
 from .core.clock import Clock, SystemClock, utc_seconds
 from .core.errors import ConfigurationError
 from .core.keys import generate_key
-from .core.profile import Issuer, build_intermediate, build_root, ca_name, pem
+from .core.profile import Issuer, PublicUrls, build_intermediate, build_root, ca_name, pem
 from .core.store import AuditEvent, Store
 from .files import atomic_write, load_private_key, write_private_key
 from .store import open_store
@@ -107,6 +107,18 @@ class DataDir:
         return handle
 
 
+def initial_public_urls(config: CaConfig) -> PublicUrls | None:
+    """Where the intermediate says its status is published, for its whole life: public_url if
+    set, else the configured HTTP listener (what the leaves carry by default), if it has a
+    fixed port."""
+    if config.issuance.public_urls is not None:
+        return config.issuance.public_urls
+    listen = config.server.http_listen
+    if not listen or listen.rsplit(":", 1)[-1] in ("", "0"):
+        return None
+    return PublicUrls(f"http://{listen}")
+
+
 def write_public(path: Path, text: str) -> None:
     atomic_write(path, text.encode())
 
@@ -119,6 +131,8 @@ def init_ca(
     passphrase: bytes | None = None,
     store_url: str | None = None,
     clock: Clock | None = None,
+    public_url: str | None = None,
+    http_listen: str | None = None,
 ) -> CaConfig:
     """Create a root, an online intermediate, admin credentials, the database and config.toml.
     Refuses to touch a directory that already holds a CA."""
@@ -138,8 +152,11 @@ def init_ca(
             )
         d.secrets.mkdir(mode=0o700, exist_ok=True)
         d.admin.mkdir(mode=0o700, exist_ok=True)
-        write_public(d.config, render_default_config(trust_domain, key_type, store_url or ""))
-        overrides = {"store": store_url} if store_url else None
+        write_public(
+            d.config,
+            render_default_config(trust_domain, key_type, store_url or "", public_url or ""),
+        )
+        overrides = {"store": store_url, "http_listen": http_listen}
         config = load_config(data_dir, overrides)
         now = utc_seconds(clock.now())
 
@@ -157,6 +174,7 @@ def init_ca(
             ca_name(trust_domain, f"Signet Intermediate CA ({trust_domain})"),
             now,
             now + INTERMEDIATE_VALIDITY,
+            initial_public_urls(config),
         )
         write_private_key(d.root_key, root_key, passphrase)
         write_private_key(d.intermediate_key, int_key, passphrase)
@@ -173,7 +191,9 @@ def init_ca(
             root=root_cert,
             policy=config.policy,
             settings=config.issuance,
+            root_key=root_key,
         )
+        authority.root_documents.sign()
         write_admin_credentials(authority, d.admin, f"spiffe://{trust_domain}/admin")
     finally:
         store.close()
@@ -209,8 +229,9 @@ def load_ca(config: CaConfig, passphrase: bytes | None, clock: Clock | None = No
     for path in (d.root_cert, d.intermediate_cert, d.intermediate_key):
         if not path.exists():
             raise ConfigurationError(f"{path} is missing: is {d.path} a Signet data directory?")
-    if d.root_key.exists():
-        load_private_key(d.root_key, passphrase)  # fail now on bad modes or a wrong passphrase
+    # Fail now on bad modes or a wrong passphrase. When present, the root key re-signs the
+    # root's CRL and OCSP answer; it may live offline instead (see `ca-server root sign`).
+    root_key = load_private_key(d.root_key, passphrase) if d.root_key.exists() else None
     int_key = load_private_key(d.intermediate_key, passphrase)
     root = x509.load_pem_x509_certificate(d.root_cert.read_bytes())
     int_cert = x509.load_pem_x509_certificate(d.intermediate_cert.read_bytes())
@@ -228,5 +249,6 @@ def load_ca(config: CaConfig, passphrase: bytes | None, clock: Clock | None = No
         root=root,
         policy=config.policy,
         settings=config.issuance,
+        root_key=root_key,
     )
     return LoadedCa(config, store, authority)

@@ -20,6 +20,8 @@ from .core.lease import Lease
 log = structlog.get_logger("signet.maintenance")
 
 REFRESH_BATCH = 500
+ROOT_LOOK_EVERY = 60.0  # seconds between looks at the root's documents (they change yearly)
+ROOT_WARN_EVERY = 3600.0  # seconds between warnings that they need the root key
 
 
 class Maintenance:
@@ -47,6 +49,7 @@ class Maintenance:
         self._store_ok = True
         self._on_store_health = on_store_health
         self.leader = False
+        self._root_warned = -ROOT_WARN_EVERY
 
     def start(self) -> None:
         crls = self._ca.crls
@@ -54,6 +57,7 @@ class Maintenance:
         self._lead(self._lease.hold())
         if self.leader:
             crls.build()  # the first CRL exists before anyone asks
+        self._root_documents()
         crls.background = True
         self._thread.start()
 
@@ -72,6 +76,28 @@ class Maintenance:
             log.info("maintenance_lease", held=held, holder=self._lease.holder)
         self.leader = held
         self._ca.crls.builder = held
+
+    def _root_documents(self) -> None:
+        """Take up the root's CRL and OCSP answer from the store; the lease holder re-signs them
+        when due if it has the root key, and otherwise warns (hourly) from then on, while
+        months remain."""
+        root = self._ca.root_documents
+        docs = root.refresh() if self.leader else root.reload()
+        if not self.leader:
+            return
+        now = self._ca.clock.now()
+        if docs is not None and not docs.due(now):
+            return
+        if time.monotonic() - self._root_warned < ROOT_WARN_EVERY:
+            return
+        self._root_warned = time.monotonic()
+        log.warning(
+            "root_documents_need_the_root_key",
+            detail="the root's CRL and its OCSP answer about the intermediate are due to be "
+            "re-signed and the root key is not in the data directory: run `ca-server root "
+            "sign --data-dir DIR` where the root key is kept, before they expire",
+            expires=docs.next_update.isoformat() if docs else None,
+        )
 
     def _watch_revocations(self) -> None:
         """Also the store's health check: this read fails while the database does."""
@@ -103,6 +129,7 @@ class Maintenance:
     def _run(self) -> None:
         crls = self._ca.crls
         next_refresh = 0.0
+        next_root = time.monotonic() + ROOT_LOOK_EVERY
         while not self._stop.is_set():
             if crls.wanted.wait(self._poll):
                 self._stop.wait(self._coalesce)  # let a burst of revocations share one build
@@ -112,6 +139,9 @@ class Maintenance:
                 self._lead(self._lease.hold())
                 # Rotate the delegated responder here, not on a request's thread.
                 self._ca.responder.signer()
+                if time.monotonic() >= next_root:
+                    next_root = time.monotonic() + ROOT_LOOK_EVERY
+                    self._root_documents()
                 if not self.leader:
                     crls.follow()
                     continue

@@ -39,6 +39,7 @@ TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         ),
     ),
     ("crls", "number", ("number", "der", "this_update", "next_update", "epoch")),
+    ("signed_documents", "name", ("name", "der", "this_update", "next_update")),
 )  # fmt: skip
 COUNTERS = ("crl_number", "revocations")
 BATCH = 500

@@ -132,6 +132,7 @@ def start_ca(
     issuance: dict[str, str] | None = None,
     server: dict[str, str] | None = None,
     store_url: str | None = None,
+    public_url: str | None = None,
 ) -> CaServer:
     """Initialise a CA in data_dir (if new), adjust config.toml, and serve it on 127.0.0.1:0.
     The store: store_url, else a new PostgreSQL database when the suite runs with
@@ -141,7 +142,7 @@ def start_ca(
             store_url = NEW_POSTGRES_DATABASE[0]()
         init_ca(
             data_dir, trust_domain=TRUST_DOMAIN, key_type="ec-p256", clock=clock,
-            store_url=store_url,
+            store_url=store_url, public_url=public_url,
         )  # fmt: skip
         config_path = data_dir / "config.toml"
         text = config_path.read_text()

@@ -1,6 +1,8 @@
 """A real relying party: nginx (Debian's package) verifying client certificates we issue and
 asking our OCSP responder about them (ssl_ocsp), accepts a good certificate and refuses it as
-soon as RevokeCertificate has returned."""
+soon as RevokeCertificate has returned; and, trusting only the root, checks the whole chain
+with what Signet publishes: the CRLs of /crl.pem (ssl_crl) and OCSP for the intermediate too,
+answered by the root ahead of time (ssl_ocsp on)."""
 
 from __future__ import annotations
 
@@ -10,13 +12,16 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from signet.ca.v1 import ca_pb2
-from tests.conftest import CaServer, Credentials
+from tests.conftest import CaServer, Credentials, start_ca, stop_ca
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
@@ -201,3 +206,98 @@ def test_agent_keeps_nginx_serving_through_renewals_with_zero_failures(
             nginx.terminate()
             nginx.wait(timeout=30)
         stop_ca(own)
+
+
+# -- the whole chain, trusting only the root ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaServer]:
+    """A CA whose intermediate carries the address its HTTP listener really has (chosen before
+    init, as an operator's --public-url is), so nginx can ask about the intermediate too."""
+    port = _free_port()
+    server = start_ca(
+        tmp_path_factory.mktemp("published") / "ca-data",
+        public_url=f"http://127.0.0.1:{port}",
+        server={"http_listen": f"127.0.0.1:{port}"},
+    )
+    yield server
+    stop_ca(server)
+
+
+def _revoke(ca: CaServer, serial: str) -> None:
+    with ca.admin_channel() as ch:
+        ca.stub(ch).RevokeCertificate(
+            ca_pb2.RevokeCertificateRequest(serial_number=serial, reason=ca_pb2.KEY_COMPROMISE),
+            timeout=30,
+        )
+
+
+def _chain_nginx(ca: CaServer, tmp_path: Path, checks: str) -> subprocess.Popen[bytes]:
+    """nginx trusting the root alone, verifying the client's whole chain with `checks`."""
+    _need_nginx()
+    server = ca.issue("nginx-chain", dns=("localhost",), ips=("127.0.0.1",))
+    cert, key = server.write(tmp_path / "server")
+    port = _free_port()
+    verify = f"""ssl_verify_client on;
+        ssl_verify_depth 2;
+        ssl_client_certificate {ca.data_dir / "root.pem"};
+        {checks}"""
+    proc = _start(_conf(tmp_path, port, cert, key, verify, master=False), port, tmp_path)
+    proc.port = port  # type: ignore[attr-defined]
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_nginx_ssl_crl_takes_the_crl_pem_signet_serves(published: CaServer, tmp_path: Path) -> None:
+    good, bad = published.issue("web/crl-good"), published.issue("web/crl-bad")
+    _revoke(published, bad.serial)
+    # GET /crl.pem answers after the revocation's CRL is built: both CRLs of the chain, PEM.
+    with urllib.request.urlopen(f"http://{published.running.http_address}/crl.pem") as reply:
+        crl_pem = reply.read()
+    assert crl_pem.count(b"-----BEGIN X509 CRL-----") == 2
+    crl_file = tmp_path / "crl.pem"
+    crl_file.write_bytes(crl_pem)
+    proc = _chain_nginx(published, tmp_path, f"ssl_crl {crl_file};")
+    try:
+        port = proc.port  # type: ignore[attr-defined]
+        assert _get(published, port, good, tmp_path) == 200
+        assert _get(published, port, bad, tmp_path) == 400
+    finally:
+        _stop(proc)
+
+
+def test_nginx_refuses_every_client_with_only_the_issuing_cas_crl(
+    published: CaServer, tmp_path: Path
+) -> None:
+    """Why /crl.pem holds the root's CRL too (PITFALLS): the intermediate's alone is not
+    enough for nginx, which then refuses good clients as well."""
+    with urllib.request.urlopen(f"http://{published.running.http_address}/crl") as reply:
+        der = reply.read()
+    crl_file = tmp_path / "crl.pem"
+    crl_file.write_bytes(x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM))
+    proc = _chain_nginx(published, tmp_path, f"ssl_crl {crl_file};")
+    try:
+        assert _get(published, proc.port, published.issue("web/crl-alone"), tmp_path) == 400  # type: ignore[attr-defined]
+    finally:
+        _stop(proc)
+
+
+def test_nginx_ssl_ocsp_on_checks_the_intermediate_with_the_roots_answer(
+    published: CaServer, tmp_path: Path
+) -> None:
+    # No ssl_ocsp_responder: nginx follows each certificate's AIA, the intermediate's too.
+    proc = _chain_nginx(published, tmp_path, "ssl_ocsp on;")
+    try:
+        port = proc.port  # type: ignore[attr-defined]
+        client = published.issue("web/ocsp-chain")
+        assert _get(published, port, client, tmp_path) == 200
+        _revoke(published, client.serial)
+        assert _get(published, port, client, tmp_path) == 400
+        assert _get(published, port, published.issue("web/ocsp-chain-2"), tmp_path) == 200
+    finally:
+        _stop(proc)

@@ -4,6 +4,7 @@ nonces, SHA-256 CertIDs, unknown serials, delegated signing and the periodic ref
 from __future__ import annotations
 
 import dataclasses
+import threading
 import datetime as dt
 from pathlib import Path
 
@@ -100,6 +101,20 @@ def test_a_plain_request_is_signed_when_first_asked_and_kept(
     response = load_ocsp(der, pki)
     assert response.certificate_status is ocsp.OCSPCertStatus.GOOD
     assert response.this_update_utc == START + dt.timedelta(minutes=10)
+
+
+def test_grpc_and_http_hand_out_the_same_bytes_before_the_write_back_lands(
+    authority: CertificateAuthority, pki: Pki, clock: FakeClock
+) -> None:
+    issued = issue(authority)
+    held = threading.Event()
+    authority._status._writeback.submit(held.wait, 30)  # the write-back queue stalls
+    try:
+        der = authority.ocsp_response(request_for(issued.certificate, pki.issuer.certificate))
+        clock.advance(dt.timedelta(minutes=1))  # a second signature would differ
+        assert authority.status(issued.serial).ocsp_response == der
+    finally:
+        held.set()
 
 
 def test_revocation_re_signs_at_once(authority: CertificateAuthority, pki: Pki) -> None:

@@ -26,6 +26,7 @@ from ca_server.core.store import (
     DuplicateSerial,
     ListQuery,
     RevokeOutcome,
+    SignedDocument,
     Store,
     TokenRecord,
 )
@@ -473,3 +474,14 @@ def test_refused_enrollments_are_counted_per_peer_window_by_every_process(
     finally:
         first.close()
         second.close()
+
+
+def test_signed_documents_are_kept_by_name_and_replaced_in_place(store: Store) -> None:
+    when = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    first = SignedDocument("root-crl", b"\x30\x00", when, when + dt.timedelta(days=365))
+    other = SignedDocument("intermediate-ocsp", b"\x30\x01", when, when + dt.timedelta(days=30))
+    store.save_signed_documents([first, other])
+    assert store.signed_documents() == [other, first]  # by name
+    newer = SignedDocument("root-crl", b"\x30\x02", when + dt.timedelta(days=1), when)
+    store.save_signed_documents([newer])
+    assert store.signed_documents() == [other, newer]

@@ -1,8 +1,10 @@
 """Plain HTTP for relying parties (nginx, Envoy, Go, Java, OpenSSL): RFC 6960 OCSP (POST and
-the RFC 5019 GET form), the DER CRL and the issuing CA certificate (the AIA caIssuers URL).
+the RFC 5019 GET form), the DER CRLs of the intermediate (/crl) and of the root (/root.crl),
+both in one PEM file (/crl.pem, for nginx ssl_crl), and the CA certificates (/ca.crt,
+/root.crt: the AIA caIssuers URLs).
 
-A thin adapter like the gRPC servicer: every answer comes from the core's caches (pre-signed
-OCSP responses in the store, the published CRL); nothing here signs or builds in the common
+A thin adapter like the gRPC servicer: every answer comes from the core's caches (OCSP
+responses kept in the store, the published CRLs); nothing here signs or builds in the common
 case. The path is lean on purpose — an OCSP answer is a dictionary lookup, so HTTP framework
 overhead was most of its cost: an asyncio protocol on uvloop with httptools (llhttp, Node's
 parser) doing the parsing, and a small routing function. It also owns the limits a framework
@@ -34,6 +36,7 @@ try:
     import uvloop
 except ImportError:  # pragma: no cover - optional speed-up (not on every platform)
     uvloop = None  # type: ignore[assignment]
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
@@ -59,6 +62,9 @@ FEED_SLICE = 8 * 1024  # bytes handed to the parser at a time, so limits apply a
 OCSP_PATH = "/ocsp"
 CRL_PATH = "/crl"
 CA_CERT_PATH = "/ca.crt"
+ROOT_CERT_PATH = "/root.crt"
+ROOT_CRL_PATH = "/root.crl"
+CRL_PEM_PATH = "/crl.pem"  # every CRL of the chain in one PEM file, as nginx ssl_crl wants
 OCSP_TYPE = b"application/ocsp-response"
 
 _REASONS = {
@@ -128,6 +134,8 @@ class RelyingParty:
         self._ca = authority
         self._inline = inline_reads
         self._ca_cert_der = authority.issuer.certificate.public_bytes(serialization.Encoding.DER)
+        self._root_cert_der = authority.root.public_bytes(serialization.Encoding.DER)
+        self._crl_pem: tuple[bytes, bytes, bytes] | None = None  # (CRL, root CRL, PEM of both)
 
     def route(self, request: Request, *, may_block: bool = False) -> Reply | None:
         """The reply, or None when it may have to wait (a CRL being rebuilt, a read from a
@@ -157,10 +165,24 @@ class RelyingParty:
                 return self._crl(request, self._ca.crl())
             crl = self._ca.crls.ready() if reads else None
             return None if crl is None else self._crl(request, crl)
-        if path == CA_CERT_PATH:
+        if path == CRL_PEM_PATH:
             if method not in ("GET", "HEAD"):
                 return _text(405, "method not allowed", Allow="GET, HEAD")
-            return Reply(200, self._ca_cert_der, b"application/pkix-cert")
+            if may_block:
+                return self._crl_chain(request, self._ca.crl())
+            crl = self._ca.crls.ready() if reads else None
+            return None if crl is None else self._crl_chain(request, crl)
+        if path in (CA_CERT_PATH, ROOT_CERT_PATH, ROOT_CRL_PATH):
+            if method not in ("GET", "HEAD"):
+                return _text(405, "method not allowed", Allow="GET, HEAD")
+            if path == CA_CERT_PATH:
+                return Reply(200, self._ca_cert_der, b"application/pkix-cert")
+            if path == ROOT_CERT_PATH:
+                return Reply(200, self._root_cert_der, b"application/pkix-cert")
+            root = self._ca.root_documents.current()
+            if root is None:
+                return _text(503, "the root's CRL has not been signed yet: run ca-server root sign")
+            return self._signed(request, root.crl.der, root.crl.this_update, root.crl.next_update)
         return _text(404, "not found")
 
     def slow(self, request: Request) -> Reply:
@@ -186,16 +208,44 @@ class RelyingParty:
         return Reply(200, reply.der, OCSP_TYPE, headers)
 
     def _crl(self, request: Request, crl: CrlResult) -> Reply:
-        etag = _etag(crl.der)
+        return self._signed(request, crl.der, crl.this_update, crl.next_update)
+
+    def _signed(
+        self,
+        request: Request,
+        body: bytes,
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+        content_type: bytes = b"application/pkix-crl",
+    ) -> Reply:
+        etag = _etag(body)
         headers = {
             "ETag": etag,
-            "Last-Modified": _http_date(crl.this_update),
-            "Expires": _http_date(crl.next_update),
+            "Last-Modified": _http_date(this_update),
+            "Expires": _http_date(next_update),
             "Cache-Control": f"max-age={CRL_MAX_AGE}, public, no-transform",
         }
-        if _not_modified(request, etag, crl.this_update):
+        if _not_modified(request, etag, this_update):
             return Reply(304, b"", b"", headers)
-        return Reply(200, crl.der, b"application/pkix-crl", headers)
+        return Reply(200, body, content_type, headers)
+
+    def _crl_chain(self, request: Request, crl: CrlResult) -> Reply:
+        """The issuing CA's CRL then the root's, PEM: nginx ssl_crl wants a CRL for every CA of
+        the chain, in one file, and refuses every client without one."""
+        root = self._ca.root_documents.current()
+        if root is None:
+            return _text(503, "the root's CRL has not been signed yet: run ca-server root sign")
+        cached = self._crl_pem
+        if cached is None or cached[0] is not crl.der or cached[1] is not root.crl.der:
+            text = b"".join(
+                x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM)
+                for der in (crl.der, root.crl.der)
+            )
+            cached = self._crl_pem = (crl.der, root.crl.der, text)
+        # Changes with either CRL: dated by the newer of the two.
+        newest = max(crl.this_update, root.crl.this_update)
+        soonest = min(crl.next_update, root.crl.next_update)
+        return self._signed(request, cached[2], newest, soonest, b"application/x-pem-file")
 
     def internal_error(self, request: Request) -> Reply:
         if _path(request.target).startswith(OCSP_PATH):

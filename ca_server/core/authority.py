@@ -17,11 +17,13 @@ from .crl_publisher import CrlPublisher, CrlResult
 from .enrollment import Enrollment
 from .errors import AlreadyRevoked
 from .issuance import Issuance, IssuanceSettings, Issued
+from .keys import SigningKey
 from .listing import Listing, Page
 from .policy import Caller, Policy
 from .profile import Issuer, fingerprint_sha256, parse_serial, pem, serial_hex
 from .revocation import Reason
 from .revoker import Revoker
+from .root_documents import RootPublisher
 from .status import StatusResult, StatusService
 from .store import Store
 
@@ -45,7 +47,10 @@ class CertificateAuthority:
         root: x509.Certificate,
         policy: Policy,
         settings: IssuanceSettings | None = None,
+        root_key: SigningKey | None = None,
     ) -> None:
+        """root_key: when at hand (the data directory holds it), the root's documents (its CRL,
+        its OCSP answer about the intermediate) are re-signed here when due."""
         self.store = store
         self.clock = clock
         self.issuer = issuer
@@ -72,8 +77,21 @@ class CertificateAuthority:
             crls=self.crls,
             authenticator=self._authenticator,
         )
+        self.root_documents = RootPublisher(
+            store=store,
+            clock=clock,
+            root=root,
+            intermediate=issuer.certificate,
+            root_key=root_key,
+            validity=settings.root_crl_validity,
+        )
         self._status = StatusService(
-            store=store, clock=clock, issuer=issuer, responder=self.responder, settings=settings
+            store=store,
+            clock=clock,
+            issuer=issuer,
+            responder=self.responder,
+            settings=settings,
+            root_answer=self.root_documents.ocsp_answer,
         )
         self._listing = Listing(store=store)
         self._elsewhere: list[Callable[[], None]] = []

@@ -50,6 +50,7 @@ class IssuanceSettings:
     min_validity: dt.timedelta = dt.timedelta(minutes=5)
     backdate: dt.timedelta = dt.timedelta(minutes=1)
     crl_validity: dt.timedelta = dt.timedelta(hours=24)
+    root_crl_validity: dt.timedelta = dt.timedelta(days=365)
     ocsp_validity: dt.timedelta = dt.timedelta(hours=4)
     # How long a caller's "not revoked" answer is reused before the store is asked again.
     # Revocations by any process sharing the store void it within the revocation poll.

@@ -58,6 +58,14 @@ class PublicUrls:
     def crl(self) -> str:
         return f"{self.base.rstrip('/')}/crl"
 
+    @property
+    def root_cert(self) -> str:
+        return f"{self.base.rstrip('/')}/root.crt"
+
+    @property
+    def root_crl(self) -> str:
+        return f"{self.base.rstrip('/')}/root.crl"
+
 
 @dataclass(frozen=True, slots=True)
 class LeafRequest:
@@ -162,8 +170,9 @@ def build_intermediate(
     subject: x509.Name,
     not_before: dt.datetime,
     not_after: dt.datetime,
+    urls: PublicUrls | None = None,
 ) -> x509.Certificate:
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(root.certificate.subject)
@@ -175,8 +184,13 @@ def build_intermediate(
         .add_extension(_ca_key_usage(), critical=True)
         .add_extension(_ski(public_key), critical=False)
         .add_extension(_aki(root.certificate), critical=False)
-        .sign(root.key, signature_hash(root.key))
     )
+    if urls is not None:
+        # So that relying parties checking the whole chain (nginx ssl_ocsp on, ssl_crl) can
+        # ask about the intermediate: the root's OCSP answer and CRL, signed ahead of time.
+        for extension in _publication(urls.ocsp, urls.root_cert, urls.root_crl):
+            builder = builder.add_extension(extension, critical=False)
+    return builder.sign(root.key, signature_hash(root.key))
 
 
 def build_ocsp_responder(
@@ -266,34 +280,39 @@ def build_leaf(
         .add_extension(_aki(issuer.certificate), critical=False)
     )
     if urls is not None:
-        builder = builder.add_extension(
-            x509.AuthorityInformationAccess(
-                [
-                    x509.AccessDescription(
-                        AuthorityInformationAccessOID.OCSP,
-                        x509.UniformResourceIdentifier(urls.ocsp),
-                    ),
-                    x509.AccessDescription(
-                        AuthorityInformationAccessOID.CA_ISSUERS,
-                        x509.UniformResourceIdentifier(urls.ca_issuers),
-                    ),
-                ]
-            ),
-            critical=False,
-        ).add_extension(
-            x509.CRLDistributionPoints(
-                [
-                    x509.DistributionPoint(
-                        full_name=[x509.UniformResourceIdentifier(urls.crl)],
-                        relative_name=None,
-                        reasons=None,
-                        crl_issuer=None,
-                    )
-                ]
-            ),
-            critical=False,
-        )
+        for extension in _publication(urls.ocsp, urls.ca_issuers, urls.crl):
+            builder = builder.add_extension(extension, critical=False)
     return builder.sign(issuer.key, signature_hash(issuer.key))
+
+
+def _publication(
+    ocsp: str, ca_issuers: str, crl: str
+) -> tuple[x509.AuthorityInformationAccess, x509.CRLDistributionPoints]:
+    """AIA (OCSP, the issuer's certificate) and CRL Distribution Points (RFC 5280 4.2.2.1,
+    4.2.1.13): where a relying party asks about a certificate."""
+    return (
+        x509.AuthorityInformationAccess(
+            [
+                x509.AccessDescription(
+                    AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp)
+                ),
+                x509.AccessDescription(
+                    AuthorityInformationAccessOID.CA_ISSUERS,
+                    x509.UniformResourceIdentifier(ca_issuers),
+                ),
+            ]
+        ),
+        x509.CRLDistributionPoints(
+            [
+                x509.DistributionPoint(
+                    full_name=[x509.UniformResourceIdentifier(crl)],
+                    relative_name=None,
+                    reasons=None,
+                    crl_issuer=None,
+                )
+            ]
+        ),
+    )
 
 
 def certificate_names(

@@ -224,9 +224,26 @@ class OcspResponder:
         query: OcspQuery,
         found: tuple[StatusAnswer, SignedStatus | None] | None,
         store_back: StoreBack,
+        epoch: int | None = None,
     ) -> SignedStatus:
-        """The signed answer for what `lookup` found (None: never issued)."""
-        return self._answer(query, found, store_back)[0]
+        """The signed answer for what `lookup` found (None: never issued). With the store's
+        revocation `epoch` (read before the lookup), a good certificate's plain answer is the
+        one respond() gave and keeps: a response signed on demand is written back later, and
+        until then gRPC and HTTP must still hand out the same bytes."""
+        good = found is not None and found[0].status is CertStatus.GOOD
+        key = (query.serial, query.algorithm.name)
+        if epoch is not None and good and query.plain:
+            with self._lock:
+                hit = self._answers.get(key)
+            if hit is not None and hit[0] == epoch and self.is_fresh(hit[1]):
+                return hit[1]
+        signed, reusable = self._answer(query, found, store_back)
+        if epoch is not None and good and reusable and query.plain:
+            with self._lock:
+                self._answers[key] = (epoch, signed)
+                if len(self._answers) > _ANSWER_CACHE_MAX:
+                    self._answers.popitem(last=False)
+        return signed
 
     def _answer(
         self,

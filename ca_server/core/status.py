@@ -5,17 +5,32 @@ written back off the caller's thread, and a periodic refresh keeps the stored on
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.x509 import ocsp
 
 from .clock import Clock
 from .issuance import IssuanceSettings
-from .ocsp import CertStatus, OcspQuery, SignedStatus, StatusAnswer, issuer_hashes
+from .ocsp import (
+    CertStatus,
+    MalformedOcspRequest,
+    OcspQuery,
+    SignedStatus,
+    StatusAnswer,
+    issuer_hashes,
+    parse_ocsp_request,
+    unsuccessful_response,
+)
 from .profile import Issuer, parse_serial, serial_hex
 from .responder import OcspResponder
 from .store import OcspUpdate, Store
+
+# The responder's answer to a CertID of another issuer: then the root's own answers are looked at.
+_UNAUTHORIZED = unsuccessful_response(ocsp.OCSPResponseStatus.UNAUTHORIZED)
+RootAnswer = Callable[[OcspQuery], SignedStatus | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +61,11 @@ class StatusService:
         issuer: Issuer,
         responder: OcspResponder,
         settings: IssuanceSettings,
+        root_answer: RootAnswer | None = None,
     ) -> None:
+        """root_answer: the root's answer, signed ahead of time, for a query about a CA
+        certificate it issued (the intermediate), or None."""
+        self._root_answer = root_answer
         self._store = store
         self._clock = clock
         self._issuer = issuer
@@ -60,9 +79,10 @@ class StatusService:
         """Status and the OCSP response an RFC 6960 client sending a SHA-1 CertID and no nonce
         would get from the HTTP responder: the same bytes."""
         serial = int(parse_serial(serial_text), 16)
+        epoch = self._store.revocation_epoch()  # before the lookup, as ocsp_answer reads it
         found = self._lookup(serial)  # read once: the status and the DER must agree
         answer = found[0] if found else StatusAnswer(serial, CertStatus.UNKNOWN)
-        signed = self._responder.answer(self._plain_query(serial), found, self._store_back)
+        signed = self._responder.answer(self._plain_query(serial), found, self._store_back, epoch)
         return StatusResult(answer, signed.this_update, signed.next_update, signed.der)
 
     def ocsp_response(self, request_der: bytes) -> bytes:
@@ -74,7 +94,15 @@ class StatusService:
         """As ocsp_response, keeping the validity window of a signed answer (for HTTP caching
         headers) instead of the bare bytes of an unsuccessful one."""
         epoch = self._store.revocation_epoch()  # read first: a later revocation is never missed
-        return self._responder.respond(request_der, self._lookup, self._store_back, epoch)
+        reply = self._responder.respond(request_der, self._lookup, self._store_back, epoch)
+        if reply == _UNAUTHORIZED and self._root_answer is not None:
+            try:
+                root = self._root_answer(parse_ocsp_request(request_der))
+            except MalformedOcspRequest:  # cannot be: the responder parsed it
+                root = None
+            if root is not None:
+                return root
+        return reply
 
     def refresh_ocsp(self, limit: int = 500) -> int:
         """Re-sign up to `limit` stored responses no longer fresh (see OcspResponder.is_fresh),
@@ -100,7 +128,7 @@ class StatusService:
 
     def _plain_query(self, serial: int) -> OcspQuery:
         name_hash, key_hash = self._sha1_hashes
-        return OcspQuery(serial, self._sha1, name_hash, key_hash, None)
+        return OcspQuery(serial, self._sha1, name_hash, key_hash, None, plain=True)
 
     def _lookup(self, serial: int) -> tuple[StatusAnswer, SignedStatus | None] | None:
         row = self._store.get_status(serial_hex(serial))

@@ -117,6 +117,17 @@ class StoredCrl:
     epoch: int  # the store's revocation epoch it reflects
 
 
+@dataclass(frozen=True, slots=True)
+class SignedDocument:
+    """A document signed ahead of time and kept for every process: the root's CRL and its OCSP
+    response about the intermediate (see root_documents)."""
+
+    name: str
+    der: bytes
+    this_update: dt.datetime
+    next_update: dt.datetime
+
+
 class Store(Protocol):
     def add_certificate(self, record: CertificateRecord, audit: AuditEvent) -> None:
         """Store a new certificate and its audit event in one transaction, durably.
@@ -216,6 +227,12 @@ class Store(Protocol):
     def latest_crl(self, newer_than: int = 0) -> StoredCrl | None:
         """The stored CRL with the highest number, if that number is above newer_than."""
         ...
+
+    def save_signed_documents(self, documents: Sequence[SignedDocument]) -> None:
+        """Keep these (replacing any of the same name), in one transaction."""
+        ...
+
+    def signed_documents(self) -> Sequence[SignedDocument]: ...
 
     def acquire_lease(self, name: str, holder: str, until: dt.datetime, now: dt.datetime) -> bool:
         """Take or extend the lease `name` for `holder` until `until`, atomically: granted if

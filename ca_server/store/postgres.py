@@ -88,8 +88,15 @@ def _v2(db: _PgDb) -> None:
     )
 
 
+def _v3(db: _PgDb) -> None:
+    db.execute(
+        "CREATE TABLE signed_documents ("
+        "name TEXT PRIMARY KEY, der BYTEA, this_update BIGINT, next_update BIGINT)"
+    )
+
+
 # Append only: the index is the schema version a migration produces (signet_schema.version).
-MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

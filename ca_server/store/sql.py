@@ -24,6 +24,7 @@ from ..core.store import (
     ListQuery,
     OcspUpdate,
     RevokeOutcome,
+    SignedDocument,
     Status,
     StatusRow,
     StoredCrl,
@@ -364,6 +365,28 @@ class SqlStore:
             return None
         der, number, this_update, next_update, epoch = row
         return StoredCrl(der, number, _from_epoch(this_update), _from_epoch(next_update), epoch)
+
+    # -- documents signed ahead of time ------------------------------------------------------
+    def save_signed_documents(self, documents: Sequence[SignedDocument]) -> None:
+        def tx(db: Db) -> None:
+            for d in documents:
+                db.execute(
+                    "INSERT INTO signed_documents (name, der, this_update, next_update) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET der = excluded.der, "
+                    "this_update = excluded.this_update, next_update = excluded.next_update",
+                    [d.name, d.der, _epoch(d.this_update), _epoch(d.next_update)],
+                )
+
+        self._write(tx)
+
+    def signed_documents(self) -> Sequence[SignedDocument]:
+        rows = self._read(
+            "SELECT name, der, this_update, next_update FROM signed_documents ORDER BY name"
+        )
+        return [
+            SignedDocument(name, bytes(der), _from_epoch(this_update), _from_epoch(next_update))
+            for name, der, this_update, next_update in rows
+        ]
 
     # -- leases ------------------------------------------------------------------------------
     def acquire_lease(self, name: str, holder: str, until: dt.datetime, now: dt.datetime) -> bool:

@@ -131,6 +131,13 @@ def _v9(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v10(db: sqlite_utils.Database) -> None:
+    # What the root signs ahead of time (its CRL, its OCSP answer about the intermediate).
+    db.table("signed_documents").create(
+        {"name": str, "der": bytes, "this_update": int, "next_update": int}, pk="name"
+    )
+
+
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1,
@@ -142,6 +149,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v7,
     _v8,
     _v9,
+    _v10,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
