@@ -27,6 +27,8 @@ from tests.test_authority import ADMIN, START, Pki, make_pki
 from tests.test_responder import make
 
 # (code, what the flagged value looks like) -> why it is the linter's mistake, not ours.
+YEAR = dt.timedelta(days=365)
+
 FALSE_POSITIVES: dict[str, tuple[Callable[[str], bool], str]] = {
     "pkix.invalid_uri_syntax": (
         lambda message: '"spiffe://' in message,
@@ -170,3 +172,26 @@ def test_the_false_positive_list_is_still_needed(authority, tmp_path: Path) -> N
         f["code"] for r in json.loads(out.getvalue())["results"] for f in r["finding_descriptions"]
     ]
     assert codes == ["pkix.invalid_uri_syntax"]
+
+
+def test_the_roots_documents_and_an_intermediate_with_urls_lint_clean(tmp_path: Path) -> None:
+    from ca_server.core.keys import generate_key
+    from ca_server.core.profile import Issuer, build_intermediate, build_root, ca_name
+    from ca_server.core.root_documents import sign_root_documents
+
+    root_key = generate_key("ec-p256")
+    root = build_root(root_key, ca_name("signet.local", "Root"), START, START + YEAR * 10)
+    intermediate = build_intermediate(
+        Issuer(root, root_key, ()),
+        generate_key("ec-p256").public_key(),
+        ca_name("signet.local", "Intermediate"),
+        START,
+        START + YEAR * 5,
+        PublicUrls("http://ca.example.internal:8080"),
+    )
+    assert _lint(lint_pkix_cert.main, [], _write(tmp_path, "i", _der(intermediate))) == []
+    docs = sign_root_documents(Issuer(root, root_key, ()), intermediate, START, YEAR)
+    crl = _write(tmp_path, "crl", docs.crl.der)
+    assert _lint(lint_crl.main, ["-t", "CRL", "-p", "PKIX"], crl) == []
+    response = _write(tmp_path, "ocsp", docs.intermediate_ocsp.der)
+    assert _lint(lint_ocsp_response.main, [], response) == []
