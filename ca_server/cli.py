@@ -18,6 +18,7 @@ import structlog
 from cryptography import x509
 
 from .config import DEFAULT_KEY_TYPE, DEFAULT_TRUST_DOMAIN, load_config, resolved_workers
+from .core.audit_chain import verify_store
 from .core.clock import SystemClock
 from .core.durations import parse_duration
 from .core.errors import ConfigurationError, SignetError
@@ -93,6 +94,15 @@ def _parser() -> argparse.ArgumentParser:
         "before they expire: the server warns months ahead)",
     )
     common(root_sign)
+
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_verify = audit_sub.add_parser(
+        "verify",
+        help="check the audit trail's hash chain; names the first edited, deleted or "
+        "reordered event (exit 1), else prints the chain's head to keep as an anchor",
+    )
+    common(audit_verify)
 
     move = sub.add_parser(
         "migrate", help="copy a CA's whole history into a new database (e.g. SQLite to PostgreSQL)"
@@ -317,6 +327,32 @@ def _root_sign(data_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_verify(data_dir: Path, args: argparse.Namespace) -> int:
+    if not DataDir(data_dir).exists():
+        raise ConfigurationError(f"{data_dir} holds no Signet CA: run ca-server init first")
+    store = open_store(load_config(data_dir, _overrides(args)).store_url)
+    try:
+        verdict = verify_store(store)
+        pending = bool(store.unsealed_audit(1))
+    finally:
+        store.close()
+    if not verdict.ok:
+        bad = verdict.first_bad
+        assert bad is not None
+        print(
+            f"audit chain BROKEN at event {bad.id} (chain position {bad.seq}, "
+            f"{bad.at.isoformat()} {bad.action} by {bad.actor}): {verdict.problem}; "
+            f"the {verdict.sealed} events before it verify",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"audit chain OK: {verdict.sealed} events; head {verdict.head_seq} "
+        f"{verdict.head_hash}" + ("; newer events are not sealed yet" if pending else "")
+    )
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
     """Copy everything; the source CA must not be serving meanwhile (its serve.lock)."""
     if not args.source.startswith("sqlite:///"):
@@ -355,6 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate(args)
         if args.command == "root":
             return _root_sign(data_dir, args)
+        if args.command == "audit":
+            return _audit_verify(data_dir, args)
         if args.command == "init":
             _init(data_dir, args)
             print(

@@ -1,7 +1,8 @@
 """Background upkeep of a running CA, in every server process: notice revocations made by
 other processes (and drop cached "not revoked" answers within ``poll``), and — in the one
-process holding the store's maintenance lease — build CRLs (coalesced, off the request path)
-and re-sign stored OCSP responses. The others take up the CRL the holder stored."""
+process holding the store's maintenance lease — build CRLs (coalesced, off the request path),
+seal new audit rows into the hash chain (within ``poll``) and re-sign stored OCSP responses.
+The others take up the CRL the holder stored."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
+from .core.audit_chain import seal_pending
 from .core.authority import CertificateAuthority
 from .core.enrollment import FAILURE_WINDOW
 from .core.errors import Unavailable
@@ -20,6 +22,7 @@ from .core.lease import Lease
 log = structlog.get_logger("signet.maintenance")
 
 REFRESH_BATCH = 500
+SEAL_BATCH = 500  # audit rows sealed into the hash chain per transaction
 ROOT_LOOK_EVERY = 60.0  # seconds between looks at the root's documents (they change yearly)
 ROOT_WARN_EVERY = 3600.0  # seconds between warnings that they need the root key
 
@@ -147,6 +150,11 @@ class Maintenance:
                     continue
                 if crls.run_pending():
                     log.info("crl_published", number=crls.current().number)
+                while (
+                    seal_pending(self._ca.store, SEAL_BATCH) == SEAL_BATCH
+                    and not crls.wanted.is_set()
+                ):
+                    pass  # a backlog (a trail from before v11) is sealed a batch at a time
             except Unavailable:
                 continue  # said once by _store_health; retried every poll
             except Exception:

@@ -29,7 +29,14 @@ TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "invalidity_date",
         ),
     ),
-    ("audit", "id", ("id", "at", "action", "actor", "serial", "detail")),
+    (
+        "audit",
+        "id",
+        (
+            "id", "at", "action", "actor", "serial", "detail", "peer", "outcome", "seq",
+            "prev_hash", "hash",
+        ),
+    ),
     (
         "bootstrap_tokens",
         "token_hash",

@@ -110,7 +110,8 @@ def test_wrong_and_reused_tokens_are_unauthenticated_and_audited(ca: CaServer, a
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "already used or expired" in (info.value.details() or "")
     refused = [e for e in ca.store.audit_events(200) if e.action == "enroll-refused"]
-    assert refused and refused[0].actor.startswith("ipv4:127.0.0.1")
+    assert refused and refused[0].peer.startswith("ipv4:127.0.0.1")
+    assert refused[0].outcome == "bad token"
 
 
 def test_a_bad_csr_does_not_burn_the_token(ca: CaServer, admin) -> None:

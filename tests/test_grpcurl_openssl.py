@@ -177,6 +177,7 @@ def test_grpcurl_describe_service_shows_every_rpc(ca: CaServer) -> None:
         "GetTrustBundle",
         "ListCertificates",
         "CreateBootstrapToken",
+        "ListAuditEvents",
         "Enroll",
     }
 

@@ -4,8 +4,8 @@ nonces, SHA-256 CertIDs, unknown serials, delegated signing and the periodic ref
 from __future__ import annotations
 
 import dataclasses
-import threading
 import datetime as dt
+import threading
 from pathlib import Path
 
 import pytest

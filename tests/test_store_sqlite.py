@@ -61,3 +61,27 @@ def test_opening_a_fresh_database_waits_for_a_concurrent_writer_instead_of_faili
         assert store.get_certificate("50") == record("50")
     finally:
         store.close()
+
+
+def test_an_audit_trail_from_before_the_hash_chain_is_kept_and_sealed(db_path: Path) -> None:
+    import sqlite_utils
+
+    from ca_server.core.audit_chain import seal_pending, verify_store
+    from ca_server.store.sqlite import MIGRATIONS
+
+    db_path.parent.mkdir(parents=True)
+    old = sqlite_utils.Database(db_path)
+    for step in MIGRATIONS[:10]:  # schema v10: audit rows without peer, outcome or hashes
+        step(old)
+    old.execute("PRAGMA user_version = 10")
+    old.execute("INSERT INTO audit (at, action, actor, detail) VALUES (1, 'init', 'signet', '')")
+    old.conn.commit()
+    old.close()
+    store = SqliteStore(db_path)
+    try:
+        assert seal_pending(store) == 1
+        [row] = store.sealed_audit(0, 10)
+        assert (row.action, row.peer, row.outcome, row.seq) == ("init", "", "ok", 1)
+        assert verify_store(store).ok
+    finally:
+        store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any, Literal, cast
 
@@ -17,7 +18,7 @@ from ..core.ocsp import CertStatus
 from ..core.policy import Caller
 from ..core.profile import serial_hex
 from ..core.revocation import Reason
-from ..core.store import CertificateRecord
+from ..core.store import AuditRecord, CertificateRecord
 
 _STATUS = {
     CertStatus.GOOD: ca_pb2.GOOD,
@@ -71,6 +72,21 @@ def _issued(issued: Issued) -> ca_pb2.IssuedCertificate:
     )
 
 
+def _event(r: AuditRecord) -> ca_pb2.AuditEvent:
+    return ca_pb2.AuditEvent(
+        sequence=r.id,
+        time=_ts(r.at),
+        action=r.action,
+        actor=r.actor,
+        peer=r.peer,
+        serial_number=r.serial or "",
+        outcome=r.outcome,
+        detail=r.detail,
+        chain_position=r.seq or 0,
+        hash=r.hash or "",
+    )
+
+
 def _summary(r: CertificateRecord) -> ca_pb2.CertificateSummary:
     return ca_pb2.CertificateSummary(
         serial_number=r.serial,
@@ -96,9 +112,9 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         certs = cast(list[bytes], context.auth_context().get("x509_pem_cert"))
         if not certs:
             raise Unauthenticated("a client certificate issued by this CA is required")
-        caller = self._ca.authenticate(certs[0])
+        caller = self._ca.authenticate(certs[0])  # cached per certificate, so the peer is added
         structlog.contextvars.bind_contextvars(caller=caller.identity)
-        return caller
+        return dataclasses.replace(caller, peer=context.peer())
 
     def SignCertificate(
         self, request: ca_pb2.SignCertificateRequest, context: grpc.ServicerContext
@@ -212,4 +228,21 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         return ca_pb2.ListCertificatesResponse(
             certificates=[_summary(r) for r in page.records],
             next_page_token=page.next_page_token,
+        )
+
+    def ListAuditEvents(
+        self, request: ca_pb2.ListAuditEventsRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.ListAuditEventsResponse:
+        page = self._ca.list_audit_events(
+            self._caller(context),
+            since=_when(request, "since"),
+            until=_when(request, "until"),
+            action=request.action,
+            identity=request.identity,
+            serial=request.serial_number,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return ca_pb2.ListAuditEventsResponse(
+            events=[_event(r) for r in page.events], next_page_token=page.next_page_token
         )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from cryptography import x509
 
+from .audit_log import AuditTrail
 from .authentication import Authenticator
 from .clock import Clock
 from .crl_publisher import CrlPublisher, CrlResult
@@ -94,6 +95,7 @@ class CertificateAuthority:
             root_answer=self.root_documents.ocsp_answer,
         )
         self._listing = Listing(store=store)
+        self._audit = AuditTrail(store=store)
         self._elsewhere: list[Callable[[], None]] = []
 
         # The calls answered by one part alone are that part's methods.
@@ -109,6 +111,7 @@ class CertificateAuthority:
         self.refresh_ocsp = self._status.refresh_ocsp
         self.wait_for_writebacks = self._status.wait_for_writebacks
         self.list_certificates = self._listing.list_certificates
+        self.list_audit_events = self._audit.list_events
         self.authenticate = self._authenticator.authenticate
 
     @property

@@ -26,6 +26,7 @@ from .names import normalize_dns_name, parse_spiffe_id
 from .policy import Caller, Policy, RequestedNames, check_is_admin, check_request, grantor
 from .store import AuditEvent, Store, TokenRecord
 
+_NOBODY = "unauthenticated"  # the actor of a refused enrollment: its peer says where from
 FAILURE_LIMIT = 10  # bad tokens per peer per window, answered UNAUTHENTICATED; then refused
 FAILURE_WINDOW = dt.timedelta(minutes=1)
 _OVER_LIMIT_MAX = 10_000
@@ -88,7 +89,7 @@ class Enrollment:
         )
         detail = f"token for {sid} ({record.token_hash[:12]}), expires {record.expires_at}"
         self._store.add_token(
-            record, AuditEvent(now, "token-create", caller.identity, None, detail)
+            record, AuditEvent(now, "token-create", caller.identity, None, detail, caller.peer)
         )
         return token, record.expires_at
 
@@ -121,7 +122,7 @@ class Enrollment:
                 actor=f"token:{record.token_hash[:12]}",
                 authorized_by=record.created_by,
                 action="enroll",
-                detail=f"peer {peer}",
+                peer=peer,
                 spend_token=(digest, now),  # spent with the certificate stored, or not at all
             )
         except TokenSpent:
@@ -135,11 +136,15 @@ class Enrollment:
         count, started = self._store.count_enroll_failure(peer, now, FAILURE_WINDOW)
         if count == 1:
             detail = "bad token; more from this address within a minute are only counted"
-            self._store.append_audit(AuditEvent(now, "enroll-refused", peer, None, detail))
+            self._store.append_audit(
+                AuditEvent(now, "enroll-refused", _NOBODY, None, detail, peer, "bad token")
+            )
         if count > FAILURE_LIMIT:
             if count == FAILURE_LIMIT + 1:
                 detail = f"rate-limited: more than {FAILURE_LIMIT} bad tokens within a minute"
-                self._store.append_audit(AuditEvent(now, "enroll-refused", peer, None, detail))
+                self._store.append_audit(
+                    AuditEvent(now, "enroll-refused", _NOBODY, None, detail, peer, "rate-limited")
+                )
             with self._lock:
                 self._over_limit[peer] = started + FAILURE_WINDOW
                 self._over_limit.move_to_end(peer)

@@ -143,6 +143,7 @@ class Issuance:
             lifetime=lifetime,
             actor=caller.identity,
             action="issue",
+            peer=caller.peer,
         )
 
     def renew(self, caller: Caller, csr_pem: str, validity: dt.timedelta | None) -> Issued:
@@ -178,6 +179,7 @@ class Issuance:
             authorized_by=current.authorized_by,
             action="renew",
             detail=f"renews {caller.serial}",
+            peer=caller.peer,
         )
 
     def issue_for(
@@ -216,6 +218,7 @@ class Issuance:
         authorized_by: str = "",
         detail: str = "",
         spend_token: tuple[str, dt.datetime] | None = None,
+        peer: str = "",
     ) -> Issued:
         """Build, record and return a leaf for names already checked against policy. With
         spend_token (hash, now), the bootstrap token is spent in the transaction that stores
@@ -254,7 +257,7 @@ class Issuance:
                 # refreshed. Most mTLS peers never ask, so a signature per issuance would be
                 # spent on the issuance path (a third of its CPU) for nothing.
             )
-            audit = AuditEvent(now, action, actor, record.serial, detail)
+            audit = AuditEvent(now, action, actor, record.serial, detail, peer)
             try:
                 # Stored (durably) before anyone sees it: nothing is handed out unrecorded.
                 if spend_token is None:

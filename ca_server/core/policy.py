@@ -61,6 +61,7 @@ class Caller:
     identity: str
     serial: str
     is_admin: bool = False
+    peer: str = ""  # its network address (gRPC's peer form), for the audit trail
 
 
 @dataclass(frozen=True, slots=True)

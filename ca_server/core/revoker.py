@@ -56,7 +56,7 @@ class Revoker:
             check_is_admin(caller, "releasing a certificateHold (removeFromCRL)")
             outcome = self._store.release_hold(
                 serial,
-                AuditEvent(now, "release-hold", caller.identity, serial),
+                AuditEvent(now, "release-hold", caller.identity, serial, peer=caller.peer),
                 self._responder.sign(StatusAnswer(int(serial, 16), CertStatus.GOOD)),
             )
             if outcome is RevokeOutcome.NOT_HELD:
@@ -69,7 +69,7 @@ class Revoker:
                 serial,
                 now,
                 reason,
-                AuditEvent(now, "revoke", caller.identity, serial, reason.name),
+                AuditEvent(now, "revoke", caller.identity, serial, reason.name, caller.peer),
                 self._responder.sign(
                     StatusAnswer(int(serial, 16), CertStatus.REVOKED, now, reason)
                 ),

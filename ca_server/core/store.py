@@ -73,6 +73,47 @@ class AuditEvent:
     actor: str  # the caller's identity
     serial: str | None = None
     detail: str = ""
+    peer: str = ""  # the caller's network address, when it came over the network
+    outcome: str = "ok"  # "ok", or why it was refused
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """An audit row as stored: the event, its append order (id) and, once sealed into the
+    hash chain (see audit_chain), its position there and the hashes."""
+
+    id: int
+    at: dt.datetime
+    action: str
+    actor: str
+    serial: str | None
+    detail: str
+    peer: str
+    outcome: str
+    seq: int | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """A row's place in the hash chain, given when it is sealed."""
+
+    id: int
+    seq: int
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    action: str | None = None
+    actor: str | None = None
+    serial: str | None = None
+    after_id: int = 0  # keyset cursor
+    limit: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +259,27 @@ class Store(Protocol):
 
     def audit_events(self, limit: int = 100) -> Sequence[AuditEvent]:
         """The newest audit events, newest first."""
+        ...
+
+    def audit_records(self, query: AuditQuery) -> Sequence[AuditRecord]:
+        """Rows matching the query, oldest first (by id), after query.after_id."""
+        ...
+
+    def unsealed_audit(self, limit: int) -> Sequence[AuditRecord]:
+        """Rows not yet in the hash chain, oldest first."""
+        ...
+
+    def sealed_audit(self, after_seq: int, limit: int) -> Sequence[AuditRecord]:
+        """Sealed rows in chain order, after position after_seq."""
+        ...
+
+    def audit_head(self) -> tuple[int, str] | None:
+        """(seq, hash) of the last sealed row, or None when nothing is sealed."""
+        ...
+
+    def seal_audit(self, seals: Sequence[Seal], head_seq: int) -> int:
+        """Write seals in one transaction if the chain's head is still at head_seq (else
+        nothing: another sealer moved it); return how many rows were sealed."""
         ...
 
     def save_crl(self, crl: StoredCrl) -> None:

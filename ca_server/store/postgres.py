@@ -95,8 +95,32 @@ def _v3(db: _PgDb) -> None:
     )
 
 
+def _v4(db: _PgDb) -> None:
+    # As SQLite's v11: peer and outcome, and the hash chain, sealed once after the write.
+    db.execute(
+        "ALTER TABLE audit ADD COLUMN peer TEXT, ADD COLUMN outcome TEXT, ADD COLUMN seq BIGINT, "
+        "ADD COLUMN prev_hash TEXT, ADD COLUMN hash TEXT"
+    )
+    db.execute("CREATE UNIQUE INDEX audit_seq ON audit (seq)")
+    db.execute("CREATE INDEX audit_unsealed ON audit (id) WHERE hash IS NULL")
+    db.execute("DROP TRIGGER audit_append_only ON audit")
+    unchanged = " AND ".join(
+        f"NEW.{c} IS NOT DISTINCT FROM OLD.{c}"
+        for c in ("id", "at", "action", "actor", "serial", "detail", "peer", "outcome")
+    )
+    db.execute(
+        "CREATE FUNCTION signet_audit_seal_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF TG_OP = 'DELETE' OR OLD.hash IS NOT NULL OR NOT ({unchanged}) THEN "
+        "RAISE EXCEPTION 'audit is append-only'; END IF; RETURN NEW; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
+        "FOR EACH ROW EXECUTE FUNCTION signet_audit_seal_only()"
+    )
+
+
 # Append only: the index is the schema version a migration produces (signet_schema.version).
-MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

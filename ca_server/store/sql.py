@@ -19,11 +19,14 @@ from ..core.ocsp import SignedStatus
 from ..core.revocation import Reason, RevokedEntry
 from ..core.store import (
     AuditEvent,
+    AuditQuery,
+    AuditRecord,
     CertificateRecord,
     DuplicateSerial,
     ListQuery,
     OcspUpdate,
     RevokeOutcome,
+    Seal,
     SignedDocument,
     Status,
     StatusRow,
@@ -74,6 +77,30 @@ def _insert(db: Db, table: str, row: dict[str, Any]) -> None:
     columns = ", ".join(row)
     marks = ", ".join("?" * len(row))
     db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))  # noqa: S608
+
+
+_AUDIT = "id, at, action, actor, serial, detail, peer, outcome, seq, prev_hash, hash"
+
+
+class _Resealed(Exception):
+    """A row to seal was sealed meanwhile: the whole batch is rolled back."""
+
+
+def _audit_record(row: Sequence[Any]) -> AuditRecord:
+    id_, at, action, actor, serial, detail, peer, outcome, seq, prev_hash, digest = row
+    return AuditRecord(
+        int(id_),
+        _from_epoch(at),
+        action,
+        actor,
+        serial,
+        detail or "",
+        peer or "",
+        outcome or "ok",
+        seq,
+        prev_hash,
+        digest,
+    )
 
 
 def _certificate_row(record: CertificateRecord) -> dict[str, Any]:
@@ -415,8 +442,17 @@ class SqlStore:
     @staticmethod
     def _append_audit(db: Db, event: AuditEvent) -> None:
         db.execute(
-            "INSERT INTO audit (at, action, actor, serial, detail) VALUES (?, ?, ?, ?, ?)",
-            [_epoch(event.at), event.action, event.actor, event.serial, event.detail],
+            "INSERT INTO audit (at, action, actor, serial, detail, peer, outcome) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                _epoch(event.at),
+                event.action,
+                event.actor,
+                event.serial,
+                event.detail,
+                event.peer,
+                event.outcome,
+            ],
         )
 
     def add_token(self, token: TokenRecord, audit: AuditEvent) -> None:
@@ -512,9 +548,78 @@ class SqlStore:
 
     def audit_events(self, limit: int = 100) -> Sequence[AuditEvent]:
         rows = self._read(
-            "SELECT at, action, actor, serial, detail FROM audit ORDER BY id DESC LIMIT ?", [limit]
+            "SELECT at, action, actor, serial, detail, peer, outcome FROM audit "
+            "ORDER BY id DESC LIMIT ?",
+            [limit],
         )
-        return [AuditEvent(_from_epoch(at), a, actor, s, d or "") for at, a, actor, s, d in rows]
+        return [
+            AuditEvent(_from_epoch(at), a, actor, s, d or "", p or "", o or "ok")
+            for at, a, actor, s, d, p, o in rows
+        ]
+
+    # -- the audit trail's hash chain --------------------------------------------------------
+    def audit_records(self, query: AuditQuery) -> Sequence[AuditRecord]:
+        where, params = ["id > ?"], [query.after_id]  # type: list[str], list[Any]
+        for column, value in (
+            ("action", query.action),
+            ("actor", query.actor),
+            ("serial", query.serial),
+        ):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.since is not None:
+            where.append("at >= ?")
+            params.append(_epoch(query.since))
+        if query.until is not None:
+            where.append("at < ?")
+            params.append(_epoch(query.until))
+        # Only constant fragments are joined in; every value is a bound parameter.
+        sql = f"SELECT {_AUDIT} FROM audit WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"  # noqa: S608
+        return [_audit_record(r) for r in self._read(sql, [*params, query.limit])]
+
+    def unsealed_audit(self, limit: int) -> Sequence[AuditRecord]:
+        rows = self._read(
+            f"SELECT {_AUDIT} FROM audit WHERE hash IS NULL ORDER BY id LIMIT ?",  # noqa: S608
+            [limit],
+        )
+        return [_audit_record(r) for r in rows]
+
+    def sealed_audit(self, after_seq: int, limit: int) -> Sequence[AuditRecord]:
+        rows = self._read(
+            f"SELECT {_AUDIT} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+            [after_seq, limit],
+        )
+        return [_audit_record(r) for r in rows]
+
+    def audit_head(self) -> tuple[int, str] | None:
+        row = self._read_one(
+            "SELECT seq, hash FROM audit WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1"
+        )
+        return (int(row[0]), str(row[1])) if row else None
+
+    def seal_audit(self, seals: Sequence[Seal], head_seq: int) -> int:
+        def tx(db: Db) -> int:
+            row = db.execute("SELECT MAX(seq) FROM audit").fetchone()
+            if (row[0] or 0) != head_seq:
+                return 0  # another sealer moved the head: its seals stand, ours are void
+            sealed = 0
+            for seal in seals:
+                cursor = db.execute(
+                    "UPDATE audit SET seq = ?, prev_hash = ?, hash = ? "
+                    "WHERE id = ? AND hash IS NULL",
+                    [seal.seq, seal.prev_hash, seal.hash, seal.id],
+                )
+                sealed += cursor.rowcount
+            if sealed != len(seals):
+                raise _Resealed
+            return sealed
+
+        try:
+            done: int = self._write(tx)
+        except _Resealed:
+            return 0
+        return done
 
     # -- helpers -------------------------------------------------------------------------------
     @staticmethod

@@ -138,6 +138,26 @@ def _v10(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v11(db: sqlite_utils.Database) -> None:
+    # Who and from where, and the hash chain (see core.audit_chain): rows are sealed after
+    # they are written, so an update may set seq and the hashes once, and change nothing else.
+    for column in ("peer", "outcome", "prev_hash", "hash"):
+        db.execute(f"ALTER TABLE audit ADD COLUMN {column} TEXT")
+    db.execute("ALTER TABLE audit ADD COLUMN seq INTEGER")
+    db.execute("CREATE UNIQUE INDEX audit_seq ON audit (seq)")
+    db.execute("CREATE INDEX audit_unsealed ON audit (id) WHERE hash IS NULL")
+    db.execute("DROP TRIGGER audit_no_update")
+    unchanged = " AND ".join(
+        f"NEW.{c} IS OLD.{c}"
+        for c in ("id", "at", "action", "actor", "serial", "detail", "peer", "outcome")
+    )
+    db.execute(
+        "CREATE TRIGGER audit_seal_only BEFORE UPDATE ON audit "
+        f"WHEN OLD.hash IS NOT NULL OR NOT ({unchanged}) "
+        "BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END"
+    )
+
+
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1,
@@ -150,6 +170,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v8,
     _v9,
     _v10,
+    _v11,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

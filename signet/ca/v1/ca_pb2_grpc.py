@@ -79,6 +79,11 @@ class CertificateAuthorityStub:
                 request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.IssuedCertificate.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/signet.ca.v1.CertificateAuthority/ListAuditEvents',
+                request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class CertificateAuthorityServicer:
@@ -153,6 +158,14 @@ class CertificateAuthorityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """Pages through the audit trail, oldest first (admin only). Each event is sealed into a
+        hash chain within a second of being written; `ca-server audit verify` checks the chain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CertificateAuthorityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +213,11 @@ def add_CertificateAuthorityServicer_to_server(servicer, server):
                     servicer.Enroll,
                     request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.EnrollRequest.FromString,
                     response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.IssuedCertificate.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +463,33 @@ class CertificateAuthority:
             '/signet.ca.v1.CertificateAuthority/Enroll',
             signet_dot_ca_dot_v1_dot_ca__pb2.EnrollRequest.SerializeToString,
             signet_dot_ca_dot_v1_dot_ca__pb2.IssuedCertificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signet.ca.v1.CertificateAuthority/ListAuditEvents',
+            signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsRequest.SerializeToString,
+            signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,10 @@ class CertificateAuthorityStub:
     """Exchanges a bootstrap token and a CSR for a first certificate. Served on the bootstrap
     listener (server-authenticated TLS): the token stands in for a client certificate.
     """
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_ca_pb2.ListAuditEventsRequest, _ca_pb2.ListAuditEventsResponse]
+    """Pages through the audit trail, oldest first (admin only). Each event is sealed into a
+    hash chain within a second of being written; `ca-server audit verify` checks the chain.
+    """
 
 @_typing.type_check_only
 class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
@@ -97,6 +101,10 @@ class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
     Enroll: _aio.UnaryUnaryMultiCallable[_ca_pb2.EnrollRequest, _ca_pb2.IssuedCertificate]  # type: ignore[assignment]
     """Exchanges a bootstrap token and a CSR for a first certificate. Served on the bootstrap
     listener (server-authenticated TLS): the token stands in for a client certificate.
+    """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_ca_pb2.ListAuditEventsRequest, _ca_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """Pages through the audit trail, oldest first (admin only). Each event is sealed into a
+    hash chain within a second of being written; `ca-server audit verify` checks the chain.
     """
 
 class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
@@ -181,6 +189,16 @@ class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ca_pb2.IssuedCertificate, _abc.Awaitable[_ca_pb2.IssuedCertificate]]:
         """Exchanges a bootstrap token and a CSR for a first certificate. Served on the bootstrap
         listener (server-authenticated TLS): the token stands in for a client certificate.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _ca_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ca_pb2.ListAuditEventsResponse, _abc.Awaitable[_ca_pb2.ListAuditEventsResponse]]:
+        """Pages through the audit trail, oldest first (admin only). Each event is sealed into a
+        hash chain within a second of being written; `ca-server audit verify` checks the chain.
         """
 
 def add_CertificateAuthorityServicer_to_server(servicer: CertificateAuthorityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
