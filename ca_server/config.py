@@ -3,6 +3,7 @@ overridden by command-line flags. Parsed once, validated once, into frozen datac
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import os
@@ -55,6 +56,25 @@ class CaConfig:
     @property
     def store_url(self) -> str:
         return self.server.store or f"sqlite:///{self.data_dir / 'ca.db'}"
+
+
+def audited_settings(config: CaConfig) -> dict[str, str]:
+    """The settings in force, flattened to "section.name" -> text, for the audit trail's
+    record of configuration changes. config.toml holds no secrets; a store URL's password
+    (from the environment) is left out all the same."""
+    out = {"trust_domain": config.trust_domain, "key_type": config.key_type}
+    for section, values in (
+        ("server", config.server),
+        ("issuance", config.issuance),
+        ("policy", config.policy),
+    ):
+        for field in dataclasses.fields(values):
+            value = getattr(values, field.name)
+            if field.name == "store" and url_has_password(str(value)):
+                value = "<a URL with a password>"
+            text = format_duration(value) if isinstance(value, dt.timedelta) else str(value)
+            out[f"{section}.{field.name}"] = text
+    return out
 
 
 def url_has_password(url: str) -> bool:

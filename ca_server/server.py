@@ -22,6 +22,8 @@ from .api.http import HttpListener
 from .api.interceptor import RpcInterceptor
 from .api.reflection import enable_reflection
 from .api.servicer import CertificateAuthorityServicer
+from .config import audited_settings
+from .core.config_audit import record_config_change
 from .core.errors import ConfigurationError
 from .core.profile import PublicUrls
 from .datadir import DataDir, LoadedCa
@@ -174,6 +176,12 @@ def start_server(
 
     maintenance = Maintenance(ca.authority, on_store_health=store_health)
     maintenance.start()
+    if maintenance.leader:  # one process of several; the others find nothing new to record
+        changed = record_config_change(
+            ca.authority.store, ca.authority.clock, audited_settings(ca.config)
+        )
+        if changed:
+            log.info("configuration_recorded", changed=changed)
     serving = ServingCertificate(
         ca.authority,
         settings.server_names,

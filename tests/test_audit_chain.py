@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import grpc
 import pytest
 
 from ca_server.core.audit_chain import seal, seal_pending, verify, verify_store
-from ca_server.core.store import AuditEvent, AuditRecord, Store
+from ca_server.core.store import AuditEvent, AuditQuery, AuditRecord, Store
 from ca_server.datadir import init_ca
 from ca_server.store import open_store
 from signet.ca.v1 import ca_pb2
@@ -227,3 +228,34 @@ def test_a_running_server_seals_new_events_within_a_few_polls(ca: CaServer, admi
         assert time.monotonic() < deadline, "the server did not seal the event"
         time.sleep(0.05)
     assert verify_store(ca.store).ok
+
+
+def test_a_configuration_change_at_start_up_is_audited_with_what_changed(tmp_path: Path) -> None:
+    from tests.conftest import start_ca, stop_ca
+
+    def configs(ca: CaServer) -> list[dict[str, object]]:
+        events = ca.store.audit_records(AuditQuery(action="config", limit=100))
+        return [json.loads(e.detail) for e in events]
+
+    data = tmp_path / "ca-data"
+    first = start_ca(data)
+    try:
+        [initial] = configs(first)
+        assert "issuance.max_validity" in initial["changed"]  # type: ignore[operator]
+        assert "policy.workloads" in initial["changed"]  # type: ignore[operator]
+    finally:
+        stop_ca(first)
+    again = start_ca(data)  # same settings: nothing new
+    try:
+        assert len(configs(again)) == 1
+    finally:
+        stop_ca(again)
+    config = data / "config.toml"
+    config.write_text(config.read_text().replace('max_validity = "30d"', 'max_validity = "7d"'))
+    changed = start_ca(data)
+    try:
+        latest = configs(changed)[-1]
+        assert latest["changed"] == ["issuance.max_validity"]
+        assert latest["settings"]["issuance.max_validity"] == "7d"  # type: ignore[index]
+    finally:
+        stop_ca(changed)

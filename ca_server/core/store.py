@@ -112,8 +112,9 @@ class AuditQuery:
     action: str | None = None
     actor: str | None = None
     serial: str | None = None
-    after_id: int = 0  # keyset cursor
+    after_id: int = 0  # keyset cursor (ignored when newest_first)
     limit: int = 100
+    newest_first: bool = False
 
 
 @dataclass(frozen=True, slots=True)

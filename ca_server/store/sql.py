@@ -559,7 +559,7 @@ class SqlStore:
 
     # -- the audit trail's hash chain --------------------------------------------------------
     def audit_records(self, query: AuditQuery) -> Sequence[AuditRecord]:
-        where, params = ["id > ?"], [query.after_id]  # type: list[str], list[Any]
+        where, params = ["id > ?"], [0 if query.newest_first else query.after_id]  # type: list[str], list[Any]
         for column, value in (
             ("action", query.action),
             ("actor", query.actor),
@@ -575,7 +575,8 @@ class SqlStore:
             where.append("at < ?")
             params.append(_epoch(query.until))
         # Only constant fragments are joined in; every value is a bound parameter.
-        sql = f"SELECT {_AUDIT} FROM audit WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"  # noqa: S608
+        order = "id DESC" if query.newest_first else "id"
+        sql = f"SELECT {_AUDIT} FROM audit WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"  # noqa: S608
         return [_audit_record(r) for r in self._read(sql, [*params, query.limit])]
 
     def unsealed_audit(self, limit: int) -> Sequence[AuditRecord]:
