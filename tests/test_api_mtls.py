@@ -403,9 +403,18 @@ def test_requests_over_the_size_limit_are_refused_by_grpc(admin) -> None:
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_bad_page_token_is_invalid_argument(admin) -> None:
+@pytest.mark.parametrize(
+    "page_token",
+    [
+        "%%%",
+        base64.urlsafe_b64encode(b"[" * 100_000).decode(),  # once a RecursionError: INTERNAL
+        base64.urlsafe_b64encode(b'{"a": ' * 5000).decode(),
+    ],
+    ids=["garbage", "deeply-nested-json-array", "deeply-nested-json-object"],
+)
+def test_bad_page_token_is_invalid_argument(admin, page_token: str) -> None:  # type: ignore[no-untyped-def]
     code, details = _call_code(
-        admin.ListCertificates, ca_pb2.ListCertificatesRequest(page_token="%%%")
+        admin.ListCertificates, ca_pb2.ListCertificatesRequest(page_token=page_token)
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "page_token" in details

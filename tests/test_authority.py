@@ -913,8 +913,13 @@ def test_listing_filters_by_status_and_expiry(
     assert sorted(list_all(authority, 2, expiring_before=soon)) == sorted(s.serial for s in short)
 
 
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 def token(value: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+    """A page token of the previous format (JSON), still accepted when well-formed."""
+    return b64(json.dumps(value).encode())
 
 
 @pytest.mark.parametrize(
@@ -929,6 +934,16 @@ def token(value: object) -> str:
         token([1, "ab", 3]),
         token({"issued_at": 1}),
         pytest.param(token([2**70, "ab"]), id="issued_at-overflows-int64"),
+        pytest.param(b64(b"[" * 100_000), id="deeply-nested-json"),
+        pytest.param(b64(b"\x01" + bytes(8) + b"ab" * 500), id="too-long"),
+        pytest.param(b64(b"\x02" + bytes(8) + b"ab"), id="unknown-version"),
+        pytest.param(b64(b"\x01" + bytes(7)), id="truncated"),
+        pytest.param(b64(b"\x01" + bytes(8) + b"AB"), id="uppercase-serial"),
+        pytest.param(b64(b"\x01" + bytes(8) + b"a" * 41), id="serial-over-20-octets"),
+        pytest.param(b64(b"\x01" + b"\x40" + bytes(7) + b"ab"), id="issued_at-over-2**62"),
+        pytest.param(b64(b"\x01" + bytes(8) + b"ab") + "=", id="padded"),
+        pytest.param(b64(b"\x01" + bytes(8) + b"ab")[:-1] + "J", id="non-canonical-low-bits"),
+        pytest.param(token([1, "ab"]).replace("", " ")[1:-1], id="spaces"),
     ],
 )
 def test_a_page_token_this_server_never_returned_is_an_invalid_request(
@@ -937,6 +952,33 @@ def test_a_page_token_this_server_never_returned_is_an_invalid_request(
     issue(authority)
     with pytest.raises(InvalidRequest, match="page_token"):
         authority.list_certificates(ADMIN, None, None, 10, page_token)
+
+
+def test_page_tokens_are_opaque_fixed_binary_not_json(
+    authority: CertificateAuthority, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        issue(authority)
+        clock.advance(dt.timedelta(seconds=1))
+    page = authority.list_certificates(ADMIN, None, None, 1, "")
+    raw = base64.urlsafe_b64decode(page.next_page_token + "==")
+    assert raw[:1] == b"\x01" and raw[9:].decode() == page.records[-1].serial
+    assert int.from_bytes(raw[1:9], "big") == int(page.records[-1].issued_at.timestamp())
+
+
+def test_a_page_token_of_the_previous_json_format_still_pages(
+    authority: CertificateAuthority, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        issue(authority)
+        clock.advance(dt.timedelta(seconds=1))
+    first = authority.list_certificates(ADMIN, None, None, 1, "")
+    last = first.records[-1]
+    legacy = token([int(last.issued_at.timestamp()), last.serial])
+    assert (
+        authority.list_certificates(ADMIN, None, None, 10, legacy).records
+        == authority.list_certificates(ADMIN, None, None, 10, first.next_page_token).records
+    )
 
 
 def test_a_negative_page_size_is_an_invalid_request(authority: CertificateAuthority) -> None:
