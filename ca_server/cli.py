@@ -20,7 +20,7 @@ from .config import DEFAULT_KEY_TYPE, DEFAULT_TRUST_DOMAIN, load_config, resolve
 from .core.durations import parse_duration
 from .core.errors import ConfigurationError, SignetError
 from .core.keys import CA_KEY_TYPES
-from .core.policy import Caller
+from .core.policy import CA_SERVER_NAME, Caller
 from .datadir import DataDir, init_ca, load_ca
 from .logs import configure_logging
 from .migrate import migrate, terminal_progress
@@ -171,14 +171,16 @@ def _grpcurl() -> str:
 
 def grpcurl_command(data_dir: Path, address: str) -> str:
     host, _, port = address.rpartition(":")
-    # A wildcard bind is reachable on loopback, which the serving certificate names.
+    # A wildcard bind is reachable on loopback.
     if host in {"", "0.0.0.0", "[::]", "::"}:  # noqa: S104
         host = "127.0.0.1"
     admin = data_dir / "admin"
+    # The CA is verified by its reserved name, which policy grants to no one, as ca-client
+    # does: a leaf this CA issued for localhost or 127.0.0.1 could otherwise pose as it.
     return (
         f"{_grpcurl()} -cacert {_display_path(admin / 'ca.pem')}"
         f" -cert {_display_path(admin / 'cert.pem')} -key {_display_path(admin / 'key.pem')}"
-        f" {host}:{port} list"
+        f" -authority {CA_SERVER_NAME} {host}:{port} list"
     )
 
 
