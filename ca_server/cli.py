@@ -193,6 +193,7 @@ def _serve(data_dir: Path, args: argparse.Namespace) -> int:
     lock = d.lock()  # held until we exit: one server per data directory, init included
     if not d.exists():
         _init(data_dir, args)
+    d.check_permissions()  # before config.toml is believed
     config = load_config(data_dir, _overrides(args))
     configure_logging(config.server.log_level)
     passphrase = _passphrase(args)
@@ -235,6 +236,7 @@ def _token_create(data_dir: Path, args: argparse.Namespace) -> int:
     """Mint a token straight into the store, as the operator at this machine (an admin)."""
     if not DataDir(data_dir).exists():
         raise ConfigurationError(f"{data_dir} holds no Signet CA: run ca-server init first")
+    DataDir(data_dir).check_permissions()
     ca = load_ca(load_config(data_dir, _overrides(args)), _passphrase(args))
     try:
         operator = Caller(LOCAL_OPERATOR, "", is_admin=True)

@@ -19,7 +19,14 @@ from .core.errors import ConfigurationError
 from .core.keys import generate_key
 from .core.profile import Issuer, build_intermediate, build_root, ca_name, pem
 from .core.store import AuditEvent, Store
-from .files import atomic_write, load_private_key, write_private_key
+from .files import (
+    atomic_write,
+    check_key_file_mode,
+    check_not_world_writable,
+    load_private_key,
+    make_private_dir,
+    write_private_key,
+)
 from .store import open_store
 
 ROOT_VALIDITY = dt.timedelta(days=3650)
@@ -86,11 +93,23 @@ class DataDir:
             return True
         return all(p == self.lock_file for p in self.path.iterdir())
 
+    def check_permissions(self) -> None:
+        """Refuse to serve what another local user could have changed: a world-writable data
+        directory, subdirectory or config.toml, or an admin key readable by others or not
+        ours. (The CA keys are checked as they are loaded.)"""
+        for path in (self.path, self.secrets, self.admin, self.config):
+            if path.exists():
+                check_not_world_writable(path)
+        admin_key = self.admin / "key.pem"
+        if admin_key.exists():
+            check_key_file_mode(admin_key)
+
     def lock(self) -> IO[str]:
         """Take the data directory's serve lock (released when the process exits), or raise
         ConfigurationError naming the process that holds it."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.lock_file, "a+")  # noqa: SIM115 - held for the process's life
+        make_private_dir(self.path)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        handle = open(fd, "a+")  # noqa: SIM115 - held for the process's life
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -126,7 +145,7 @@ def init_ca(
     if d.exists():
         raise ConfigurationError(f"{data_dir} already holds a CA; refusing to overwrite it")
     clock = clock or SystemClock()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(data_dir)
     # The database first: an unusable or unreachable store, or one that already holds a CA
     # (a shared PostgreSQL database), stops init before any key is made.
     store = open_store(store_url or f"sqlite:///{data_dir / 'ca.db'}")
@@ -136,8 +155,8 @@ def init_ca(
                 "the database already holds a CA; refusing to overwrite it (replicas use a "
                 "copy of the first data directory: see the README)"
             )
-        d.secrets.mkdir(mode=0o700, exist_ok=True)
-        d.admin.mkdir(mode=0o700, exist_ok=True)
+        make_private_dir(d.secrets)
+        make_private_dir(d.admin)
         write_public(d.config, render_default_config(trust_domain, key_type, store_url or ""))
         overrides = {"store": store_url} if store_url else None
         config = load_config(data_dir, overrides)

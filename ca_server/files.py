@@ -37,6 +37,33 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
+def make_private_dir(path: Path) -> None:
+    """Create `path` and its missing parents 0700 whatever the umask: under umask 000 a plain
+    mkdir makes them 0777, and any local user could then replace config.toml or root.pem.
+    Directories that already exist are left as they are (check_not_world_writable judges them)."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:  # made meanwhile by someone else: theirs to judge
+            continue
+        os.chmod(directory, 0o700)  # an odd umask (e.g. 0200) also strips our own bits
+
+
+def check_not_world_writable(path: Path) -> None:
+    """Refuse a file or directory any local user may change (or, for a directory, whose
+    entries any local user may replace)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o002:
+        raise ConfigurationError(
+            f"refusing to start: {path} is writable by any local user (mode {mode:04o}), who "
+            f"could replace what the CA trusts; run: chmod o-w {path}"
+        )
+
+
 def write_private_key(path: Path, key: PrivateKeyTypes, passphrase: bytes | None = None) -> None:
     """Write a PKCS#8 PEM key, mode 0600, encrypted with the best available cipher if a
     passphrase is given."""
@@ -52,7 +79,14 @@ def write_private_key(path: Path, key: PrivateKeyTypes, passphrase: bytes | None
 
 
 def check_key_file_mode(path: Path) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
+    st = path.stat()
+    # Another user's key could have been planted (or be read) by that user.
+    if st.st_uid != os.geteuid():
+        raise ConfigurationError(
+            f"refusing to use {path}: it is owned by uid {st.st_uid}, not by this server's user "
+            f"(uid {os.geteuid()}); run: chown {os.geteuid()} {path}"
+        )
+    mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
         raise ConfigurationError(
             f"refusing to use {path}: it is readable by group or others (mode {mode:04o}); "

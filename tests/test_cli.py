@@ -324,6 +324,58 @@ def test_serve_refuses_a_key_file_readable_by_group_or_others_and_says_chmod_600
     assert not (data_dir / "serve.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("where", "mode"),
+    [
+        pytest.param(".", 0o777, id="data-dir-0777"),
+        pytest.param("config.toml", 0o666, id="config-0666"),
+        pytest.param("admin/key.pem", 0o644, id="admin-key-0644"),
+    ],
+)
+def test_serve_refuses_what_any_local_user_could_change_or_read_in_one_line(
+    tmp_path: Path, where: str, mode: int
+) -> None:
+    data_dir = tmp_path / "ca"
+    _init(data_dir, tmp_path)
+    (data_dir / where).chmod(mode)
+
+    result = _serve_refused("--data-dir", data_dir, "--listen", "127.0.0.1:0", cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ca-server: error: refusing"), result.stderr
+    assert str(data_dir / where).rstrip("/.") in lines[0]
+    assert not (data_dir / "serve.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_serve_refuses_a_ca_key_not_owned_by_its_user(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ca"
+    _init(data_dir, tmp_path)
+    os.chown(data_dir / "secrets" / "intermediate.key.pem", 65534, -1)
+
+    result = _serve_refused("--data-dir", data_dir, "--listen", "127.0.0.1:0", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "owned by uid 65534, not by this server's user" in result.stderr, result.stderr
+    assert "intermediate.key.pem" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_init_under_umask_000_makes_the_data_directory_0700(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ca"
+    result = subprocess.run(
+        [*_ca_server(), "init", "--data-dir", str(data_dir)],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=EXIT_TIMEOUT,
+        umask=0,
+    )
+    assert result.returncode == 0, result.stderr
+    for directory in (data_dir, data_dir / "secrets", data_dir / "admin"):
+        assert _mode(directory) == 0o700, f"{directory}: {_mode(directory):04o}"
+    assert _mode(data_dir / "config.toml") == 0o644
+
+
 # -- passphrase-protected CA keys ---------------------------------------------------------------
 
 
