@@ -21,7 +21,7 @@ from .core.durations import parse_duration
 from .core.errors import ConfigurationError, SignetError
 from .core.keys import CA_KEY_TYPES
 from .core.policy import CA_SERVER_NAME, Caller
-from .datadir import DataDir, init_ca, load_ca
+from .datadir import DataDir, init_ca, load_ca, rewrap_keys
 from .logs import configure_logging
 from .migrate import migrate, terminal_progress
 from .server import raise_open_file_limit, start_server
@@ -74,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--token-ttl", help="how long the token can be used (default 15m)")
     create.add_argument("--certificate-ttl", help="lifetime of the certificate it yields")
     create.add_argument("--json", action="store_true", help="machine-readable output")
+
+    keys = sub.add_parser("keys", help="the CA keys at rest")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    rewrap = keys_sub.add_parser(
+        "rewrap",
+        help="re-encrypt the CA keys in secrets/ as PKCS#12 (PBKDF2-HMAC-SHA256, 600,000 "
+        "iterations, AES-256-CBC), with the passphrase serve uses",
+    )
+    common(rewrap)
 
     move = sub.add_parser(
         "migrate", help="copy a CA's whole history into a new database (e.g. SQLite to PostgreSQL)"
@@ -266,6 +275,16 @@ def _token_create(data_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_rewrap(data_dir: Path, args: argparse.Namespace) -> int:
+    d = DataDir(data_dir)
+    if not d.exists():
+        raise ConfigurationError(f"{data_dir} holds no Signet CA")
+    d.check_permissions()
+    for old, new in rewrap_keys(data_dir, _passphrase(args)):
+        print(f"re-encrypted {_display_path(old)} -> {_display_path(new)}")
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
     """Copy everything; the source CA must not be serving meanwhile (its serve.lock)."""
     if not args.source.startswith("sqlite:///"):
@@ -302,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token_create(data_dir, args)
         if args.command == "migrate":
             return _migrate(args)
+        if args.command == "keys":
+            return _keys_rewrap(data_dir, args)
         if args.command == "init":
             _init(data_dir, args)
             print(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -16,13 +17,16 @@ from .config import CaConfig, load_config, render_default_config
 from .core.authority import CertificateAuthority
 from .core.clock import Clock, SystemClock, utc_seconds
 from .core.errors import ConfigurationError
-from .core.keys import generate_key
+from .core.keys import SigningKey, generate_key
 from .core.profile import Issuer, build_intermediate, build_root, ca_name, pem
 from .core.store import AuditEvent, Store
 from .files import (
+    ENCRYPTED_KEY_SUFFIX,
+    PASSPHRASE_HINT,
     atomic_write,
     check_key_file_mode,
     check_not_world_writable,
+    is_weakly_encrypted,
     load_private_key,
     make_private_dir,
     write_private_key,
@@ -33,6 +37,8 @@ ROOT_VALIDITY = dt.timedelta(days=3650)
 INTERMEDIATE_VALIDITY = dt.timedelta(days=1825)
 ADMIN_VALIDITY = dt.timedelta(days=365)
 INIT_ACTOR = "signet:init"
+
+log = structlog.get_logger("signet.datadir")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +71,22 @@ class DataDir:
         """The delegated OCSP responder's key and certificate, shared by every worker."""
         return self.secrets / "ocsp-responder.pem"
 
+    def key_file(self, name: str, *, encrypted: bool | None = None) -> Path:
+        """A CA key: secrets/<name>.key.p12 (PKCS#12, passphrase-encrypted) or the PKCS#8 PEM
+        secrets/<name>.key.pem (unencrypted, or encrypted by an older Signet). By default the
+        one there is, the .p12 first; `encrypted` names the one to write."""
+        p12 = self.secrets / f"{name}.key{ENCRYPTED_KEY_SUFFIX}"
+        if encrypted is None:
+            encrypted = p12.exists()
+        return p12 if encrypted else self.secrets / f"{name}.key.pem"
+
     @property
     def root_key(self) -> Path:
-        return self.secrets / "root.key.pem"
+        return self.key_file("root")
 
     @property
     def intermediate_key(self) -> Path:
-        return self.secrets / "intermediate.key.pem"
+        return self.key_file("intermediate")
 
     @property
     def admin(self) -> Path:
@@ -177,8 +192,9 @@ def init_ca(
             now,
             now + INTERMEDIATE_VALIDITY,
         )
-        write_private_key(d.root_key, root_key, passphrase)
-        write_private_key(d.intermediate_key, int_key, passphrase)
+        encrypted = bool(passphrase)
+        write_private_key(d.key_file("root", encrypted=encrypted), root_key, passphrase)
+        write_private_key(d.key_file("intermediate", encrypted=encrypted), int_key, passphrase)
         write_public(d.root_cert, pem(root_cert))
         write_public(d.intermediate_cert, pem(int_cert))
 
@@ -231,6 +247,13 @@ def load_ca(config: CaConfig, passphrase: bytes | None, clock: Clock | None = No
     if d.root_key.exists():
         load_private_key(d.root_key, passphrase)  # fail now on bad modes or a wrong passphrase
     int_key = load_private_key(d.intermediate_key, passphrase)
+    for key in (d.root_key, d.intermediate_key):
+        if key.exists() and is_weakly_encrypted(key):
+            log.warning(
+                "ca_key_weakly_encrypted",
+                path=str(key),
+                hint=f"2,048 PBKDF2 iterations; run: ca-server keys rewrap --data-dir {d.path}",
+            )
     root = x509.load_pem_x509_certificate(d.root_cert.read_bytes())
     int_cert = x509.load_pem_x509_certificate(d.intermediate_cert.read_bytes())
     if int_cert.public_key().public_bytes(
@@ -249,3 +272,34 @@ def load_ca(config: CaConfig, passphrase: bytes | None, clock: Clock | None = No
         settings=config.issuance,
     )
     return LoadedCa(config, store, authority)
+
+
+def rewrap_keys(data_dir: Path, passphrase: bytes | None) -> list[tuple[Path, Path]]:
+    """Re-encrypt the CA keys in secrets/ (those not moved offline) as PKCS#12 with
+    KDF_ROUNDS iterations; return (old, new) paths. The new file is written and read back
+    before the old one goes: at every moment one of them holds the key."""
+    if not passphrase:
+        raise ConfigurationError(f"keys rewrap needs the keys' passphrase: {PASSPHRASE_HINT}")
+    d = DataDir(data_dir)
+    done = []
+    for name in ("root", "intermediate"):
+        old = d.key_file(name)
+        if not old.exists():
+            continue  # the root key may live offline
+        key = load_private_key(old, passphrase)
+        new = d.key_file(name, encrypted=True)
+        write_private_key(new, key, passphrase)
+        if _spki(load_private_key(new, passphrase)) != _spki(key):
+            raise ConfigurationError(f"{new} does not read back as the key of {old}")
+        if old != new:
+            old.unlink(missing_ok=True)
+        done.append((old, new))
+    if not done:
+        raise ConfigurationError(f"no CA key in {d.secrets}: is {d.path} a Signet data directory?")
+    return done
+
+
+def _spki(key: SigningKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

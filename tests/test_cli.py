@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from ca_server.files import load_private_key
+from tests.test_keys import write_legacy_pkcs8
 from tests.tools import Grpcurl, openssl
 
 SERVICE = "signet.ca.v1.CertificateAuthority"
@@ -388,17 +390,69 @@ def encrypted_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cwd, data_dir
 
 
-def test_ca_keys_made_with_a_passphrase_are_encrypted_pem(encrypted_ca: tuple[Path, Path]) -> None:
+def _pkcs12_key(path: Path, passphrase: str) -> subprocess.CompletedProcess[str]:
+    return openssl(
+        "pkcs12", "-in", path, "-nocerts", "-noenc", "-passin", f"pass:{passphrase}", check=False
+    )
+
+
+def test_ca_keys_made_with_a_passphrase_are_pkcs12(encrypted_ca: tuple[Path, Path]) -> None:
     _, data_dir = encrypted_ca
-    keys = sorted((data_dir / "secrets").glob("*.key.pem"))
-    assert len(keys) == 2
+    keys = sorted((data_dir / "secrets").glob("*.key.*"))
+    assert [k.name for k in keys] == ["intermediate.key.p12", "root.key.p12"]
     for key in keys:
-        text = key.read_text()
-        assert text.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----"), key
         assert _mode(key) == 0o600
         # openssl cannot read it without the passphrase, and can with it.
-        assert openssl("pkey", "-in", key, "-passin", "pass:", "-noout", check=False).returncode
-        openssl("pkey", "-in", key, "-passin", "pass:secret", "-noout")
+        assert _pkcs12_key(key, "").returncode
+        assert "PRIVATE KEY" in _pkcs12_key(key, "secret").stdout
+
+
+def _legacy_encrypted_ca(cwd: Path) -> Path:
+    """A data directory as an older Signet made it with a passphrase: PKCS#8 PEM keys
+    encrypted with 2,048 PBKDF2 iterations."""
+    data_dir = cwd / "old-ca"
+    _init(data_dir, cwd, env={"SIGNET_CA_PASSPHRASE": "secret"})
+    for p12 in (data_dir / "secrets").glob("*.key.p12"):
+        write_legacy_pkcs8(p12.with_suffix(".pem"), load_private_key(p12, b"secret"), b"secret")
+        p12.unlink()
+    return data_dir
+
+
+def test_keys_rewrap_moves_legacy_pkcs8_keys_to_pkcs12_and_serve_still_starts(
+    tmp_path: Path,
+) -> None:
+    data_dir = _legacy_encrypted_ca(tmp_path)
+    old = sorted((data_dir / "secrets").glob("*.key.pem"))
+    assert [k.read_text().splitlines()[0] for k in old] == [
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----"
+    ] * 2
+    env = {"SIGNET_CA_PASSPHRASE": "secret"}
+    args = ("--data-dir", data_dir, "--listen", "127.0.0.1:0")
+    with serving(*args, cwd=tmp_path, env=env) as server:  # old data directories keep working
+        server.wait_for_line(TRY_IT)
+        assert server.terminate() == 0, server.stderr
+    assert "ca-server keys rewrap" in server.stderr  # and it says how to re-encrypt them
+
+    refused = _run("keys", "rewrap", "--data-dir", data_dir, cwd=tmp_path)
+    assert refused.returncode == 1 and "SIGNET_CA_PASSPHRASE" in refused.stderr
+    wrong = _run("keys", "rewrap", "--data-dir", data_dir, cwd=tmp_path, env={
+        "SIGNET_CA_PASSPHRASE": "not-it"})  # fmt: skip
+    assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr, wrong.stderr
+    assert sorted((data_dir / "secrets").glob("*.key.pem")) == old  # untouched
+
+    done = _run("keys", "rewrap", "--data-dir", data_dir, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("re-encrypted") == 2, done.stdout
+    keys = sorted((data_dir / "secrets").glob("*.key.*"))
+    assert [k.name for k in keys] == ["intermediate.key.p12", "root.key.p12"]
+    for key in keys:
+        assert _mode(key) == 0o600
+        info = openssl("pkcs12", "-info", "-noout", "-in", key, "-passin", "pass:secret")
+        assert "AES-256-CBC, Iteration 600000, PRF hmacWithSHA256" in info.stderr, info.stderr
+    with serving(*args, cwd=tmp_path, env=env) as server:
+        server.wait_for_line(TRY_IT)
+        assert server.terminate() == 0, server.stderr
+    assert "ca_key_weakly_encrypted" not in server.stderr
 
 
 def test_serve_without_the_passphrase_exits_1_naming_signet_ca_passphrase(
