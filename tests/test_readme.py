@@ -63,3 +63,15 @@ def test_every_grpcurl_in_the_readme_checks_the_cas_reserved_name() -> None:
     assert len(calls) >= 3, calls
     for line in calls:
         assert f"-authority {CA_SERVER_NAME}" in line, line
+
+
+def test_every_test_security_md_names_exists() -> None:
+    """SECURITY.md cites tests as proof: a renamed or deleted one must not stay cited."""
+    text = (README.parent / "SECURITY.md").read_text()
+    files = {p.name: p.read_text() for p in (README.parent / "tests").glob("test_*.py")}
+    for cited in re.findall(r"`tests/(test_\w+\.py)", text):
+        assert cited in files, cited
+    names = set(re.findall(r"\b(test_\w+)`", text)) | set(re.findall(r"::(test_\w+)", text))
+    assert len(names) > 30
+    for name in names:
+        assert any(re.search(rf"^def {name}\(", src, re.M) for src in files.values()), name
