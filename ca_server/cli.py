@@ -23,9 +23,9 @@ from .core.clock import SystemClock
 from .core.durations import parse_duration
 from .core.errors import ConfigurationError, SignetError
 from .core.keys import CA_KEY_TYPES
-from .core.policy import Caller
+from .core.policy import CA_SERVER_NAME, Caller
 from .core.root_documents import RootPublisher
-from .datadir import DataDir, init_ca, load_ca
+from .datadir import DataDir, init_ca, load_ca, rewrap_keys
 from .files import load_private_key
 from .logs import configure_logging
 from .migrate import migrate, terminal_progress
@@ -103,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
         "reordered event (exit 1), else prints the chain's head to keep as an anchor",
     )
     common(audit_verify)
+
+    keys = sub.add_parser("keys", help="the CA keys at rest")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    rewrap = keys_sub.add_parser(
+        "rewrap",
+        help="re-encrypt the CA keys in secrets/ as PKCS#12 (PBKDF2-HMAC-SHA256, 600,000 "
+        "iterations, AES-256-CBC), with the passphrase serve uses",
+    )
+    common(rewrap)
 
     move = sub.add_parser(
         "migrate", help="copy a CA's whole history into a new database (e.g. SQLite to PostgreSQL)"
@@ -202,14 +211,16 @@ def _grpcurl() -> str:
 
 def grpcurl_command(data_dir: Path, address: str) -> str:
     host, _, port = address.rpartition(":")
-    # A wildcard bind is reachable on loopback, which the serving certificate names.
+    # A wildcard bind is reachable on loopback.
     if host in {"", "0.0.0.0", "[::]", "::"}:  # noqa: S104
         host = "127.0.0.1"
     admin = data_dir / "admin"
+    # The CA is verified by its reserved name, which policy grants to no one, as ca-client
+    # does: a leaf this CA issued for localhost or 127.0.0.1 could otherwise pose as it.
     return (
         f"{_grpcurl()} -cacert {_display_path(admin / 'ca.pem')}"
         f" -cert {_display_path(admin / 'cert.pem')} -key {_display_path(admin / 'key.pem')}"
-        f" {host}:{port} list"
+        f" -authority {CA_SERVER_NAME} {host}:{port} list"
     )
 
 
@@ -222,6 +233,7 @@ def _serve(data_dir: Path, args: argparse.Namespace) -> int:
     lock = d.lock()  # held until we exit: one server per data directory, init included
     if not d.exists():
         _init(data_dir, args)
+    d.check_permissions()  # before config.toml is believed
     config = load_config(data_dir, _overrides(args))
     configure_logging(config.server.log_level)
     passphrase = _passphrase(args)
@@ -264,6 +276,7 @@ def _token_create(data_dir: Path, args: argparse.Namespace) -> int:
     """Mint a token straight into the store, as the operator at this machine (an admin)."""
     if not DataDir(data_dir).exists():
         raise ConfigurationError(f"{data_dir} holds no Signet CA: run ca-server init first")
+    DataDir(data_dir).check_permissions()
     ca = load_ca(load_config(data_dir, _overrides(args)), _passphrase(args))
     try:
         operator = Caller(LOCAL_OPERATOR, "", is_admin=True)
@@ -353,6 +366,16 @@ def _audit_verify(data_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_rewrap(data_dir: Path, args: argparse.Namespace) -> int:
+    d = DataDir(data_dir)
+    if not d.exists():
+        raise ConfigurationError(f"{data_dir} holds no Signet CA")
+    d.check_permissions()
+    for old, new in rewrap_keys(data_dir, _passphrase(args)):
+        print(f"re-encrypted {_display_path(old)} -> {_display_path(new)}")
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
     """Copy everything; the source CA must not be serving meanwhile (its serve.lock)."""
     if not args.source.startswith("sqlite:///"):
@@ -393,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _root_sign(data_dir, args)
         if args.command == "audit":
             return _audit_verify(data_dir, args)
+        if args.command == "keys":
+            return _keys_rewrap(data_dir, args)
         if args.command == "init":
             _init(data_dir, args)
             print(

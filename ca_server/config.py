@@ -169,6 +169,9 @@ ocsp_signer_validity = "{d(i.ocsp_signer_validity)}"
 # How long a caller's "not revoked" check is reused before asking the store again.
 # A revocation by any process sharing the database voids it within 250 ms regardless.
 auth_cache_ttl = "{d(i.auth_cache_ttl)}"
+# Most DNS names + IP addresses on one certificate, and so on one bootstrap token (the SPIFFE ID
+# is not counted). More is refused with RESOURCE_EXHAUSTED.
+max_names = {i.max_names}
 
 [policy]
 # SPIFFE ID patterns with the admin role ('*' = one path segment, '**' = one or more).
@@ -247,10 +250,10 @@ def _check_server_name(name: str) -> None:
             raise ConfigurationError(f"server name {name!r}: {exc}") from None
 
 
-def _positive_int(value: Any, name: str) -> int:
+def _positive_int(value: Any, name: str, section: str = "server") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(
-            f"config.toml [server] {name}: {value!r} is not a positive integer"
+            f"config.toml [{section}] {name}: {value!r} is not a positive integer"
         )
     return value
 
@@ -342,6 +345,7 @@ def load_config(
             "auth_cache_ttl",
             "ocsp_signing",
             "ocsp_signer_validity",
+            "max_names",
         },
     )
     pol = _Section(
@@ -420,6 +424,7 @@ def load_config(
         public_urls=PublicUrls(str(public_url)) if public_url else None,
         ocsp_delegated=_ocsp_signing(iss.get("ocsp_signing", "delegated")),
         ocsp_signer_validity=iss.duration("ocsp_signer_validity", i.ocsp_signer_validity),
+        max_names=_positive_int(iss.get("max_names", i.max_names), "max_names", "issuance"),
     )
     if issuance.ocsp_signer_validity < 3 * issuance.ocsp_validity:
         raise ConfigurationError(

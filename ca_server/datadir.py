@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -16,16 +17,28 @@ from .config import CaConfig, load_config, render_default_config
 from .core.authority import CertificateAuthority
 from .core.clock import Clock, SystemClock, utc_seconds
 from .core.errors import ConfigurationError
-from .core.keys import generate_key
+from .core.keys import SigningKey, generate_key
 from .core.profile import Issuer, PublicUrls, build_intermediate, build_root, ca_name, pem
 from .core.store import AuditEvent, Store
-from .files import atomic_write, load_private_key, write_private_key
+from .files import (
+    ENCRYPTED_KEY_SUFFIX,
+    PASSPHRASE_HINT,
+    atomic_write,
+    check_key_file_mode,
+    check_not_world_writable,
+    is_weakly_encrypted,
+    load_private_key,
+    make_private_dir,
+    write_private_key,
+)
 from .store import open_store
 
 ROOT_VALIDITY = dt.timedelta(days=3650)
 INTERMEDIATE_VALIDITY = dt.timedelta(days=1825)
 ADMIN_VALIDITY = dt.timedelta(days=365)
 INIT_ACTOR = "signet:init"
+
+log = structlog.get_logger("signet.datadir")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +71,22 @@ class DataDir:
         """The delegated OCSP responder's key and certificate, shared by every worker."""
         return self.secrets / "ocsp-responder.pem"
 
+    def key_file(self, name: str, *, encrypted: bool | None = None) -> Path:
+        """A CA key: secrets/<name>.key.p12 (PKCS#12, passphrase-encrypted) or the PKCS#8 PEM
+        secrets/<name>.key.pem (unencrypted, or encrypted by an older Signet). By default the
+        one there is, the .p12 first; `encrypted` names the one to write."""
+        p12 = self.secrets / f"{name}.key{ENCRYPTED_KEY_SUFFIX}"
+        if encrypted is None:
+            encrypted = p12.exists()
+        return p12 if encrypted else self.secrets / f"{name}.key.pem"
+
     @property
     def root_key(self) -> Path:
-        return self.secrets / "root.key.pem"
+        return self.key_file("root")
 
     @property
     def intermediate_key(self) -> Path:
-        return self.secrets / "intermediate.key.pem"
+        return self.key_file("intermediate")
 
     @property
     def admin(self) -> Path:
@@ -86,11 +108,23 @@ class DataDir:
             return True
         return all(p == self.lock_file for p in self.path.iterdir())
 
+    def check_permissions(self) -> None:
+        """Refuse to serve what another local user could have changed: a world-writable data
+        directory, subdirectory or config.toml, or an admin key readable by others or not
+        ours. (The CA keys are checked as they are loaded.)"""
+        for path in (self.path, self.secrets, self.admin, self.config):
+            if path.exists():
+                check_not_world_writable(path)
+        admin_key = self.admin / "key.pem"
+        if admin_key.exists():
+            check_key_file_mode(admin_key)
+
     def lock(self) -> IO[str]:
         """Take the data directory's serve lock (released when the process exits), or raise
         ConfigurationError naming the process that holds it."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.lock_file, "a+")  # noqa: SIM115 - held for the process's life
+        make_private_dir(self.path)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        handle = open(fd, "a+")  # noqa: SIM115 - held for the process's life
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -140,7 +174,7 @@ def init_ca(
     if d.exists():
         raise ConfigurationError(f"{data_dir} already holds a CA; refusing to overwrite it")
     clock = clock or SystemClock()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(data_dir)
     # The database first: an unusable or unreachable store, or one that already holds a CA
     # (a shared PostgreSQL database), stops init before any key is made.
     store = open_store(store_url or f"sqlite:///{data_dir / 'ca.db'}")
@@ -150,8 +184,8 @@ def init_ca(
                 "the database already holds a CA; refusing to overwrite it (replicas use a "
                 "copy of the first data directory: see the README)"
             )
-        d.secrets.mkdir(mode=0o700, exist_ok=True)
-        d.admin.mkdir(mode=0o700, exist_ok=True)
+        make_private_dir(d.secrets)
+        make_private_dir(d.admin)
         write_public(
             d.config,
             render_default_config(trust_domain, key_type, store_url or "", public_url or ""),
@@ -176,8 +210,9 @@ def init_ca(
             now + INTERMEDIATE_VALIDITY,
             initial_public_urls(config),
         )
-        write_private_key(d.root_key, root_key, passphrase)
-        write_private_key(d.intermediate_key, int_key, passphrase)
+        encrypted = bool(passphrase)
+        write_private_key(d.key_file("root", encrypted=encrypted), root_key, passphrase)
+        write_private_key(d.key_file("intermediate", encrypted=encrypted), int_key, passphrase)
         write_public(d.root_cert, pem(root_cert))
         write_public(d.intermediate_cert, pem(int_cert))
 
@@ -233,6 +268,13 @@ def load_ca(config: CaConfig, passphrase: bytes | None, clock: Clock | None = No
     # root's CRL and OCSP answer; it may live offline instead (see `ca-server root sign`).
     root_key = load_private_key(d.root_key, passphrase) if d.root_key.exists() else None
     int_key = load_private_key(d.intermediate_key, passphrase)
+    for key in (d.root_key, d.intermediate_key):
+        if key.exists() and is_weakly_encrypted(key):
+            log.warning(
+                "ca_key_weakly_encrypted",
+                path=str(key),
+                hint=f"2,048 PBKDF2 iterations; run: ca-server keys rewrap --data-dir {d.path}",
+            )
     root = x509.load_pem_x509_certificate(d.root_cert.read_bytes())
     int_cert = x509.load_pem_x509_certificate(d.intermediate_cert.read_bytes())
     if int_cert.public_key().public_bytes(
@@ -252,3 +294,34 @@ def load_ca(config: CaConfig, passphrase: bytes | None, clock: Clock | None = No
         root_key=root_key,
     )
     return LoadedCa(config, store, authority)
+
+
+def rewrap_keys(data_dir: Path, passphrase: bytes | None) -> list[tuple[Path, Path]]:
+    """Re-encrypt the CA keys in secrets/ (those not moved offline) as PKCS#12 with
+    KDF_ROUNDS iterations; return (old, new) paths. The new file is written and read back
+    before the old one goes: at every moment one of them holds the key."""
+    if not passphrase:
+        raise ConfigurationError(f"keys rewrap needs the keys' passphrase: {PASSPHRASE_HINT}")
+    d = DataDir(data_dir)
+    done = []
+    for name in ("root", "intermediate"):
+        old = d.key_file(name)
+        if not old.exists():
+            continue  # the root key may live offline
+        key = load_private_key(old, passphrase)
+        new = d.key_file(name, encrypted=True)
+        write_private_key(new, key, passphrase)
+        if _spki(load_private_key(new, passphrase)) != _spki(key):
+            raise ConfigurationError(f"{new} does not read back as the key of {old}")
+        if old != new:
+            old.unlink(missing_ok=True)
+        done.append((old, new))
+    if not done:
+        raise ConfigurationError(f"no CA key in {d.secrets}: is {d.path} a Signet data directory?")
+    return done
+
+
+def _spki(key: SigningKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

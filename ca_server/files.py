@@ -1,5 +1,5 @@
-"""Files on disk: atomic writes (temp + fsync + rename) and private keys (0600, optionally
-encrypted PKCS#8), refused when group- or world-readable."""
+"""Files on disk: atomic writes (temp + fsync + rename) and private keys (0600; unencrypted
+PKCS#8 PEM, or passphrase-encrypted PKCS#12), refused when group- or world-readable."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import secrets
 import stat
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from .core.errors import ConfigurationError
 from .core.keys import SigningKey
 
 PASSPHRASE_HINT = "set SIGNET_CA_PASSPHRASE or pass --passphrase-file"  # noqa: S105 - a hint
+# PBKDF2-HMAC-SHA256 iterations for encrypted keys: OWASP's current figure. cryptography cannot
+# set the count for PKCS#8 (it uses 2,048), so encrypted keys are PKCS#12, which openssl reads.
+KDF_ROUNDS = 600_000
+ENCRYPTED_KEY_SUFFIX = ".p12"
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -37,22 +41,69 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
-def write_private_key(path: Path, key: PrivateKeyTypes, passphrase: bytes | None = None) -> None:
-    """Write a PKCS#8 PEM key, mode 0600, encrypted with the best available cipher if a
-    passphrase is given."""
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase)
-        if passphrase
-        else serialization.NoEncryption()
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    )
-    atomic_write(path, pem, 0o600)
+def make_private_dir(path: Path) -> None:
+    """Create `path` and its missing parents 0700 whatever the umask: under umask 000 a plain
+    mkdir makes them 0777, and any local user could then replace config.toml or root.pem.
+    Directories that already exist are left as they are (check_not_world_writable judges them)."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:  # made meanwhile by someone else: theirs to judge
+            continue
+        os.chmod(directory, 0o700)  # an odd umask (e.g. 0200) also strips our own bits
+
+
+def check_not_world_writable(path: Path) -> None:
+    """Refuse a file or directory any local user may change (or, for a directory, whose
+    entries any local user may replace)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o002:
+        raise ConfigurationError(
+            f"refusing to start: {path} is writable by any local user (mode {mode:04o}), who "
+            f"could replace what the CA trusts; run: chmod o-w {path}"
+        )
+
+
+def write_private_key(path: Path, key: SigningKey, passphrase: bytes | None = None) -> None:
+    """Write a key, mode 0600: with a passphrase, a PKCS#12 file (PBES2, PBKDF2-HMAC-SHA256
+    with KDF_ROUNDS iterations, AES-256-CBC; SHA-256 MAC); without, a PKCS#8 PEM."""
+    if passphrase:
+        encryption = (
+            serialization.PrivateFormat.PKCS12.encryption_builder()
+            .kdf_rounds(KDF_ROUNDS)
+            .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+            .hmac_hash(hashes.SHA256())
+            .build(passphrase)
+        )
+        data = pkcs12.serialize_key_and_certificates(b"signet CA key", key, None, None, encryption)
+    else:
+        data = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    atomic_write(path, data, 0o600)
+
+
+def is_weakly_encrypted(path: Path) -> bool:
+    """An encrypted PKCS#8 PEM key (2,048 PBKDF2 iterations): `ca-server keys rewrap` it."""
+    with path.open("rb") as f:
+        return b"ENCRYPTED" in f.readline()
 
 
 def check_key_file_mode(path: Path) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
+    st = path.stat()
+    # Another user's key could have been planted (or be read) by that user.
+    if st.st_uid != os.geteuid():
+        raise ConfigurationError(
+            f"refusing to use {path}: it is owned by uid {st.st_uid}, not by this server's user "
+            f"(uid {os.geteuid()}); run: chown {os.geteuid()} {path}"
+        )
+    mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
         raise ConfigurationError(
             f"refusing to use {path}: it is readable by group or others (mode {mode:04o}); "
@@ -65,6 +116,8 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
         raise ConfigurationError(f"key file {path} does not exist")
     check_key_file_mode(path)
     data = path.read_bytes()
+    if not data.startswith(b"-----BEGIN"):
+        return _load_pkcs12(path, data, passphrase)
     encrypted = b"ENCRYPTED" in data.split(b"\n", 1)[0]
     if encrypted and not passphrase:
         raise ConfigurationError(f"{path} is encrypted: {PASSPHRASE_HINT}")
@@ -80,4 +133,17 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
         raise ConfigurationError(f"cannot load {path}: wrong passphrase or damaged key") from exc
     if not isinstance(key, SigningKey):
         raise ConfigurationError(f"{path} holds an unsupported key type {type(key).__name__}")
+    return key
+
+
+def _load_pkcs12(path: Path, data: bytes, passphrase: bytes | None) -> SigningKey:
+    if not passphrase:
+        raise ConfigurationError(f"{path} is encrypted: {PASSPHRASE_HINT}")
+    try:
+        key, _, _ = pkcs12.load_key_and_certificates(data, passphrase)
+    except ValueError:
+        raise ConfigurationError(f"cannot load {path}: wrong passphrase or damaged key") from None
+    if not isinstance(key, SigningKey):
+        kind = "no key" if key is None else f"an unsupported key type {type(key).__name__}"
+        raise ConfigurationError(f"{path} holds {kind}")
     return key

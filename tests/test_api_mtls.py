@@ -398,14 +398,30 @@ def test_validity_outside_the_allowed_range_is_refused(admin, validity, needle: 
     assert needle in details
 
 
+def test_a_csr_with_too_many_names_is_resource_exhausted(admin) -> None:
+    _, csr = make_csr(uris=[spiffe("web/many")], dns=[f"h{i}.web.internal" for i in range(101)])
+    code, details = _call_code(admin.SignCertificate, _sign_request(csr))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "CSR asks for 101 DNS names and IP addresses" in details
+
+
 def test_requests_over_the_size_limit_are_refused_by_grpc(admin) -> None:
     code, _ = _call_code(admin.SignCertificate, _sign_request("x" * (2 * 1024 * 1024)))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_bad_page_token_is_invalid_argument(admin) -> None:
+@pytest.mark.parametrize(
+    "page_token",
+    [
+        "%%%",
+        base64.urlsafe_b64encode(b"[" * 100_000).decode(),  # once a RecursionError: INTERNAL
+        base64.urlsafe_b64encode(b'{"a": ' * 5000).decode(),
+    ],
+    ids=["garbage", "deeply-nested-json-array", "deeply-nested-json-object"],
+)
+def test_bad_page_token_is_invalid_argument(admin, page_token: str) -> None:  # type: ignore[no-untyped-def]
     code, details = _call_code(
-        admin.ListCertificates, ca_pb2.ListCertificatesRequest(page_token="%%%")
+        admin.ListCertificates, ca_pb2.ListCertificatesRequest(page_token=page_token)
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "page_token" in details

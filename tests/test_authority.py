@@ -20,12 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from ca_server.core.authority import CertificateAuthority, IssuanceSettings, Issued
+from ca_server.core.bootstrap import token_hash
 from ca_server.core.clock import FakeClock
 from ca_server.core.durations import format_duration
 from ca_server.core.errors import (
     AlreadyRevoked,
     Conflict,
     InvalidRequest,
+    LimitExceeded,
     NotFound,
     PolicyViolation,
     Unauthenticated,
@@ -913,8 +915,13 @@ def test_listing_filters_by_status_and_expiry(
     assert sorted(list_all(authority, 2, expiring_before=soon)) == sorted(s.serial for s in short)
 
 
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 def token(value: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+    """A page token of the previous format (JSON), still accepted when well-formed."""
+    return b64(json.dumps(value).encode())
 
 
 @pytest.mark.parametrize(
@@ -929,6 +936,16 @@ def token(value: object) -> str:
         token([1, "ab", 3]),
         token({"issued_at": 1}),
         pytest.param(token([2**70, "ab"]), id="issued_at-overflows-int64"),
+        pytest.param(b64(b"[" * 100_000), id="deeply-nested-json"),
+        pytest.param(b64(b"\x01" + bytes(8) + b"ab" * 500), id="too-long"),
+        pytest.param(b64(b"\x02" + bytes(8) + b"ab"), id="unknown-version"),
+        pytest.param(b64(b"\x01" + bytes(7)), id="truncated"),
+        pytest.param(b64(b"\x01" + bytes(8) + b"AB"), id="uppercase-serial"),
+        pytest.param(b64(b"\x01" + bytes(8) + b"a" * 41), id="serial-over-20-octets"),
+        pytest.param(b64(b"\x01" + b"\x40" + bytes(7) + b"ab"), id="issued_at-over-2**62"),
+        pytest.param(b64(b"\x01" + bytes(8) + b"ab") + "=", id="padded"),
+        pytest.param(b64(b"\x01" + bytes(8) + b"ab")[:-1] + "J", id="non-canonical-low-bits"),
+        pytest.param(token([1, "ab"]).replace("", " ")[1:-1], id="spaces"),
     ],
 )
 def test_a_page_token_this_server_never_returned_is_an_invalid_request(
@@ -937,6 +954,33 @@ def test_a_page_token_this_server_never_returned_is_an_invalid_request(
     issue(authority)
     with pytest.raises(InvalidRequest, match="page_token"):
         authority.list_certificates(ADMIN, None, None, 10, page_token)
+
+
+def test_page_tokens_are_opaque_fixed_binary_not_json(
+    authority: CertificateAuthority, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        issue(authority)
+        clock.advance(dt.timedelta(seconds=1))
+    page = authority.list_certificates(ADMIN, None, None, 1, "")
+    raw = base64.urlsafe_b64decode(page.next_page_token + "==")
+    assert raw[:1] == b"\x01" and raw[9:].decode() == page.records[-1].serial
+    assert int.from_bytes(raw[1:9], "big") == int(page.records[-1].issued_at.timestamp())
+
+
+def test_a_page_token_of_the_previous_json_format_still_pages(
+    authority: CertificateAuthority, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        issue(authority)
+        clock.advance(dt.timedelta(seconds=1))
+    first = authority.list_certificates(ADMIN, None, None, 1, "")
+    last = first.records[-1]
+    legacy = token([int(last.issued_at.timestamp()), last.serial])
+    assert (
+        authority.list_certificates(ADMIN, None, None, 10, legacy).records
+        == authority.list_certificates(ADMIN, None, None, 10, first.next_page_token).records
+    )
 
 
 def test_a_negative_page_size_is_an_invalid_request(authority: CertificateAuthority) -> None:
@@ -1096,3 +1140,58 @@ def test_enroll_rechecks_what_the_tokens_minter_may_grant(
     demoted = make_authority(pki, store, clock, dataclasses.replace(POLICY, admins=()))
     with pytest.raises(PolicyViolation):
         demoted.enroll(token, make_csr()[1], "10.0.0.2")
+
+
+# -- token parameters and name caps ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ttl", [dt.timedelta(0), dt.timedelta(seconds=-5), dt.timedelta(days=2)])
+def test_a_token_ttl_of_zero_negative_or_over_a_day_is_refused_not_defaulted(
+    authority: CertificateAuthority, ttl: dt.timedelta
+) -> None:
+    with pytest.raises(InvalidRequest, match=r"token_ttl -?\d+[sd] is out of range.*unset"):
+        authority.create_token(ADMIN, WEB_ID, [], [], ttl, None)
+
+
+def test_an_unset_token_ttl_is_the_default_and_a_short_one_is_kept(
+    authority: CertificateAuthority, clock: FakeClock
+) -> None:
+    _, default = authority.create_token(ADMIN, WEB_ID, [], [], None, None)
+    _, short = authority.create_token(ADMIN, WEB_ID, [], [], dt.timedelta(seconds=1), None)
+    assert default - clock.now() == dt.timedelta(minutes=15)
+    assert short - clock.now() == dt.timedelta(seconds=1)
+
+
+def hosts(n: int) -> list[str]:
+    return [f"h{i}.web.internal" for i in range(n)]
+
+
+def test_a_token_holds_at_most_max_names_names(authority: CertificateAuthority) -> None:
+    authority.create_token(ADMIN, WEB_ID, hosts(99), ["10.0.0.1"], None, None)  # 100: the cap
+    with pytest.raises(LimitExceeded, match=r"token asks for 101 .* at most 100 .*max_names"):
+        authority.create_token(ADMIN, WEB_ID, hosts(100), ["10.0.0.1"], None, None)
+    # Duplicates are one name each, as on the certificate.
+    authority.create_token(ADMIN, WEB_ID, hosts(100) + hosts(100), [], None, None)
+
+
+def test_a_csr_holds_at_most_max_names_names(authority: CertificateAuthority) -> None:
+    issue(authority, dns=tuple(hosts(100)))
+    with pytest.raises(LimitExceeded, match=r"CSR asks for 101 .* at most 100"):
+        issue(authority, dns=tuple(hosts(100)), ips=("10.0.0.1",))
+
+
+def test_max_names_is_configurable_and_holds_at_enroll_and_renewal(
+    pki: Pki, store: SqliteStore, clock: FakeClock, authority: CertificateAuthority
+) -> None:
+    token, _ = authority.create_token(ADMIN, WEB_ID, hosts(3), [], None, None)
+    issued = issue(authority, dns=tuple(hosts(3)))
+    narrow = make_authority(pki, store, clock)
+    narrow.settings = dataclasses.replace(narrow.settings, max_names=2)
+    with pytest.raises(LimitExceeded, match="at most 2"):
+        issue(narrow, dns=tuple(hosts(3)))
+    with pytest.raises(LimitExceeded, match=r"token asks for 3 .* at most 2"):
+        narrow.enroll(token, make_csr()[1], "10.0.0.3")
+    assert store.usable_token(token_hash(token), clock.now()) is not None  # not spent
+    with pytest.raises(LimitExceeded, match=r"renewed asks for 3 .* at most 2"):
+        narrow.renew(narrow.authenticate(peer(issued)), make_csr(uris=[WEB_ID])[1], None)
+    issue(narrow, dns=tuple(hosts(2)))

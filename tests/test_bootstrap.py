@@ -19,6 +19,7 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from google.protobuf import duration_pb2
 
 from ca_client.cli import main as ca_client
 from ca_client.files import read_credentials
@@ -295,3 +296,18 @@ def test_enroll_with_bad_output_options_does_not_spend_the_token(
     )  # fmt: skip
     assert code == 2 and "unknown output format" in capsys.readouterr().err
     assert _enroll(ca, minted.token).serial_number
+
+
+def test_a_zero_token_ttl_is_invalid_argument_not_fifteen_minutes(admin) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        _token(admin, "web/zero-ttl", token_ttl=duration_pb2.Duration(seconds=0))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "token_ttl 0s is out of range" in (info.value.details() or "")
+
+
+def test_a_token_with_too_many_names_is_resource_exhausted(admin) -> None:
+    names = [f"h{i}.web.internal" for i in range(101)]
+    with pytest.raises(grpc.RpcError) as info:
+        _token(admin, "web/many", dns_names=names)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "at most 100" in (info.value.details() or "")

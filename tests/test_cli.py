@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from ca_server.files import load_private_key
+from tests.test_keys import write_legacy_pkcs8
 from tests.tools import Grpcurl, openssl
 
 SERVICE = "signet.ca.v1.CertificateAuthority"
@@ -324,6 +326,58 @@ def test_serve_refuses_a_key_file_readable_by_group_or_others_and_says_chmod_600
     assert not (data_dir / "serve.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("where", "mode"),
+    [
+        pytest.param(".", 0o777, id="data-dir-0777"),
+        pytest.param("config.toml", 0o666, id="config-0666"),
+        pytest.param("admin/key.pem", 0o644, id="admin-key-0644"),
+    ],
+)
+def test_serve_refuses_what_any_local_user_could_change_or_read_in_one_line(
+    tmp_path: Path, where: str, mode: int
+) -> None:
+    data_dir = tmp_path / "ca"
+    _init(data_dir, tmp_path)
+    (data_dir / where).chmod(mode)
+
+    result = _serve_refused("--data-dir", data_dir, "--listen", "127.0.0.1:0", cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ca-server: error: refusing"), result.stderr
+    assert str(data_dir / where).rstrip("/.") in lines[0]
+    assert not (data_dir / "serve.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_serve_refuses_a_ca_key_not_owned_by_its_user(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ca"
+    _init(data_dir, tmp_path)
+    os.chown(data_dir / "secrets" / "intermediate.key.pem", 65534, -1)
+
+    result = _serve_refused("--data-dir", data_dir, "--listen", "127.0.0.1:0", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "owned by uid 65534, not by this server's user" in result.stderr, result.stderr
+    assert "intermediate.key.pem" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_init_under_umask_000_makes_the_data_directory_0700(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ca"
+    result = subprocess.run(
+        [*_ca_server(), "init", "--data-dir", str(data_dir)],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=EXIT_TIMEOUT,
+        umask=0,
+    )
+    assert result.returncode == 0, result.stderr
+    for directory in (data_dir, data_dir / "secrets", data_dir / "admin"):
+        assert _mode(directory) == 0o700, f"{directory}: {_mode(directory):04o}"
+    assert _mode(data_dir / "config.toml") == 0o644
+
+
 # -- passphrase-protected CA keys ---------------------------------------------------------------
 
 
@@ -336,17 +390,69 @@ def encrypted_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cwd, data_dir
 
 
-def test_ca_keys_made_with_a_passphrase_are_encrypted_pem(encrypted_ca: tuple[Path, Path]) -> None:
+def _pkcs12_key(path: Path, passphrase: str) -> subprocess.CompletedProcess[str]:
+    return openssl(
+        "pkcs12", "-in", path, "-nocerts", "-noenc", "-passin", f"pass:{passphrase}", check=False
+    )
+
+
+def test_ca_keys_made_with_a_passphrase_are_pkcs12(encrypted_ca: tuple[Path, Path]) -> None:
     _, data_dir = encrypted_ca
-    keys = sorted((data_dir / "secrets").glob("*.key.pem"))
-    assert len(keys) == 2
+    keys = sorted((data_dir / "secrets").glob("*.key.*"))
+    assert [k.name for k in keys] == ["intermediate.key.p12", "root.key.p12"]
     for key in keys:
-        text = key.read_text()
-        assert text.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----"), key
         assert _mode(key) == 0o600
         # openssl cannot read it without the passphrase, and can with it.
-        assert openssl("pkey", "-in", key, "-passin", "pass:", "-noout", check=False).returncode
-        openssl("pkey", "-in", key, "-passin", "pass:secret", "-noout")
+        assert _pkcs12_key(key, "").returncode
+        assert "PRIVATE KEY" in _pkcs12_key(key, "secret").stdout
+
+
+def _legacy_encrypted_ca(cwd: Path) -> Path:
+    """A data directory as an older Signet made it with a passphrase: PKCS#8 PEM keys
+    encrypted with 2,048 PBKDF2 iterations."""
+    data_dir = cwd / "old-ca"
+    _init(data_dir, cwd, env={"SIGNET_CA_PASSPHRASE": "secret"})
+    for p12 in (data_dir / "secrets").glob("*.key.p12"):
+        write_legacy_pkcs8(p12.with_suffix(".pem"), load_private_key(p12, b"secret"), b"secret")
+        p12.unlink()
+    return data_dir
+
+
+def test_keys_rewrap_moves_legacy_pkcs8_keys_to_pkcs12_and_serve_still_starts(
+    tmp_path: Path,
+) -> None:
+    data_dir = _legacy_encrypted_ca(tmp_path)
+    old = sorted((data_dir / "secrets").glob("*.key.pem"))
+    assert [k.read_text().splitlines()[0] for k in old] == [
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----"
+    ] * 2
+    env = {"SIGNET_CA_PASSPHRASE": "secret"}
+    args = ("--data-dir", data_dir, "--listen", "127.0.0.1:0")
+    with serving(*args, cwd=tmp_path, env=env) as server:  # old data directories keep working
+        server.wait_for_line(TRY_IT)
+        assert server.terminate() == 0, server.stderr
+    assert "ca-server keys rewrap" in server.stderr  # and it says how to re-encrypt them
+
+    refused = _run("keys", "rewrap", "--data-dir", data_dir, cwd=tmp_path)
+    assert refused.returncode == 1 and "SIGNET_CA_PASSPHRASE" in refused.stderr
+    wrong = _run("keys", "rewrap", "--data-dir", data_dir, cwd=tmp_path, env={
+        "SIGNET_CA_PASSPHRASE": "not-it"})  # fmt: skip
+    assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr, wrong.stderr
+    assert sorted((data_dir / "secrets").glob("*.key.pem")) == old  # untouched
+
+    done = _run("keys", "rewrap", "--data-dir", data_dir, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("re-encrypted") == 2, done.stdout
+    keys = sorted((data_dir / "secrets").glob("*.key.*"))
+    assert [k.name for k in keys] == ["intermediate.key.p12", "root.key.p12"]
+    for key in keys:
+        assert _mode(key) == 0o600
+        info = openssl("pkcs12", "-info", "-noout", "-in", key, "-passin", "pass:secret")
+        assert "AES-256-CBC, Iteration 600000, PRF hmacWithSHA256" in info.stderr, info.stderr
+    with serving(*args, cwd=tmp_path, env=env) as server:
+        server.wait_for_line(TRY_IT)
+        assert server.terminate() == 0, server.stderr
+    assert "ca_key_weakly_encrypted" not in server.stderr
 
 
 def test_serve_without_the_passphrase_exits_1_naming_signet_ca_passphrase(

@@ -294,6 +294,19 @@ def test_issuance_durations_from_the_file(tmp_path: Path) -> None:
     ) == (12 * H, 7 * D, 90 * S, 2 * M, 36 * H, 30 * M, 5 * S)  # fmt: skip
 
 
+def test_max_names_from_the_file(tmp_path: Path) -> None:
+    assert load_config(tmp_path, env={}).issuance.max_names == 100
+    write_config(tmp_path, "[issuance]\nmax_names = 7\n")
+    assert load_config(tmp_path, env={}).issuance.max_names == 7
+
+
+@pytest.mark.parametrize("value", ["0", "-1", '"100"', "true", "1.5"])
+def test_bad_max_names_is_configuration_error(tmp_path: Path, value: str) -> None:
+    write_config(tmp_path, f"[issuance]\nmax_names = {value}\n")
+    with pytest.raises(ConfigurationError, match=r"\[issuance\] max_names: .* not a positive"):
+        load_config(tmp_path, env={})
+
+
 # -- policy -------------------------------------------------------------------------------------
 
 WORKLOADS = """

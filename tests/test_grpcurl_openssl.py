@@ -7,12 +7,19 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+import shlex
 import subprocess
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from grpc_reflection.v1alpha import reflection
 
+from ca_server.cli import grpcurl_command
+from ca_server.core.errors import PolicyViolation
+from ca_server.core.policy import CA_SERVER_NAME
 from tests.conftest import CaServer
 from tests.pki import TRUST_DOMAIN
 from tests.tools import grpcurl_binary, openssl
@@ -147,6 +154,58 @@ def _crl_entries(crl_text: str) -> dict[int, str]:
         reason = re.search(r"CRL Reason Code:\s*\n\s*(.+)", block)
         entries[int(serial_hex, 16)] = reason.group(1).strip() if reason else ""
     return entries
+
+
+# -- the printed command verifies the CA, not just "some certificate of this CA" ------------
+
+
+def test_the_printed_grpcurl_command_refuses_a_leaf_of_this_ca_posing_as_it(ca: CaServer) -> None:
+    # The default admin policy may sign localhost/127.0.0.1 for anyone: such a leaf, served
+    # on 127.0.0.1, chains to the same root as the CA itself.
+    leaf = ca.issue("web/impostor", dns=("localhost",), ips=("127.0.0.1",))
+    impostor = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    reflection.enable_server_reflection([reflection.SERVICE_NAME], impostor)
+    port = impostor.add_secure_port(
+        "127.0.0.1:0", grpc.ssl_server_credentials([(leaf.key_pem, leaf.fullchain)])
+    )
+    impostor.start()
+    try:
+        printed = shlex.split(grpcurl_command(ca.data_dir, f"127.0.0.1:{port}"))
+        assert printed[printed.index("-authority") + 1] == CA_SERVER_NAME
+        fooled = [a for a in printed if a not in ("-authority", CA_SERVER_NAME)]
+        assert _run(fooled).returncode == 0  # without the reserved name, the impostor passes
+        refused = _run(printed)
+        assert refused.returncode != 0
+        assert f"not {CA_SERVER_NAME}" in refused.stderr, refused.stderr
+        real = _run(shlex.split(grpcurl_command(ca.data_dir, ca.address)))
+        assert real.returncode == 0 and SERVICE in real.stdout.split(), real.stderr
+    finally:
+        impostor.stop(None)
+
+
+def test_no_one_may_obtain_the_cas_reserved_name(ca: CaServer) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        ca.issue("admin/ops", dns=(CA_SERVER_NAME,))  # not even an admin
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "reserved for the CA itself" in (info.value.details() or "")
+    with pytest.raises(PolicyViolation, match="reserved"):
+        ca.authority.create_token(
+            ca.authority.authenticate(ca.admin_credentials()[0]),
+            _spiffe("web/x"),
+            [CA_SERVER_NAME],
+            [],
+            None,
+            None,
+        )
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [cmd[0], "-connect-timeout", "5", *cmd[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # -- discovery: what a new user sees with grpcurl and no proto files -----------------------

@@ -113,6 +113,8 @@ def test_plain_get_is_the_pre_signed_response_with_caching_headers(ca: CaServer,
     encoded = urllib.parse.quote(base64.b64encode(der).decode(), safe="")
     status, headers, body = _fetch(_url(ca, f"/ocsp/{encoded}"))
     assert status == 200 and headers["Content-Type"] == "application/ocsp-response"
+    # Signed on this first ask and stored in the background: let the store have it first.
+    ca.authority.wait_for_writebacks()
     grpc_der = admin.GetCertificateStatus(
         ca_pb2.GetCertificateStatusRequest(serial_number=creds.serial), timeout=30
     ).ocsp_response

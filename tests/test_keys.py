@@ -22,7 +22,8 @@ from ca_server.core.keys import (
     generate_key,
     signature_hash,
 )
-from ca_server.files import load_private_key, write_private_key
+from ca_server.files import KDF_ROUNDS, is_weakly_encrypted, load_private_key, write_private_key
+from tests.tools import openssl
 
 PASSPHRASE = b"correct horse battery staple"
 
@@ -224,18 +225,59 @@ def test_load_of_an_unsupported_key_type_is_configuration_error(tmp_path: Path, 
 # -- encrypted keys -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def encrypted_key(tmp_path: Path, ec_key: SigningKey) -> Path:
+def write_legacy_pkcs8(path: Path, key: SigningKey, passphrase: bytes) -> None:
+    """An encrypted key as Signet wrote it before PKCS#12 (PBKDF2 with 2,048 iterations)."""
+    encryption = serialization.BestAvailableEncryption(passphrase)
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    )
+    path.chmod(0o600)
+
+
+@pytest.fixture(params=["pkcs12", "legacy-pkcs8"])
+def encrypted_key(request: pytest.FixtureRequest, tmp_path: Path, ec_key: SigningKey) -> Path:
     path = tmp_path / "ca.key"
-    write_private_key(path, ec_key, PASSPHRASE)
+    if request.param == "pkcs12":
+        write_private_key(path, ec_key, PASSPHRASE)
+    else:
+        write_legacy_pkcs8(path, ec_key, PASSPHRASE)
     return path
 
 
-def test_key_written_with_a_passphrase_is_encrypted_pkcs8_and_0600(encrypted_key: Path) -> None:
-    assert encrypted_key.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n")
-    assert mode_of(encrypted_key) == 0o600
-    with pytest.raises(TypeError):  # not readable without the passphrase
-        serialization.load_pem_private_key(encrypted_key.read_bytes(), None)
+@pytest.mark.parametrize("kind", CA_KEY_TYPES)
+def test_key_written_with_a_passphrase_is_pkcs12_pbes2_aes256_600k_iterations_and_0600(
+    tmp_path: Path, ca_keys: dict[str, SigningKey], kind: str
+) -> None:
+    path = tmp_path / "ca.p12"
+    write_private_key(path, ca_keys[kind], PASSPHRASE)
+    assert mode_of(path) == 0o600
+    # Judged by openssl, not by the code that wrote it.
+    info = openssl(
+        "pkcs12", "-info", "-noout", "-in", path, "-passin", f"pass:{PASSPHRASE.decode()}"
+    )
+    assert KDF_ROUNDS >= 600_000
+    assert (
+        f"Shrouded Keybag: PBES2, PBKDF2, AES-256-CBC, Iteration {KDF_ROUNDS}, PRF hmacWithSHA256"
+        in info.stderr + info.stdout
+    ), info.stderr
+    assert "MAC: sha256" in info.stderr + info.stdout
+    pem = openssl(
+        "pkcs12", "-in", path, "-nocerts", "-noenc", "-passin", f"pass:{PASSPHRASE.decode()}"
+    ).stdout
+    extracted = serialization.load_pem_private_key(pem.encode(), None)
+    assert public_der(extracted) == public_der(ca_keys[kind])  # type: ignore[arg-type]
+    wrong = openssl("pkcs12", "-in", path, "-nocerts", "-noenc", "-passin", "pass:x", check=False)
+    assert wrong.returncode != 0
+    assert not is_weakly_encrypted(path)
+
+
+def test_a_legacy_pkcs8_encrypted_key_still_loads_and_is_flagged_for_rewrap(
+    tmp_path: Path, ec_key: SigningKey
+) -> None:
+    path = tmp_path / "old.key.pem"
+    write_legacy_pkcs8(path, ec_key, PASSPHRASE)
+    assert is_weakly_encrypted(path)
+    assert public_der(load_private_key(path, PASSPHRASE)) == public_der(ec_key)
 
 
 def test_encrypted_key_loads_with_its_passphrase(encrypted_key: Path, ec_key: SigningKey) -> None:

@@ -337,3 +337,31 @@ def test_a_refresh_racing_hold_release_hold_keeps_the_latest_revocation_time(
         issued.serial, first_hold.ocsp, "revoked", Reason.CERTIFICATE_HOLD, first_hold.revoked_at
     )
     assert authority.store.update_ocsp([stale]) == 0
+
+
+@pytest.mark.parametrize("kind", ["good", "revoked", "unknown"])
+def test_a_request_with_a_nonce_is_never_answered_from_a_cache(
+    authority: CertificateAuthority, pki: Pki, kind: str
+) -> None:
+    if kind == "unknown":
+        cert = build_leaf(
+            pki.issuer,
+            LeafRequest(make_key().public_key(), WEB_ID, (), (), None, START, START + VALIDITY, 7),
+        )
+    else:
+        issued = issue(authority)
+        if kind == "revoked":
+            authority.revoke(ADMIN, issued.serial, Reason.KEY_COMPROMISE)
+        cert = issued.certificate
+    # Fill every cache first: the stored response, the answer caches, the unknown-serial one.
+    plain = request_for(cert, pki.issuer.certificate)
+    assert authority.ocsp_response(plain) == authority.ocsp_response(plain)
+    seen = []
+    for nonce in (b"\x01" * 16, b"\x02" * 16, b"\x01" * 16):
+        response = load_ocsp(
+            authority.ocsp_response(request_for(cert, pki.issuer.certificate, nonce=nonce)), pki
+        )
+        assert response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+        assert response.certificate_status.name == kind.upper()
+        seen.append(response.signature)
+    assert len(set(seen)) == 3  # each signed afresh (ECDSA signatures are randomised)

@@ -14,6 +14,8 @@ from typing import Any
 
 from cryptography import x509
 
+from ca_server.core.policy import CA_SERVER_NAME
+
 
 def openssl(
     *args: str | Path, input: bytes | None = None, check: bool = True
@@ -47,7 +49,8 @@ class Grpcurl:
         self.address, self.cacert, self.cert, self.key = address, cacert, cert, key
 
     def run(self, *args: str, data: Any = None) -> subprocess.CompletedProcess[str]:
-        cmd = [grpcurl_binary(), "-cacert", str(self.cacert)]
+        # The CA's reserved name, as the printed command and the README use.
+        cmd = [grpcurl_binary(), "-cacert", str(self.cacert), "-authority", CA_SERVER_NAME]
         if self.cert and self.key:
             cmd += ["-cert", str(self.cert), "-key", str(self.key)]
         if data is not None:

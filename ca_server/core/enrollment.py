@@ -20,8 +20,16 @@ from .bootstrap import (
 )
 from .clock import Clock, utc_seconds
 from .csr import parse_csr
+from .durations import format_duration
 from .errors import InvalidRequest, LimitExceeded, Unauthenticated
-from .issuance import Issuance, IssuanceSettings, Issued, TokenSpent, checked_lifetime
+from .issuance import (
+    Issuance,
+    IssuanceSettings,
+    Issued,
+    TokenSpent,
+    check_name_count,
+    checked_lifetime,
+)
 from .names import normalize_dns_name, parse_spiffe_id
 from .policy import Caller, Policy, RequestedNames, check_is_admin, check_request, grantor
 from .store import AuditEvent, Store, TokenRecord
@@ -70,10 +78,17 @@ class Enrollment:
             ips = tuple(dict.fromkeys(ipaddress.ip_address(i) for i in ip_addresses))
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-        check_request(self._policy, caller, RequestedNames(sid, dns, ips))
-        ttl = token_ttl or DEFAULT_TOKEN_TTL
+        names = RequestedNames(sid, dns, ips)
+        check_name_count(self.settings, names, "the token")
+        check_request(self._policy, caller, names)
+        # Unset means the default; a zero (or negative) TTL is a mistake, not "the default".
+        ttl = DEFAULT_TOKEN_TTL if token_ttl is None else token_ttl
         if not dt.timedelta(0) < ttl <= MAX_TOKEN_TTL:
-            raise InvalidRequest(f"token_ttl must be more than 0 and at most {MAX_TOKEN_TTL}")
+            raise InvalidRequest(
+                f"token_ttl {format_duration(ttl)} is out of range: it must be more than 0s and "
+                f"at most {format_duration(MAX_TOKEN_TTL)} (leave it unset for "
+                f"{format_duration(DEFAULT_TOKEN_TTL)})"
+            )
         lifetime = checked_lifetime(self.settings, certificate_ttl, self.settings.default_validity)
         now = utc_seconds(self._clock.now())
         token = new_token()
@@ -112,6 +127,7 @@ class Enrollment:
             tuple(ipaddress.ip_address(i) for i in record.ip_addresses),
         )
         # Tokens live up to a day: what their minter may grant is checked again now.
+        check_name_count(self.settings, names, "the token")
         check_request(self._policy, grantor(self._policy, record.created_by), names)
         try:
             return self._issuance.issue(

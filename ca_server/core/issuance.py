@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 from .clock import Clock, utc_seconds
 from .csr import parse_csr
 from .durations import format_duration
-from .errors import InvalidRequest, Unauthenticated
+from .errors import InvalidRequest, LimitExceeded, Unauthenticated
 from .names import IPAddress
 from .policy import Caller, Policy, RequestedNames, check_request, grantor
 from .profile import (
@@ -60,6 +60,10 @@ class IssuanceSettings:
     # issuing CA itself (False).
     ocsp_delegated: bool = True
     ocsp_signer_validity: dt.timedelta = dt.timedelta(days=3)
+    # DNS names + IP addresses on one certificate, and so on one bootstrap token (as Let's
+    # Encrypt caps its certificates): 10,000 names made a 256 KB certificate that then failed
+    # mTLS, and let one workload fill the store.
+    max_names: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,16 @@ class Issued:
     @property
     def not_after(self) -> dt.datetime:
         return self.certificate.not_valid_after_utc
+
+
+def check_name_count(settings: IssuanceSettings, names: RequestedNames, what: str) -> None:
+    """LimitExceeded when `names` hold more DNS names and IPs than the CA's cap."""
+    count = len(names.dns_names) + len(names.ip_addresses)
+    if count > settings.max_names:
+        raise LimitExceeded(
+            f"{what} asks for {count} DNS names and IP addresses; this CA allows at most "
+            f"{settings.max_names} ([issuance] max_names)"
+        )
 
 
 def checked_lifetime(
@@ -134,6 +148,7 @@ class Issuance:
                 f"spiffe://{self._policy.trust_domain}/<path>; it has {len(csr.uris)}"
             )
         names = RequestedNames(csr.uris[0], csr.dns_names, csr.ip_addresses)
+        check_name_count(self.settings, names, "the CSR")
         check_request(self._policy, caller, names)
         lifetime = checked_lifetime(self.settings, validity, self.settings.default_validity)
         return self.issue(
@@ -166,6 +181,7 @@ class Issuance:
         )
         # Re-check the names against what their grantor may grant today, so that narrowing
         # policy (or removing an admin) takes effect at the next renewal, not never.
+        check_name_count(self.settings, names, "the certificate being renewed")
         check_request(self._policy, grantor(self._policy, current.authorized_by), names)
         cns = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         old_lifetime = current.not_after - current.not_before - self.settings.backdate
