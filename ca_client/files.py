@@ -260,7 +260,9 @@ def _pkcs12(creds: Credentials, password: bytes) -> bytes:
 def _write(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # a short write (a disk filling up) is not a whole file
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
