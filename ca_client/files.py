@@ -291,12 +291,16 @@ def write_atomically(
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     version = out_dir / f"..{stamp}.{secrets.token_hex(4)}"
     version.mkdir(mode=0o700)
-    for name, (data, mode) in files.items():
-        _write(version / name, data, mode)
-    if outputs is not None:
-        _write(version / OUTPUTS_RECORD, outputs.to_json(), PUBLIC_MODE)
-    version.chmod(0o755)  # the directory is traversable; secrets keep their own 0600
-    _fsync_dir(version)
+    try:
+        for name, (data, mode) in files.items():
+            _write(version / name, data, mode)
+        if outputs is not None:
+            _write(version / OUTPUTS_RECORD, outputs.to_json(), PUBLIC_MODE)
+        version.chmod(0o755)  # the directory is traversable; secrets keep their own 0600
+        _fsync_dir(version)
+    except OSError:
+        shutil.rmtree(version, ignore_errors=True)  # never published: leave no half set
+        raise
     data_link = out_dir / DATA_LINK
     old = os.readlink(data_link) if data_link.is_symlink() else None
     _replace_symlink(data_link, version.name)  # the one atomic step
