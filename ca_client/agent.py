@@ -228,8 +228,8 @@ class Agent:
                 self._lost(creds, exc.details() or "refused")
                 return None
             wrong = explain(self.config.server, exc)
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED and wrong:
-                raise AgentGaveUp(wrong) from None
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise AgentGaveUp(wrong or exc.details()) from None
             log.warning("status_unknown", serial=serial, error=wrong or exc.details())
             return creds
         status = ca_pb2.CertificateStatus.Name(reply.status)
@@ -268,9 +268,8 @@ class Agent:
             except AgentGaveUp:
                 raise
             except grpc.RpcError as exc:
-                wrong = explain(self.config.server, exc)
-                if exc.code() == grpc.StatusCode.UNIMPLEMENTED and wrong:
-                    raise AgentGaveUp(wrong) from None  # a wrong address: no retry will help
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # a wrong address: no retry helps
+                    raise AgentGaveUp(explain(self.config.server, exc) or exc.details()) from None
                 refused = exc.code() == grpc.StatusCode.UNAUTHENTICATED
                 if refused and creds is None and self.config.token_file is None:
                     # A token given on the command line will not change: stop, say why.

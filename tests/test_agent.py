@@ -326,3 +326,21 @@ def test_agent_validity_applies_to_the_first_certificate(
     lifetime = cert.not_valid_after_utc - dt.datetime.fromisoformat(renewed["timestamp"])
     assert lifetime <= dt.timedelta(minutes=10)
     assert _status(ca, enrolled["serial"]).status == ca_pb2.REVOKED  # superseded
+
+
+def test_agent_pointed_at_the_bootstrap_listener_says_so_and_exits(
+    short_lived_ca: CaServer, tmp_path: Path
+) -> None:
+    ca = short_lived_ca
+    out = tmp_path / "tls"
+    minted = _token(ca, "web/misdirected", seconds=3600)
+    assert ca_client(
+        ["enroll", "--server", ca.running.bootstrap_address, "--token", minted.token,
+         "--root-fingerprint", minted.root_fingerprint_sha256, "--out", str(out)]
+    ) == 0  # fmt: skip
+    agent = AgentProcess("--server", ca.running.bootstrap_address, "--out", str(out))
+    try:
+        assert agent.exit_code() == 1
+    finally:
+        agent.stop()
+    assert "that is the bootstrap listener" in "".join(agent.lines)
