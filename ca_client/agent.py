@@ -227,7 +227,7 @@ class Agent:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:  # how the CA refuses a revoked caller
                 self._lost(creds, exc.details() or "refused")
                 return None
-            wrong = explain(self.config.server, exc)
+            wrong = explain(self.config.server, exc, probe=False)
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 raise AgentGaveUp(wrong or exc.details()) from None
             log.warning("status_unknown", serial=serial, error=wrong or exc.details())
@@ -269,7 +269,9 @@ class Agent:
                 raise
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # a wrong address: no retry helps
-                    raise AgentGaveUp(explain(self.config.server, exc) or exc.details()) from None
+                    raise AgentGaveUp(
+                        explain(self.config.server, exc, probe=False) or exc.details()
+                    ) from None
                 refused = exc.code() == grpc.StatusCode.UNAUTHENTICATED
                 if refused and creds is None and self.config.token_file is None:
                     # A token given on the command line will not change: stop, say why.
@@ -302,7 +304,7 @@ class Agent:
         not_after = creds.not_after if self.usable(creds) and creds else None
         retry_at = backoff.retry_at(now, not_after, self.rng)
         if isinstance(error, grpc.RpcError):
-            detail = explain(self.config.server, error) or error.details()
+            detail = explain(self.config.server, error, probe=False) or error.details()
         else:
             detail = str(error)
         for callback in self.failed:

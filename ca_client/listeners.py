@@ -44,8 +44,10 @@ def plain_http(server: str, wanted: str) -> WrongListener:
     )
 
 
-def explain(server: str, exc: grpc.RpcError) -> str | None:
-    """What a failed call on the API says about the address, or None if nothing is known."""
+def explain(server: str, exc: grpc.RpcError, probe: bool = True) -> str | None:
+    """What a failed call on the API says about the address, or None if nothing is known.
+    `probe` allows one plain-HTTP request to the address (up to PROBE_TIMEOUT): a one-shot
+    command can afford it, an agent retrying before expiry cannot."""
     code, details = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return (
@@ -55,6 +57,6 @@ def explain(server: str, exc: grpc.RpcError) -> str | None:
     if code == grpc.StatusCode.UNAVAILABLE:
         if "Connection refused" in details:
             return f"nothing listens at {server} (connection refused): is {API} there?"
-        if "WRONG_VERSION_NUMBER" in details or speaks_http(server):
+        if "WRONG_VERSION_NUMBER" in details or (probe and speaks_http(server)):
             return str(plain_http(server, API))
     return None
