@@ -3,7 +3,10 @@
 Enroll if there is no usable certificate (and a token was given); then renew at 2/3 of the
 lifetime minus jitter, retry failures with capped, jittered backoff that never waits past
 expiry, re-enroll if the certificate expired or was revoked and a token is available, and after
-each renewal run --on-renew and/or signal the process that reads the files."""
+each renewal run --on-renew and/or signal the process that reads the files.
+
+At start it says what it holds and asks the CA whether that certificate still stands, so a
+revoked one is replaced (or reported) at once, not at the next renewal."""
 
 from __future__ import annotations
 
@@ -20,10 +23,21 @@ from pathlib import Path
 import grpc
 import structlog
 
-from .client import CaClient
+from signet.ca.v1 import ca_pb2
+
+from .client import CaClient, NotSaved, save_or_revoke
 from .enroll import PinMismatch, enroll, fetch_pinned_root, normalize_fingerprint
-from .files import Credentials, read_credentials, render, write_atomically
-from .schedule import Backoff, renewal_time
+from .files import (
+    Credentials,
+    OutputSet,
+    check_out_dir,
+    describe,
+    read_credentials,
+    resolve_outputs,
+)
+from .listeners import WrongListener, explain
+from .schedule import Backoff, check_timing, jitter_for, renewal_time
+from .serial import serial_hex
 
 log = structlog.get_logger("signet.agent")
 
@@ -43,16 +57,24 @@ class AgentConfig:
     token_file: Path | None = None
     token: str | None = None
     root_fingerprint: str | None = None
-    formats: tuple[str, ...] = ("pem",)
+    formats: tuple[str, ...] | None = None  # None: the set `out` already holds (pem if new)
     p12_password: bytes | None = None
-    validity: dt.timedelta | None = None
+    p12_password_file: Path | None = None  # recorded in `out` (never the password itself)
+    validity: dt.timedelta | None = None  # the first certificate's too (renewed at once)
     fraction: float = 2 / 3
-    jitter: float = 1 / 20
+    jitter: float | None = None  # None: 1/20 of the lifetime, less for an early --renew-at
     backoff: Backoff = field(default_factory=Backoff)
     on_renew: str | None = None
     signal_number: int = signal.SIGHUP
     signal_pid: int | None = None
     pid_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_timing(self.fraction, self.renewal_jitter)  # here, not after a token is spent
+
+    @property
+    def renewal_jitter(self) -> float:
+        return jitter_for(self.fraction) if self.jitter is None else self.jitter
 
 
 class Agent:
@@ -63,6 +85,8 @@ class Agent:
         # When we got the current certificate: the CA backdates not_before (for clock skew),
         # and that slack must not count as lifetime already used.
         self._received_at: dt.datetime | None = None
+        self._renew_at: dt.datetime | None = None
+        self._outputs: tuple[OutputSet, bytes | None] | None = None
         # In-process users (ca_client.Identity) hear about renewals and failures here.
         self.renewed: list[Callable[[Credentials], None]] = []
         self.failed: list[Callable[[Exception], None]] = []
@@ -79,11 +103,31 @@ class Agent:
     def usable(self, creds: Credentials | None) -> bool:
         return creds is not None and creds.not_before <= self._now() < creds.not_after
 
+    def check(self) -> None:
+        """Refuse what cannot work (outputs, passwords, the directory) before any call."""
+        c = self.config
+        try:
+            self._outputs = resolve_outputs(c.out, c.formats, c.p12_password_file, c.p12_password)
+            check_out_dir(c.out)
+        except ValueError as exc:
+            raise AgentGaveUp(str(exc)) from None
+
     def _publish(self, creds: Credentials) -> None:
-        # The PEM set is always written too: it is what the agent reads back after a restart.
-        formats = ("pem", *(f for f in self.config.formats if f != "pem"))
-        files = render(creds, formats, self.config.p12_password)
-        write_atomically(self.config.out, files)
+        if self._outputs is None:
+            self.check()
+        assert self._outputs is not None
+        outputs, password = self._outputs
+        save_or_revoke(self.config.server, self.config.out, creds, outputs, password)
+
+    def _received(self, creds: Credentials, received_at: dt.datetime) -> dict[str, str]:
+        """Note a certificate we now hold and when to renew it; what to log about it."""
+        self._received_at = received_at
+        # The CA backdates not_before (for clock skew): that slack is no lifetime used.
+        start = max(creds.not_before, received_at)
+        self._renew_at = renewal_time(
+            start, creds.not_after, self.rng, self.config.fraction, self.config.renewal_jitter
+        )
+        return {**describe(creds), "renew_at": self._renew_at.isoformat()}
 
     def _enroll(self) -> Credentials:
         token = self._token()
@@ -95,27 +139,34 @@ class Agent:
         server = self.config.bootstrap_server or self.config.server
         try:
             root = fetch_pinned_root(server, normalize_fingerprint(self.config.root_fingerprint))
-        except PinMismatch as exc:
+        except (PinMismatch, WrongListener) as exc:
             raise AgentGaveUp(str(exc)) from None
         creds = enroll(server, token, root)
-        self._publish(creds)
-        self._received_at = self._now()
-        log.info("enrolled", serial=f"{creds.certificate.serial_number:x}")
+        try:
+            self._publish(creds)
+        except NotSaved as exc:  # the token is spent: nothing more to try
+            raise AgentGaveUp(str(exc)) from None
+        log.info("enrolled", **self._received(creds, self._now()))
         self._notify(creds)
+        if self.config.validity is not None:
+            creds = self._apply_validity(creds)
         return creds
 
-    def _renew(self, creds: Credentials) -> Credentials:
+    def _apply_validity(self, creds: Credentials) -> Credentials:
+        """Enroll cannot ask for a lifetime (the token sets it): renew at once with --validity,
+        the enrolled certificate revoked as superseded."""
+        try:
+            return self._renew(creds, revoke_previous=True)
+        except grpc.RpcError as exc:
+            log.warning("validity_not_applied", error=exc.details(), **describe(creds))
+            return creds
+
+    def _renew(self, creds: Credentials, revoke_previous: bool = False) -> Credentials:
         with CaClient(self.config.server, creds) as client:
-            fresh = client.renew(self.config.validity)
+            fresh = client.renew(self.config.validity, revoke_previous)
         self._publish(fresh)
-        self._received_at = self._now()
         self.renewals += 1
-        log.info(
-            "renewed",
-            serial=f"{fresh.certificate.serial_number:x}",
-            not_after=fresh.not_after.isoformat(),
-            renewals=self.renewals,
-        )
+        log.info("renewed", **self._received(fresh, self._now()), renewals=self.renewals)
         self._notify(fresh)  # in-process users first: a hook below must not hold them up
         self._after_renew()
         return fresh
@@ -152,30 +203,75 @@ class Agent:
             except OSError as exc:
                 log.warning("signal_failed", pid=pid, error=str(exc))
 
+    def _held_at_start(self) -> Credentials | None:
+        """What `out` holds, said in the log and checked with the CA: None if it must be
+        replaced (expired, or revoked with a token to enroll again)."""
+        creds = read_credentials(self.config.out)
+        if creds is None:
+            log.info("holding_nothing", out=str(self.config.out))
+            return None
+        # Written when the file was: the best guess after a restart.
+        mtime = (self.config.out / "cert.pem").stat().st_mtime
+        log.info(
+            "holding",
+            **self._received(creds, dt.datetime.fromtimestamp(mtime, dt.UTC)),
+            usable=self.usable(creds),
+        )
+        if not self.usable(creds):
+            return None
+        serial = serial_hex(creds.certificate.serial_number)
+        try:
+            with CaClient(self.config.server, creds) as client:
+                reply = client.status(serial)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:  # how the CA refuses a revoked caller
+                self._lost(creds, exc.details() or "refused")
+                return None
+            wrong = explain(self.config.server, exc, probe=False)
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise AgentGaveUp(wrong or exc.details()) from None
+            log.warning("status_unknown", serial=serial, error=wrong or exc.details())
+            return creds
+        status = ca_pb2.CertificateStatus.Name(reply.status)
+        log.info("status", serial=serial, status=status)
+        if reply.status == ca_pb2.REVOKED:
+            reason = ca_pb2.RevocationReason.Name(reply.reason)
+            self._lost(creds, f"revoked, reason {reason}")
+            return None
+        return creds
+
+    def _lost(self, creds: Credentials, why: str) -> None:
+        """Revoked: go on to enroll again if a token allows it, else stop and say why."""
+        serial = serial_hex(creds.certificate.serial_number)
+        log.warning("certificate_refused", serial=serial, detail=why)
+        if self._token() is None or not self.config.root_fingerprint:
+            raise AgentGaveUp(
+                f"the CA refuses the certificate in {self.config.out} (serial {serial}: {why}) "
+                "and no token (with --root-fingerprint) was given to enroll again"
+            )
+
     def run(self, stop: threading.Event) -> None:
         """Loop until `stop` is set; raise AgentGaveUp when no certificate can be had."""
-        creds = read_credentials(self.config.out)
-        if creds is not None:  # written when the file was: the best guess after a restart
-            mtime = (self.config.out / "cert.pem").stat().st_mtime
-            self._received_at = dt.datetime.fromtimestamp(mtime, dt.UTC)
+        self.check()
+        creds = self._held_at_start()
         backoff = self.config.backoff
         while not stop.is_set():
             try:
                 if not self.usable(creds):
                     creds = self._enroll()
                     backoff = self.config.backoff
-                assert creds is not None
-                start = max(creds.not_before, self._received_at or creds.not_before)
-                at = renewal_time(
-                    start, creds.not_after, self.rng, self.config.fraction, self.config.jitter
-                )
-                if stop.wait(max(0.0, (at - self._now()).total_seconds())):
+                assert creds is not None and self._renew_at is not None
+                if stop.wait(max(0.0, (self._renew_at - self._now()).total_seconds())):
                     return
                 creds = self._renew(creds)
                 backoff = self.config.backoff
             except AgentGaveUp:
                 raise
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # a wrong address: no retry helps
+                    raise AgentGaveUp(
+                        explain(self.config.server, exc, probe=False) or exc.details()
+                    ) from None
                 refused = exc.code() == grpc.StatusCode.UNAUTHENTICATED
                 if refused and creds is None and self.config.token_file is None:
                     # A token given on the command line will not change: stop, say why.
@@ -193,7 +289,7 @@ class Agent:
                         ) from None
                     continue
                 backoff = self._wait_backoff(stop, backoff, creds, exc)
-            except OSError as exc:  # the CA unreachable at first contact, a full disk...
+            except (OSError, NotSaved) as exc:  # the CA unreachable at first contact, a full disk
                 backoff = self._wait_backoff(stop, backoff, creds, exc)
 
     def _wait_backoff(
@@ -207,7 +303,10 @@ class Agent:
         # An unusable certificate sets no deadline: back off normally until a new one comes.
         not_after = creds.not_after if self.usable(creds) and creds else None
         retry_at = backoff.retry_at(now, not_after, self.rng)
-        detail = error.details() if isinstance(error, grpc.RpcError) else str(error)
+        if isinstance(error, grpc.RpcError):
+            detail = explain(self.config.server, error, probe=False) or error.details()
+        else:
+            detail = str(error)
         for callback in self.failed:
             try:
                 callback(error)

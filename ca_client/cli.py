@@ -4,7 +4,11 @@ the mTLS identity every call uses."""
 
 from __future__ import annotations
 
+from . import quiet  # noqa: F401 - before grpc is imported: no C-core lines on the terminal
+
+# isort: split
 import argparse
+import datetime as dt
 import json
 import os
 import signal
@@ -22,11 +26,31 @@ from ca_server.logs import configure_logging
 from signet.ca.v1 import ca_pb2
 
 from .agent import Agent, AgentConfig, AgentGaveUp
-from .client import CaClient
+from .client import CaClient, NotSaved, save_or_revoke
 from .enroll import PinMismatch, enroll, fetch_pinned_root, normalize_fingerprint
-from .files import FORMATS, check_formats, read_credentials, render, write_atomically
+from .files import (
+    FORMATS,
+    P12_PASSWORD_ENV,
+    Credentials,
+    OutputSet,
+    check_out_dir,
+    describe,
+    read_credentials,
+    resolve_outputs,
+)
+from .listeners import WrongListener, explain, split_address
+from .schedule import parse_fraction
+from .serial import canonical_serial
 
-P12_PASSWORD_ENV = "SIGNET_P12_PASSWORD"  # noqa: S105 - the variable's name, not a secret
+FORMAT_HELP = (
+    f"comma-separated outputs: {', '.join(FORMATS)} (pem always); "
+    "default: the set DIR already holds, pem for a new DIR"
+)
+P12_HELP = f"file holding the keystore.p12 password (or env {P12_PASSWORD_ENV})"
+FINGERPRINT_HELP = (
+    "SHA-256 of the root certificate, hex (CreateBootstrapToken and `ca-server token create` "
+    "print it): the only root enroll will trust"
+)
 
 
 class UsageError(Exception):
@@ -50,54 +74,83 @@ def _parser() -> argparse.ArgumentParser:
 
     enroll = sub.add_parser("enroll", help="first certificate for a new service, with a token")
     enroll.add_argument(
-        "--server", default=os.environ.get("SIGNET_SERVER"), help="bootstrap address HOST:PORT"
+        "--server",
+        default=os.environ.get("SIGNET_SERVER"),
+        help="the CA's bootstrap listener HOST:PORT (default port 50052)",
+    )
+    enroll.add_argument(
+        "--api-server",
+        default=os.environ.get("SIGNET_API_SERVER"),
+        help="the CA's mTLS API HOST:PORT, used only to revoke a certificate that could not be "
+        "saved (default: --server's host, port 50051)",
     )
     enroll.add_argument("--token", default=os.environ.get("SIGNET_TOKEN"), help="one-time token")
     enroll.add_argument("--token-file", help="file holding the token (keeps it out of argv)")
     enroll.add_argument(
         "--root-fingerprint",
         default=os.environ.get("SIGNET_ROOT_FINGERPRINT"),
-        help="SHA-256 of the root certificate (CreateBootstrapToken returns it)",
+        help=FINGERPRINT_HELP,
     )
-    enroll.add_argument("--out", default=os.environ.get("SIGNET_OUT"), help="where to write")
+    enroll.add_argument("--out", default=os.environ.get("SIGNET_OUT"), help="directory to write")
     enroll.add_argument("--json", action="store_true", help="machine-readable output")
-    enroll.add_argument("--format", default="pem", help="comma-separated outputs (as renew)")
-    enroll.add_argument("--p12-password-file", help=f"or env {P12_PASSWORD_ENV}")
+    enroll.add_argument("--format", help=FORMAT_HELP)
+    enroll.add_argument("--p12-password-file", help=P12_HELP)
 
     agent = sub.add_parser("agent", help="keep DIR's certificate renewed, for ever")
-    agent.add_argument("--server", default=os.environ.get("SIGNET_SERVER"), help="HOST:PORT")
+    agent.add_argument(
+        "--server", default=os.environ.get("SIGNET_SERVER"), help="the CA's mTLS API HOST:PORT"
+    )
     agent.add_argument("--out", default=os.environ.get("SIGNET_OUT"), help="credentials directory")
     agent.add_argument(
         "--bootstrap-server",
         default=os.environ.get("SIGNET_BOOTSTRAP_SERVER"),
         help="bootstrap address for (re-)enrolling (default: --server's host, port 50052)",
     )
-    agent.add_argument("--token", default=os.environ.get("SIGNET_TOKEN"))
-    agent.add_argument("--token-file", help="file holding a token (re-read at each enroll)")
-    agent.add_argument("--root-fingerprint", default=os.environ.get("SIGNET_ROOT_FINGERPRINT"))
-    agent.add_argument("--format", default="pem", help="comma-separated outputs (as renew)")
-    agent.add_argument("--p12-password-file", help=f"or env {P12_PASSWORD_ENV}")
-    agent.add_argument("--validity", help="requested lifetime of each renewal, e.g. 24h")
     agent.add_argument(
-        "--renew-at", type=float, default=2 / 3, help="fraction of the lifetime (default 2/3)"
+        "--token",
+        default=os.environ.get("SIGNET_TOKEN"),
+        help="one-time token to enroll with when DIR holds no valid certificate (or env "
+        "SIGNET_TOKEN; --token-file keeps it out of argv)",
+    )
+    agent.add_argument("--token-file", help="file holding a token (re-read at each enroll)")
+    agent.add_argument(
+        "--root-fingerprint",
+        default=os.environ.get("SIGNET_ROOT_FINGERPRINT"),
+        help=FINGERPRINT_HELP,
+    )
+    agent.add_argument("--format", help=FORMAT_HELP)
+    agent.add_argument("--p12-password-file", help=P12_HELP)
+    agent.add_argument(
+        "--validity",
+        type=_duration,
+        help="requested lifetime of each certificate, the first one included, e.g. 24h",
+    )
+    agent.add_argument(
+        "--renew-at",
+        type=_fraction,
+        default="2/3",
+        help="when to renew, as a fraction of the lifetime: 2/3, 0.5 or 75%% (default 2/3)",
     )
     agent.add_argument("--on-renew", help="shell command to run after each renewal")
     agent.add_argument("--signal", default="HUP", help="signal for --signal-pid / --pid-file")
     agent.add_argument("--signal-pid", type=int, help="process to signal after each renewal")
     agent.add_argument("--pid-file", help="file holding the pid of the process to signal")
-    agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    agent.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="what the agent logs on stderr (JSON lines unless on a terminal): info = what it "
+        "holds at start, enrollments, renewals and failures; warning = failures only "
+        "(default info)",
+    )
 
     renew = sub.add_parser("renew", help="renew DIR's certificate with a new key, atomically")
     common(renew)
-    renew.add_argument("--validity", help="requested lifetime, e.g. 24h (default: as before)")
     renew.add_argument(
-        "--format",
-        default="pem",
-        help=f"comma-separated outputs: {', '.join(FORMATS)} (default pem)",
+        "--validity", type=_duration, help="requested lifetime, e.g. 24h (default: as before)"
     )
-    renew.add_argument(
-        "--p12-password-file", help=f"password for keystore.p12 (or env {P12_PASSWORD_ENV})"
-    )
+    renew.add_argument("--format", help=FORMAT_HELP)
+    renew.add_argument("--p12-password-file", help=P12_HELP)
     renew.add_argument(
         "--revoke-previous", action="store_true", help="revoke the old certificate (superseded)"
     )
@@ -133,11 +186,41 @@ def _client(args: argparse.Namespace) -> CaClient:
     return CaClient(args.server, creds)
 
 
-def _p12_password(args: argparse.Namespace) -> bytes | None:
-    if args.p12_password_file:
-        return Path(args.p12_password_file).read_bytes().rstrip(b"\r\n")
-    secret = os.environ.get(P12_PASSWORD_ENV)
-    return secret.encode() if secret else None
+def _duration(text: str) -> dt.timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        return parse_fraction(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _outputs(args: argparse.Namespace, out: Path) -> tuple[OutputSet, bytes | None]:
+    """The formats and PKCS#12 password to write, checked before anything is sent."""
+    formats = None if args.format is None else [f.strip() for f in args.format.split(",")]
+    password_file = Path(args.p12_password_file) if args.p12_password_file else None
+    return resolve_outputs(out, formats and [f for f in formats if f], password_file)
+
+
+def _sibling(server: str, port: int) -> str:
+    """The same host as `server`, at another of the CA's default ports."""
+    host, _ = split_address(server)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _report(args: argparse.Namespace, verb: str, creds: Credentials, files: list[str]) -> None:
+    about = describe(creds)
+    _print(
+        args,
+        {"serial_number": about["serial"], **about, "files": files},
+        f"{verb}: serial {about['serial']} ({about['identity']}), valid until "
+        f"{about['not_after']}, written to {args.out}",
+    )
 
 
 def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
@@ -155,52 +238,50 @@ def _enroll(args: argparse.Namespace) -> int:
     for flag in ("server", "token", "root_fingerprint", "out"):
         if not getattr(args, flag):
             raise UsageError(f"--{flag.replace('_', '-')} is required")
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    check_formats(formats, _p12_password(args))  # before the token is spent
-    root = fetch_pinned_root(args.server, normalize_fingerprint(args.root_fingerprint))
+    # Everything that can be checked is, before the token is spent.
+    fingerprint = normalize_fingerprint(args.root_fingerprint)
+    out = Path(args.out)
+    check_out_dir(out)
+    outputs, password = _outputs(args, out)
+    api_server = args.api_server or _sibling(args.server, 50051)
+    split_address(api_server)
+    root = fetch_pinned_root(args.server, fingerprint)
     creds = enroll(args.server, args.token, root)
-    files = render(creds, formats, _p12_password(args))
-    write_atomically(Path(args.out), files)
-    serial = f"{creds.certificate.serial_number:x}"
-    _print(
-        args,
-        {"serial_number": serial, "not_after": creds.not_after.isoformat(), "files": sorted(files)},
-        f"enrolled: serial {serial}, valid until {creds.not_after.isoformat()}, "
-        f"written to {args.out}",
-    )
+    _report(args, "enrolled", creds, save_or_revoke(api_server, out, creds, outputs, password))
     return 0
 
 
 def _agent(args: argparse.Namespace) -> int:
     if not args.server or not args.out:
         raise UsageError("--server and --out are required")
-    configure_logging(args.log_level)
-    host = args.server.rpartition(":")[0]
     name = args.signal.upper().removeprefix("SIG")
     try:
         signal_number = signal.Signals["SIG" + name]
     except KeyError:
         raise UsageError(f"unknown signal {args.signal!r}") from None
-    if not 0 < args.renew_at < 1:
-        raise UsageError("--renew-at must be a fraction between 0 and 1, e.g. 0.667")
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    check_formats(formats, _p12_password(args))
+    out = Path(args.out)
+    check_out_dir(out)
+    outputs, password = _outputs(args, out)
+    if args.root_fingerprint:
+        normalize_fingerprint(args.root_fingerprint)
     config = AgentConfig(
         server=args.server,
-        out=Path(args.out),
-        bootstrap_server=args.bootstrap_server or f"{host}:50052",
+        out=out,
+        bootstrap_server=args.bootstrap_server or _sibling(args.server, 50052),
         token_file=Path(args.token_file) if args.token_file else None,
         token=args.token,
         root_fingerprint=args.root_fingerprint,
-        formats=formats,
-        p12_password=_p12_password(args),
-        validity=parse_duration(args.validity) if args.validity else None,
+        formats=outputs.formats,
+        p12_password=password,
+        p12_password_file=outputs.p12_password_file,
+        validity=args.validity,
         fraction=args.renew_at,
         on_renew=args.on_renew,
         signal_number=signal_number,
         signal_pid=args.signal_pid,
         pid_file=Path(args.pid_file) if args.pid_file else None,
     )
+    configure_logging(args.log_level)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -212,36 +293,29 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _renew(args: argparse.Namespace) -> int:
+    out = Path(args.out or "")
+    with _client(args) as client:
+        outputs, password = _outputs(args, out)  # bad options fail before the CA is asked
+        creds = client.renew(args.validity, args.revoke_previous)
+    _report(args, "renewed", creds, save_or_revoke(args.server, out, creds, outputs, password))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "enroll":
         return _enroll(args)
     if args.command == "agent":
         return _agent(args)
+    if args.command == "renew":
+        return _renew(args)
     with _client(args) as client:
-        if args.command == "renew":
-            formats = [f.strip() for f in args.format.split(",") if f.strip()]
-            validity = parse_duration(args.validity) if args.validity else None
-            check_formats(formats, _p12_password(args))  # bad options fail before the CA
-            creds = client.renew(validity, args.revoke_previous)
-            files = render(creds, formats, _p12_password(args))
-            write_atomically(Path(args.out), files)
-            serial = f"{creds.certificate.serial_number:x}"
-            _print(
-                args,
-                {
-                    "serial_number": serial,
-                    "not_after": creds.not_after.isoformat(),
-                    "files": sorted(files),
-                },
-                f"renewed: serial {serial}, valid until {creds.not_after.isoformat()}, "
-                f"written to {args.out}",
-            )
-        elif args.command == "status":
+        if args.command == "status":
             reply = client.status(args.serial)
             data = _message(reply)
             data.pop("ocsp_response", None)
             status = ca_pb2.CertificateStatus.Name(reply.status)
-            _print(args, data, f"{args.serial}: {status}")
+            _print(args, data, f"{canonical_serial(args.serial)}: {status}")
         elif args.command == "revoke":
             reason = ca_pb2.RevocationReason.Value(args.reason)
             revoked = client.revoke(args.serial, reason)
@@ -261,9 +335,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except grpc.RpcError as exc:
-        print(f"ca-client: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        message = explain(args.server, exc) if args.server else None
+        print(
+            f"ca-client: error: {message or f'{exc.code().name}: {exc.details()}'}", file=sys.stderr
+        )
         return 1
-    except (UsageError, ValueError, OSError, PinMismatch) as exc:
+    except NotSaved as exc:
+        print(f"ca-client: error: {exc}", file=sys.stderr)
+        return 1
+    except (UsageError, ValueError, OSError, PinMismatch, WrongListener) as exc:
         print(f"ca-client: error: {exc}", file=sys.stderr)
         return 2
 

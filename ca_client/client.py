@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from pathlib import Path
 
 import grpc
 from cryptography import x509
@@ -14,12 +15,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ca_server.core.policy import CA_SERVER_NAME
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
-from .files import Credentials, pem_parts
+from .files import Credentials, OutputSet, pem_parts, render, write_atomically
+from .serial import serial_hex
 
 TIMEOUT = 30.0
 # Only the CA's serving certificate carries this name (the CA refuses it to everyone else),
 # so a workload certificate from the same CA cannot pose as the CA.
 CA_CHANNEL_OPTIONS = [("grpc.ssl_target_name_override", CA_SERVER_NAME)]
+
+
+class NotSaved(Exception):
+    """Issued, but not written: the message says what became of the certificate."""
 
 
 class BadIssuance(Exception):
@@ -116,3 +122,38 @@ class CaClient:
 
     def crl(self) -> ca_pb2.GetCRLResponse:
         return self.stub.GetCRL(ca_pb2.GetCRLRequest(), timeout=TIMEOUT)
+
+
+def save_or_revoke(
+    api_server: str,
+    out_dir: Path,
+    creds: Credentials,
+    outputs: OutputSet,
+    p12_password: bytes | None,
+) -> list[str]:
+    """Write `creds` as `outputs` and return the file names; if that fails, revoke them rather
+    than leave a valid certificate whose key was never saved (a holder may revoke its own)."""
+    try:
+        files = render(creds, outputs.formats, p12_password)
+        write_atomically(out_dir, files, outputs)
+        return sorted(files)
+    except (OSError, ValueError) as exc:
+        raise NotSaved(_revoke_unsaved(api_server, out_dir, creds, exc)) from exc
+
+
+def _revoke_unsaved(api_server: str, out_dir: Path, creds: Credentials, error: Exception) -> str:
+    serial = serial_hex(creds.certificate.serial_number)
+    try:
+        with CaClient(api_server, creds) as client:
+            client.revoke(serial, ca_pb2.CESSATION_OF_OPERATION)
+    except (grpc.RpcError, ValueError) as exc:
+        detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+        return (
+            f"could not write {out_dir} ({error}) after certificate {serial} was issued, and "
+            f"revoking it at {api_server} failed too ({detail}); its key is lost: have an "
+            f"admin run `ca-client revoke {serial} --reason CESSATION_OF_OPERATION`"
+        )
+    return (
+        f"could not write {out_dir} ({error}); certificate {serial} had been issued, so it "
+        "was revoked (cessationOfOperation) rather than left valid with its key lost"
+    )

@@ -16,6 +16,15 @@ from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
 from .client import CA_CHANNEL_OPTIONS, TIMEOUT, check_issued, csr_for, new_key
 from .files import Credentials
+from .listeners import (
+    API,
+    BOOTSTRAP,
+    PROBE_TIMEOUT,
+    WrongListener,
+    plain_http,
+    speaks_http,
+    split_address,
+)
 
 
 class PinMismatch(Exception):
@@ -31,26 +40,47 @@ def normalize_fingerprint(text: str) -> str:
 
 def fetch_pinned_root(server: str, fingerprint: str) -> x509.Certificate:
     """The certificate in the server's handshake whose SHA-256 is `fingerprint`."""
-    host, _, port = server.rpartition(":")
-    host = host.strip("[]")  # [::1]:50052
+    host, port = split_address(server)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # Nothing is trusted yet: the chain is read, not verified, and then pinned below.
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.set_alpn_protocols(["h2"])
-    with (
-        socket.create_connection((host, int(port)), timeout=TIMEOUT) as raw,
-        ctx.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        # Public as SSLSocket.get_unverified_chain() from Python 3.13; _sslobj's before.
-        source: Any = tls if hasattr(tls, "get_unverified_chain") else tls._sslobj  # type: ignore[attr-defined]
-        chain = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in source.get_unverified_chain() or []]  # type: ignore[attr-defined]
-    for der in chain:
-        if hashlib.sha256(der).hexdigest() == fingerprint:
-            return x509.load_der_x509_certificate(der)
+    with socket.create_connection((host, port), timeout=TIMEOUT) as raw:
+        try:
+            tls = ctx.wrap_socket(raw, server_hostname=host)
+        except ssl.SSLError:
+            if speaks_http(server):
+                raise plain_http(server, BOOTSTRAP) from None
+            raise
+        with tls:
+            # Public as SSLSocket.get_unverified_chain() from Python 3.13; _sslobj's before.
+            source: Any = tls if hasattr(tls, "get_unverified_chain") else tls._sslobj  # type: ignore[attr-defined]
+            unverified = source.get_unverified_chain() or []
+            chain = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in unverified]  # type: ignore[attr-defined]
+            for der in chain:
+                if hashlib.sha256(der).hexdigest() == fingerprint:
+                    return x509.load_der_x509_certificate(der)
+            if _wants_client_certificate(tls):
+                raise WrongListener(
+                    f"{server} wants a client certificate: that is {API}; enroll, with a "
+                    f"token, needs {BOOTSTRAP}"
+                )
     raise PinMismatch(
         f"{server} presented no certificate with SHA-256 {fingerprint}: refusing to trust it"
     )
+
+
+def _wants_client_certificate(tls: ssl.SSLSocket) -> bool:
+    """After a handshake without a client certificate, the mTLS listener hangs up at once
+    (TLS 1.3 sends its verdict after the handshake); other servers wait for us to speak."""
+    tls.settimeout(PROBE_TIMEOUT)
+    try:
+        return tls.recv(1) == b""
+    except TimeoutError:
+        return False
+    except (ssl.SSLError, ConnectionError):
+        return True
 
 
 def enroll(server: str, token: str, root: x509.Certificate) -> Credentials:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 from dataclasses import dataclass, replace
+from fractions import Fraction
 
 DEFAULT_FRACTION = 2 / 3
 DEFAULT_JITTER = 1 / 20
@@ -25,12 +26,39 @@ def renewal_time(
     jitter: float = DEFAULT_JITTER,
 ) -> dt.datetime:
     """When to renew a certificate valid from not_before to not_after."""
+    check_timing(fraction, jitter)
+    lifetime = not_after - not_before
+    return not_before + lifetime * fraction - lifetime * jitter * rng.random()
+
+
+def check_timing(fraction: float, jitter: float) -> None:
+    """Refuse a schedule that cannot work, before anything depends on it."""
     if not 0 < fraction < 1:
         raise ValueError("fraction must be between 0 and 1 (exclusive)")
     if not 0 <= jitter < fraction:
         raise ValueError("jitter must be at least 0 and less than fraction")
-    lifetime = not_after - not_before
-    return not_before + lifetime * fraction - lifetime * jitter * rng.random()
+
+
+def jitter_for(fraction: float, jitter: float = DEFAULT_JITTER) -> float:
+    """The default jitter, shrunk for an early renewal (half of the fraction at most), so that
+    every fraction in (0, 1) works and a renewal never lands at the very start of a lifetime."""
+    return min(jitter, fraction / 2)
+
+
+def parse_fraction(text: str) -> float:
+    """A fraction of the lifetime as people write it: 2/3, 0.667 or 66.7%."""
+    cleaned = text.strip()
+    try:
+        value = (
+            Fraction(cleaned.removesuffix("%")) / 100
+            if cleaned.endswith("%")
+            else Fraction(cleaned)
+        )
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{text!r} is not a fraction: write e.g. 2/3, 0.667 or 66%") from None
+    if not 0 < value < 1:
+        raise ValueError(f"{text!r} must be between 0 and 1 (exclusive), e.g. 2/3")
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)

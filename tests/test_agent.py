@@ -22,6 +22,9 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from ca_client.cli import main as ca_client
+from ca_client.schedule import parse_fraction
+from ca_client.serial import serial_hex
 from signet.ca.v1 import ca_pb2
 from tests.conftest import CaServer, start_ca, stop_ca
 
@@ -62,6 +65,10 @@ class AgentProcess:
             if item.get("event") == event:
                 found.append(item)
         return found
+
+    def exit_code(self) -> int:
+        """Wait, bounded, for the agent to exit by itself."""
+        return self.proc.wait(timeout=DEADLINE)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -162,3 +169,178 @@ def test_agent_backs_off_while_the_ca_is_down_and_recovers_when_it_returns(
     finally:
         agent.stop()
         stop_ca(ca)
+
+
+# -- options checked first, and accepted as the help writes them (issue 10, items 6 and 7) --------
+
+
+def _agent_args(ca: CaServer, minted: ca_pb2.CreateBootstrapTokenResponse, out: Path) -> list[str]:
+    return ["--server", ca.address, "--bootstrap-server", ca.running.bootstrap_address,
+            "--token", minted.token, "--root-fingerprint", minted.root_fingerprint_sha256,
+            "--out", str(out)]  # fmt: skip
+
+
+def _status(ca: CaServer, serial: str) -> ca_pb2.GetCertificateStatusResponse:
+    with ca.admin_channel() as ch:
+        return ca.stub(ch).GetCertificateStatus(
+            ca_pb2.GetCertificateStatusRequest(serial_number=serial), timeout=30
+        )
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--renew-at", "1.5"], "between 0 and 1"),
+        (["--renew-at", "soon"], "not a fraction"),
+        (["--validity", "forever"], "invalid duration"),
+        (["--format", "pem,pkcs12"], "password is needed"),
+        (["--format", "pem,jks"], "unknown output format"),
+        (["--out-is-a-file"], "is a file, not a directory"),
+    ],
+)
+def test_agent_refuses_bad_options_before_spending_the_token(
+    short_lived_ca: CaServer, tmp_path: Path, extra: list[str], needle: str
+) -> None:
+    ca = short_lived_ca
+    minted = _token(ca, "web/careful-agent", seconds=60)
+    out = tmp_path / "tls"
+    if extra == ["--out-is-a-file"]:
+        out.write_text("a file\n")
+        extra = []
+    agent = AgentProcess(*_agent_args(ca, minted, out), *extra)
+    try:
+        assert agent.exit_code() == 2
+    finally:
+        agent.stop()
+    assert needle in "".join(agent.lines)
+    enrolled = ca_client(
+        ["enroll", "--server", ca.running.bootstrap_address, "--token", minted.token,
+         "--root-fingerprint", minted.root_fingerprint_sha256, "--out", str(tmp_path / "later")]
+    )  # fmt: skip
+    assert enrolled == 0  # the token is still good
+
+
+@pytest.mark.parametrize("renew_at", ["0.05", "2/3"])
+def test_agent_renews_at_any_fraction_the_help_allows(
+    short_lived_ca: CaServer, tmp_path: Path, renew_at: str
+) -> None:
+    ca = short_lived_ca
+    minted = _token(ca, "web/early-agent", seconds=3)
+    agent = AgentProcess(*_agent_args(ca, minted, tmp_path / "tls"), "--renew-at", renew_at)
+    try:
+        enrolled = agent.wait_for("enrolled")[0]
+        renewed = agent.wait_for("renewed", count=2)
+        assert len({enrolled["serial"], *(r["serial"] for r in renewed)}) == 3
+        # The schedule is the asked-for fraction of the lifetime, never later.
+        start = dt.datetime.fromisoformat(enrolled["timestamp"])
+        lifetime = dt.datetime.fromisoformat(enrolled["not_after"]) - start
+        limit = start + lifetime * parse_fraction(renew_at)
+        assert dt.datetime.fromisoformat(enrolled["renew_at"]) <= limit
+        assert agent.stop() == 0
+    finally:
+        agent.stop()
+
+
+# -- the agent says what it holds and checks it at start (item 8) ------------------------------
+
+
+def test_agent_restarted_on_a_revoked_certificate_says_so_and_exits_at_once(
+    short_lived_ca: CaServer, tmp_path: Path
+) -> None:
+    ca = short_lived_ca
+    minted = _token(ca, "web/restarted", seconds=3600)
+    out = tmp_path / "tls"
+    first = AgentProcess(*_agent_args(ca, minted, out))
+    try:
+        serial = first.wait_for("enrolled")[0]["serial"]
+        assert first.stop() == 0
+    finally:
+        first.stop()
+    no_token = ["--server", ca.address, "--out", str(out)]
+    good = AgentProcess(*no_token)
+    try:
+        holding = good.wait_for("holding")[0]
+        assert holding["serial"] == serial
+        assert holding["identity"] == "spiffe://signet.local/web/restarted"
+        assert holding["not_after"] and holding["renew_at"]
+        assert good.wait_for("status")[0]["status"] == "GOOD"
+        assert good.stop() == 0
+    finally:
+        good.stop()
+    with ca.admin_channel() as ch:
+        ca.stub(ch).RevokeCertificate(
+            ca_pb2.RevokeCertificateRequest(serial_number=serial, reason=ca_pb2.KEY_COMPROMISE),
+            timeout=30,
+        )
+    revoked = AgentProcess(*no_token)
+    try:
+        assert revoked.exit_code() == 1  # long before the renewal an hour's lifetime would bring
+    finally:
+        revoked.stop()
+    said = "".join(revoked.lines)
+    assert f"serial {serial}" in said and "no token" in said, said
+
+
+def test_agent_restarted_on_a_revoked_certificate_re_enrolls_at_once_with_a_token(
+    short_lived_ca: CaServer, tmp_path: Path
+) -> None:
+    ca = short_lived_ca
+    out = tmp_path / "tls"
+    minted = _token(ca, "web/phoenix", seconds=3600)
+    assert ca_client(
+        ["enroll", "--server", ca.running.bootstrap_address, "--token", minted.token,
+         "--root-fingerprint", minted.root_fingerprint_sha256, "--out", str(out)]
+    ) == 0  # fmt: skip
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    serial = serial_hex(cert.serial_number)
+    with ca.admin_channel() as ch:
+        ca.stub(ch).RevokeCertificate(
+            ca_pb2.RevokeCertificateRequest(serial_number=serial), timeout=30
+        )
+    agent = AgentProcess(*_agent_args(ca, _token(ca, "web/phoenix", seconds=3600), out))
+    try:
+        refused = agent.wait_for("certificate_refused")[0]
+        assert refused["serial"] == serial
+        fresh = agent.wait_for("enrolled")[0]
+        assert fresh["serial"] != serial
+        assert agent.stop() == 0
+    finally:
+        agent.stop()
+
+
+def test_agent_validity_applies_to_the_first_certificate(
+    short_lived_ca: CaServer, tmp_path: Path
+) -> None:
+    ca = short_lived_ca
+    out = tmp_path / "tls"
+    minted = _token(ca, "web/short-first", seconds=3600)
+    agent = AgentProcess(*_agent_args(ca, minted, out), "--validity", "10m")
+    try:
+        enrolled = agent.wait_for("enrolled")[0]
+        renewed = agent.wait_for("renewed")[0]  # at once, not at 2/3 of an hour
+        assert agent.stop() == 0
+    finally:
+        agent.stop()
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    assert serial_hex(cert.serial_number) == renewed["serial"]
+    lifetime = cert.not_valid_after_utc - dt.datetime.fromisoformat(renewed["timestamp"])
+    assert lifetime <= dt.timedelta(minutes=10)
+    assert _status(ca, enrolled["serial"]).status == ca_pb2.REVOKED  # superseded
+
+
+def test_agent_pointed_at_the_bootstrap_listener_says_so_and_exits(
+    short_lived_ca: CaServer, tmp_path: Path
+) -> None:
+    ca = short_lived_ca
+    out = tmp_path / "tls"
+    minted = _token(ca, "web/misdirected", seconds=3600)
+    assert ca_client(
+        ["enroll", "--server", ca.running.bootstrap_address, "--token", minted.token,
+         "--root-fingerprint", minted.root_fingerprint_sha256, "--out", str(out)]
+    ) == 0  # fmt: skip
+    agent = AgentProcess("--server", ca.running.bootstrap_address, "--out", str(out))
+    try:
+        assert agent.exit_code() == 1
+    finally:
+        agent.stop()
+    assert "that is the bootstrap listener" in "".join(agent.lines)

@@ -311,3 +311,66 @@ def test_a_token_with_too_many_names_is_resource_exhausted(admin) -> None:
         _token(admin, "web/many", dns_names=names)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "at most 100" in (info.value.details() or "")
+
+
+# -- nothing spent in vain, nothing left orphaned (issue 10, item 6) ---------------------------
+
+
+def _enroll_args(ca: CaServer, token: str, fingerprint: str, out: Path) -> list[str]:
+    return ["enroll", "--server", ca.running.bootstrap_address, "--token", token,
+            "--root-fingerprint", fingerprint, "--out", str(out)]  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/below"])
+def test_enroll_into_a_regular_file_is_refused_before_the_token_is_spent(
+    ca: CaServer, admin, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory\n")
+    minted = _token(admin, "web/file-out")
+    args = _enroll_args(ca, minted.token, minted.root_fingerprint_sha256, tmp_path / where)
+    assert ca_client(args) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert _enroll(ca, minted.token).serial_number  # the token was not spent
+
+
+def test_enroll_with_an_unreadable_password_file_is_refused_before_the_token_is_spent(
+    ca: CaServer, admin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    minted = _token(admin, "web/no-password")
+    args = _enroll_args(ca, minted.token, minted.root_fingerprint_sha256, tmp_path / "tls")
+    missing = str(tmp_path / "missing")
+    assert ca_client([*args, "--format", "pem,pkcs12", "--p12-password-file", missing]) == 2
+    assert "cannot read the PKCS#12 password file" in capsys.readouterr().err
+    assert _enroll(ca, minted.token).serial_number
+
+
+# Run in a fresh interpreter, which then becomes ca-client: files may not grow past 64 bytes
+# (EFBIG, as on a full disk), and SIGXFSZ is ignored so that it is an error to handle.
+LIMITED = """
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_enroll_that_cannot_write_what_was_issued_revokes_it_and_says_so(
+    ca: CaServer, admin, tmp_path: Path
+) -> None:
+    minted = _token(admin, "web/full-disk")
+    out = tmp_path / "tls"
+    cli = Path(sys.executable).parent / "ca-client"
+    args = [*_enroll_args(ca, minted.token, minted.root_fingerprint_sha256, out)[1:]]
+    result = subprocess.run(
+        [sys.executable, "-c", LIMITED, str(cli), "enroll", *args, "--api-server", ca.address],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "was revoked (cessationOfOperation)" in result.stderr, result.stderr
+    serial = result.stderr.split("certificate ")[1].split()[0]
+    reply = admin.GetCertificateStatus(
+        ca_pb2.GetCertificateStatusRequest(serial_number=serial), timeout=30
+    )
+    assert reply.status == ca_pb2.REVOKED
+    assert reply.reason == ca_pb2.CESSATION_OF_OPERATION
+    assert not (out / "cert.pem").exists() and list(out.iterdir()) == []  # no half-written set

@@ -8,19 +8,25 @@ import json
 import os
 import random
 import shutil
+import socket
+import ssl
 import stat
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
-from ca_client.cli import main
+from ca_client.cli import _parser, main
+from ca_client.files import OUTPUTS_RECORD, describe, read_credentials, render, write_atomically
 from ca_client.files import Credentials as FileCredentials
-from ca_client.files import read_credentials, render, write_atomically
-from ca_client.schedule import Backoff, renewal_time
+from ca_client.schedule import Backoff, jitter_for, parse_fraction, renewal_time
+from ca_client.serial import canonical_serial, serial_hex
 from tests.conftest import CaServer, Credentials
+from tests.pki import make_key
 from tests.tools import openssl
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -212,3 +218,256 @@ def test_cleanup_never_follows_a_planted_data_link(ca: CaServer, tmp_path: Path)
     os.symlink(str(victim), out / "..data")
     write_atomically(out, render(_creds(ca), ["pem"]))
     assert (victim / "precious").read_text() == "keep me"
+
+
+# -- cert.pem carries the chain (issue 10, item 1) ----------------------------------------------
+
+
+def _handshake(ca: CaServer, tmp: Path, cert: Path, key: Path, trust: Path) -> str | None:
+    """A real mutual-TLS handshake on 127.0.0.1: a server trusting only `trust` (the root)
+    against a client presenting `cert` + `key`; the server's error, or None if it accepted."""
+    server_creds = ca.issue("web/tls-peer", ips=("127.0.0.1",))
+    server_cert, server_key = server_creds.write(tmp / "peer")
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server_ctx.load_verify_locations(trust)
+    server_ctx.load_cert_chain(server_cert, server_key)
+    client_ctx = ssl.create_default_context(cafile=str(trust))
+    client_ctx.load_cert_chain(cert, key)
+    errors: list[str] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            try:
+                with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(b"ok")
+            except (ssl.SSLError, OSError) as exc:
+                errors.append(str(exc))
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        with (
+            socket.create_connection(listener.getsockname(), timeout=10) as raw,
+            client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            try:
+                tls.recv(2)
+            except (ssl.SSLError, OSError) as exc:  # TLS 1.3: the verdict after the handshake
+                errors.append(f"client: {exc}")
+        thread.join(timeout=30)
+    return errors[0] if errors else None
+
+
+def test_cert_pem_is_the_leaf_then_its_intermediates_so_a_root_only_peer_accepts_it(
+    ca: CaServer, tmp_path: Path
+) -> None:
+    creds = _creds(ca, "web/full-chain")
+    out = tmp_path / "tls"
+    write_atomically(out, render(creds, ["pem"]))
+    in_cert = x509.load_pem_x509_certificates((out / "cert.pem").read_bytes())
+    assert in_cert == [creds.certificate, *creds.chain]
+    assert x509.load_pem_x509_certificates((out / "leaf.pem").read_bytes()) == [creds.certificate]
+    assert x509.load_pem_x509_certificates((out / "ca.pem").read_bytes()) == list(creds.roots)
+    trust = out / "ca.pem"
+    assert _handshake(ca, tmp_path, out / "cert.pem", out / "key.pem", trust) is None
+    # What cert.pem used to be: a peer trusting only the root cannot build the chain.
+    refused = _handshake(ca, tmp_path, out / "leaf.pem", out / "key.pem", trust)
+    assert refused is not None and "unable to get local issuer certificate" in refused
+
+
+def test_an_old_directory_whose_cert_pem_is_the_leaf_alone_still_renews(
+    ca: CaServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    issued = ca.issue("web/old-layout")
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "cert.pem").write_bytes(issued.cert_pem)  # plain files, the leaf alone
+    (out / "chain.pem").write_bytes(issued.chain_pem)
+    (out / "key.pem").write_bytes(issued.key_pem)
+    (out / "ca.pem").write_bytes(ca.root_pem)
+    old = read_credentials(out)
+    assert old is not None and len(old.chain) == 1
+    assert main(["renew", "--server", ca.address, "--out", str(out)]) == 0
+    assert len(x509.load_pem_x509_certificates((out / "cert.pem").read_bytes())) == 2
+    capsys.readouterr()
+
+
+# -- the directory remembers its outputs (item 4) ---------------------------------------------
+
+ALL_FORMATS = "pem,bundle,combined,pkcs12,kubernetes"
+
+
+def _links(out: Path) -> dict[str, str]:
+    return {p.name: os.readlink(p) for p in out.iterdir() if p.is_symlink()}
+
+
+def _dangling(out: Path) -> list[str]:
+    return [p.name for p in out.iterdir() if p.is_symlink() and not p.exists()]
+
+
+def test_renew_with_the_default_format_writes_the_set_the_directory_holds(
+    ca: CaServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = _workload_dir(ca, tmp_path, "web/remembered")
+    password = tmp_path / "p12-password"
+    password.write_text("remembered-s3cret\n")
+    base = ["renew", "--server", ca.address, "--out", str(out), "--json"]
+    assert main([*base, "--format", ALL_FORMATS, "--p12-password-file", str(password)]) == 0
+    first = json.loads(capsys.readouterr().out)
+    files = set(_links(out))
+    assert {"bundle.pem", "combined.pem", "keystore.p12", "tls.crt", "tls.key", "ca.crt"} <= files
+    record = (out / "..data" / OUTPUTS_RECORD).read_text()
+    assert "remembered-s3cret" not in record and str(password) in record
+
+    assert main(base) == 0  # no --format, no password: the same set, the same password file
+    second = json.loads(capsys.readouterr().out)
+    assert second["serial_number"] != first["serial_number"]
+    assert set(_links(out)) == files and _dangling(out) == []
+    for name in ("tls.crt", "bundle.pem", "combined.pem"):
+        leaf = x509.load_pem_x509_certificates((out / name).read_bytes())[0]
+        assert serial_hex(leaf.serial_number) == second["serial_number"], name
+    bundle = openssl(
+        "pkcs12", "-in", out / "keystore.p12", "-passin", "pass:remembered-s3cret", "-nokeys",
+        "-clcerts",
+    ).stdout  # fmt: skip
+    assert (
+        serial_hex(x509.load_pem_x509_certificate(bundle.encode()).serial_number)
+        == (second["serial_number"])
+    )
+
+    assert main([*base, "--format", "pem"]) == 0  # asked for less: the rest goes, no dangling
+    capsys.readouterr()
+    assert _dangling(out) == [] and not (out / "tls.crt").exists()
+    assert main(base) == 0  # and pem alone is now what the directory holds
+    capsys.readouterr()
+    assert not (out / "bundle.pem").exists() and _dangling(out) == []
+
+
+def test_a_directory_written_before_the_record_keeps_its_formats(
+    ca: CaServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pre-record"
+    write_atomically(out, render(_creds(ca, "web/pre-record"), ["pem", "bundle", "kubernetes"]))
+    assert not (out / "..data" / OUTPUTS_RECORD).exists()
+    assert main(["renew", "--server", ca.address, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert {"bundle.pem", "tls.crt", "tls.key", "ca.crt"} <= set(_links(out))
+    assert _dangling(out) == []
+
+
+def test_a_remembered_keystore_without_its_password_fails_before_the_ca_is_asked(
+    ca: CaServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = _workload_dir(ca, tmp_path, "web/env-password")
+    os.environ["SIGNET_P12_PASSWORD"] = "from-env"
+    try:
+        assert main(["renew", "--server", ca.address, "--out", str(out), "--format", "pkcs12"]) == 0
+    finally:
+        del os.environ["SIGNET_P12_PASSWORD"]
+    capsys.readouterr()
+    before = (out / "cert.pem").read_bytes()
+    assert "from-env" not in (out / "..data" / OUTPUTS_RECORD).read_text()
+    assert main(["renew", "--server", ca.address, "--out", str(out)]) == 2
+    assert "holds keystore.p12" in capsys.readouterr().err
+    assert (out / "cert.pem").read_bytes() == before
+
+
+# -- serials, one form (item 5) -----------------------------------------------------------------
+
+
+def test_serials_are_the_full_bytes_in_lowercase_hex() -> None:
+    assert serial_hex(0x6A7F) == "6a7f"
+    assert serial_hex(0x6A7) == "06a7"
+    assert serial_hex(0x01) == "01"
+    assert canonical_serial("0x6A:7f") == "6a7f" and canonical_serial("6a7") == "06a7"
+    with pytest.raises(ValueError):
+        canonical_serial("xyz")
+
+
+def test_output_names_a_serial_with_a_leading_zero_nibble_in_full(ca: CaServer) -> None:
+    key = make_key()
+    name = x509.Name([])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(0x06A7F00D)
+        .not_valid_before(T0)
+        .not_valid_after(T0 + DAY)
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    assert describe(FileCredentials(key, cert, (), ()))["serial"] == "06a7f00d"
+
+
+def test_status_prints_the_serial_in_the_cas_form(
+    ca: CaServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, issued = _workload_dir(ca, tmp_path, "web/typed-serial")
+    typed = ":".join(issued.serial[i : i + 2] for i in range(0, len(issued.serial), 2)).upper()
+    assert main(["status", "--server", ca.address, "--out", str(out), typed]) == 0
+    assert capsys.readouterr().out == f"{issued.serial}: GOOD\n"
+
+
+# -- the wrong listener (item 9) ----------------------------------------------------------------
+
+
+def _ca_client(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command, as a user runs it: its own process, its own gRPC core."""
+    cli = Path(sys.executable).parent / "ca-client"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIGNET_", "GRPC_"))}
+    return subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_commands_at_the_wrong_listener_say_which_one_they_reached_and_nothing_else(
+    ca: CaServer, tmp_path: Path
+) -> None:
+    fingerprint = ca.authority.root_fingerprint()
+    api, bootstrap = ca.address, ca.running.bootstrap_address
+    http = ca.running.http_address
+    enroll = ["enroll", "--token", "sgt_unused", "--root-fingerprint", fingerprint,
+              "--out", str(tmp_path / "never")]  # fmt: skip
+    renew = ["renew", "--out", str(ca.admin_dir)]
+    cases = [
+        ([*enroll, "--server", api], "that is the mTLS API listener", "bootstrap listener"),
+        ([*enroll, "--server", http], "that is the HTTP listener", "bootstrap listener"),
+        ([*renew, "--server", bootstrap], "that is the bootstrap listener", "mTLS API"),
+        ([*renew, "--server", http], "that is the HTTP listener", "mTLS API"),
+    ]
+    for args, reached, wanted in cases:
+        result = _ca_client(*args)
+        assert result.returncode != 0, args
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr  # one sentence, no gRPC core lines around it
+        assert reached in lines[0] and wanted in lines[0].split("needs")[-1], lines[0]
+    assert not (tmp_path / "never").exists()
+
+
+# -- --help (item 12) ---------------------------------------------------------------------------
+
+
+def test_every_option_of_every_command_has_a_description() -> None:
+    commands = _parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    missing = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, sub in commands.items()
+        for action in sub._actions
+        if not action.help
+    ]
+    assert missing == []
+
+
+# -- agent timing, accepted as the help writes it (item 7) ----------------------------------------
+
+
+def test_renew_at_takes_fractions_as_written_and_every_one_schedules() -> None:
+    assert parse_fraction("2/3") == pytest.approx(2 / 3)
+    assert parse_fraction("0.667") == pytest.approx(0.667)
+    assert parse_fraction("75%") == 0.75
+    for bad in ("0", "1", "3/2", "-0.1", "two thirds", "1/0"):
+        with pytest.raises(ValueError):
+            parse_fraction(bad)
+    for fraction in (0.01, 0.05, 0.1, 2 / 3, 0.99):
+        at = renewal_time(T0, T0 + DAY, random.Random(2), fraction, jitter_for(fraction))
+        assert T0 < at <= T0 + DAY * fraction
