@@ -204,7 +204,10 @@ def test_serve_on_empty_dir_initialises_prints_working_grpcurl_command_and_stops
     data_dir = tmp_path / "ca-data"
     data_dir.mkdir()
     with serving("--data-dir", data_dir, "--listen", "127.0.0.1:0", cwd=tmp_path) as server:
+        enroll = server.wait_for_line("Enroll on ")
         line = server.wait_for_line(TRY_IT)
+        boot = _serve_json(data_dir)["bootstrap_listen"]
+        assert enroll == f"Enroll on {boot} (bootstrap TLS: ca-client enroll --server {boot})"
 
         for name in ("root.pem", "intermediate.pem", "ca.db", "config.toml"):
             assert (data_dir / name).is_file(), name
