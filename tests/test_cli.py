@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,11 +62,19 @@ def _run(
 class Server:
     """A `ca-server serve` process whose stdout and stderr are read by threads into queues."""
 
-    def __init__(self, *args: str | Path, cwd: Path, env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        *args: str | Path,
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] = (),
+    ):
+        """`command` replaces `ca-server serve` (e.g. scripts/serve.sh); `env` is then the
+        whole environment, not additions to the test's."""
         self.proc = subprocess.Popen(
-            [*_ca_server(), "serve", *map(str, args)],
+            [*(command or [*_ca_server(), "serve"]), *map(str, args)],
             cwd=cwd,
-            env=_env(env),
+            env=dict(env or {}) if command else _env(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -140,8 +148,10 @@ class Server:
 
 
 @contextmanager
-def serving(*args: str | Path, cwd: Path, env: Mapping[str, str] | None = None) -> Iterator[Server]:
-    server = Server(*args, cwd=cwd, env=env)
+def serving(
+    *args: str | Path, cwd: Path, env: Mapping[str, str] | None = None, command: Sequence[str] = ()
+) -> Iterator[Server]:
+    server = Server(*args, cwd=cwd, env=env, command=command)
     try:
         yield server
     finally:
