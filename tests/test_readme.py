@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -174,7 +175,10 @@ def test_serve_sh_runs_from_the_directory_that_should_hold_ca_data_installing_on
         expected = expected.replace(PRINTED_PORTS["http"], ready["http_listen"])
         # The README's .venv/bin/grpcurl is relative to the repository root; from elsewhere the
         # server prints the same file by its absolute path.
-        expected = expected.replace(".venv/bin/grpcurl", str(VENV / "bin" / "grpcurl"))
+        # (or grpcurl alone, as the README says, when one is on PATH).
+        on_path = shutil.which("grpcurl", path=env["PATH"])
+        grpcurl = "grpcurl" if on_path else str(VENV / "bin" / "grpcurl")
+        expected = expected.replace(".venv/bin/grpcurl", grpcurl)
         assert printed == expected.splitlines()
 
         tried = subprocess.run(
