@@ -296,7 +296,9 @@ class SqlStore:
     def list_certificates(self, query: ListQuery) -> Sequence[CertificateRecord]:
         # Newest last: by issued_at (whole seconds), then by when the row was written, which is
         # the id of the audit event each certificate is stored with in one transaction (an
-        # insertion sequence both SQLite and PostgreSQL have; a serial is random).
+        # insertion sequence both SQLite and PostgreSQL have; a serial is random). audit has no
+        # index on serial, so a page aggregates it (0.4 s at 100k certificates on SQLite); a
+        # sequence column with an (issued_at, seq) index in both schemas would make it O(page).
         where, params = [], []  # type: list[str], list[Any]
         if query.status:
             where.append("c.status = ?")
