@@ -4,6 +4,7 @@ the data directory is empty). Every flag can also come from SIGNET_<FLAG> or con
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shlex
@@ -19,8 +20,9 @@ from cryptography import x509
 
 from .config import DEFAULT_KEY_TYPE, DEFAULT_TRUST_DOMAIN, load_config, resolved_workers
 from .core.audit_chain import verify_store
+from .core.bootstrap import DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL
 from .core.clock import SystemClock
-from .core.durations import parse_duration
+from .core.durations import format_duration, parse_duration
 from .core.errors import ConfigurationError, SignetError
 from .core.keys import CA_KEY_TYPES
 from .core.policy import CA_SERVER_NAME, Caller
@@ -48,15 +50,20 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ca-server", description="Signet certificate authority")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp: argparse.ArgumentParser) -> None:
+    def common(sp: argparse.ArgumentParser, *, at_init: bool = True) -> None:
+        """The flags every command on a data directory takes; `at_init`: also the ones that
+        only matter when a CA is created (init, and serve on an empty directory)."""
         sp.add_argument("--data-dir", help="CA data directory (default ./ca-data; SIGNET_DATA_DIR)")
         sp.add_argument(
             "--passphrase-file",
             help=f"file holding the passphrase of the CA keys (SIGNET_PASSPHRASE_FILE; "
             f"or put the passphrase itself in {PASSPHRASE_ENV})",
         )
-        sp.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+        _log_level(sp)
         sp.add_argument("--store", help="database URL (default sqlite:///<data-dir>/ca.db)")
+        if not at_init:
+            sp.set_defaults(trust_domain=None, key_type=None)
+            return
         sp.add_argument(
             "--trust-domain", help=f"SPIFFE trust domain, at init (default {DEFAULT_TRUST_DOMAIN})"
         )
@@ -77,12 +84,19 @@ def _parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="bootstrap tokens, minted locally (no server needed)")
     token_sub = token.add_subparsers(dest="token_command", required=True)
     create = token_sub.add_parser("create", help="mint a one-time enrollment token")
-    common(create)
+    common(create, at_init=False)
     create.add_argument("--identity", required=True, help="SPIFFE ID the certificate will carry")
     create.add_argument("--dns-name", action="append", default=[], help="repeatable")
     create.add_argument("--ip-address", action="append", default=[], help="repeatable")
-    create.add_argument("--token-ttl", help="how long the token can be used (default 15m)")
-    create.add_argument("--certificate-ttl", help="lifetime of the certificate it yields")
+    create.add_argument(
+        "--token-ttl",
+        help=f"how long the token can be used, e.g. 1h (default "
+        f"{format_duration(DEFAULT_TOKEN_TTL)}, at most {_hours(MAX_TOKEN_TTL)})",
+    )
+    create.add_argument(
+        "--certificate-ttl",
+        help="lifetime of the certificate it yields, e.g. 24h (default: the CA's default_validity)",
+    )
     create.add_argument("--json", action="store_true", help="machine-readable output")
 
     root = sub.add_parser("root", help="what the root signs (run where the root key is kept)")
@@ -118,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     move.add_argument("--from", dest="source", required=True, help="sqlite:///path/to/ca.db")
     move.add_argument("--to", dest="target", required=True, help="postgresql://user@host/db")
-    move.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _log_level(move)
 
     serve = sub.add_parser("serve", help="run the CA (initialises an empty data directory first)")
     common(serve)
@@ -146,6 +160,34 @@ def _parser() -> argparse.ArgumentParser:
         help="server processes sharing the ports (default: one per core; SIGNET_WORKERS)",
     )
     return p
+
+
+def _log_level(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="least severe log lines written to stderr (default info; SIGNET_LOG_LEVEL)",
+    )
+
+
+def _hours(delta: dt.timedelta) -> str:
+    """A duration as an operator writes a token's: whole hours as hours ("24h", not "1d")."""
+    seconds = int(delta.total_seconds())
+    return f"{seconds // 3600}h" if seconds and seconds % 3600 == 0 else format_duration(delta)
+
+
+def _token_ttl(text: str | None) -> dt.timedelta | None:
+    """--token-ttl, refused here with the limits written as durations (0s would otherwise
+    fall back to the default)."""
+    if text is None:
+        return None
+    ttl = parse_duration(text)
+    if not dt.timedelta(0) < ttl <= MAX_TOKEN_TTL:
+        raise ConfigurationError(
+            f"--token-ttl must be more than 0s and at most {_hours(MAX_TOKEN_TTL)}, "
+            f"got {_hours(ttl)}"
+        )
+    return ttl
 
 
 def _passphrase(args: argparse.Namespace) -> bytes | None:
@@ -246,7 +288,7 @@ def _serve(data_dir: Path, args: argparse.Namespace) -> int:
     if workers == 1:
         ca = load_ca(config, passphrase)
         running = start_server(ca)
-        _print_ready(data_dir, config.trust_domain, running.address, running.http_address)
+        _print_ready(data_dir, config.trust_domain)
         stop.wait()
         log.info("shutting_down", grace_seconds=grace)
         running.stop(grace)
@@ -255,7 +297,7 @@ def _serve(data_dir: Path, args: argparse.Namespace) -> int:
         check_loads(config, passphrase)
         supervisor = Supervisor(config, passphrase, workers)
         supervisor.start()
-        _print_ready(data_dir, config.trust_domain, supervisor.address, supervisor.http_address)
+        _print_ready(data_dir, config.trust_domain)
         supervisor.run(stop)
         log.info("shutting_down", grace_seconds=grace, workers=workers)
         supervisor.stop(grace)
@@ -264,10 +306,16 @@ def _serve(data_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_ready(data_dir: Path, trust_domain: str, address: str, http_address: str) -> None:
+def _print_ready(data_dir: Path, trust_domain: str) -> None:
+    """The addresses as serve.json has them (ports resolved), each with what to do with it."""
+    ready = json.loads(DataDir(data_dir).serve_json.read_text())
+    address = ready["listen"]
     print(f"Signet CA ready on {address} (trust domain {trust_domain})", flush=True)
-    if http_address:
-        base = f"http://{http_address}"
+    if ready.get("bootstrap_listen"):
+        boot = ready["bootstrap_listen"]
+        print(f"Enroll on {boot} (bootstrap TLS: ca-client enroll --server {boot})", flush=True)
+    if ready.get("http_listen"):
+        base = f"http://{ready['http_listen']}"
         print(f"Relying parties: OCSP {base}/ocsp, CRL {base}/crl", flush=True)
     print(f"Try it: {grpcurl_command(data_dir, address)}", flush=True)
 
@@ -285,7 +333,7 @@ def _token_create(data_dir: Path, args: argparse.Namespace) -> int:
             args.identity,
             args.dns_name,
             args.ip_address,
-            parse_duration(args.token_ttl) if args.token_ttl else None,
+            _token_ttl(args.token_ttl),
             parse_duration(args.certificate_ttl) if args.certificate_ttl else None,
         )
         fingerprint = ca.authority.root_fingerprint()

@@ -291,6 +291,49 @@ def test_list_certificates_pages_through_everything_once(ca: CaServer, admin) ->
     assert issued <= set(seen)
 
 
+def test_list_certificates_is_newest_last_within_one_second(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Certificates issued in the same second come in the order they were issued, not by
+    their (random) serials, across pages."""
+    from tests.conftest import start_ca, stop_ca
+
+    own = start_ca(tmp_path / "ca-data")
+    try:
+        frozen = CertificateAuthority(
+            store=own.store,
+            clock=FakeClock(dt.datetime.now(dt.UTC).replace(microsecond=0)),
+            issuer=own.authority.issuer,
+            root=own.authority.root,
+            policy=own.authority.policy,
+            settings=own.authority.settings,
+        )
+        issued = [
+            frozen.issue_for(
+                public_key=make_key().public_key(),
+                identity=spiffe(f"web/same-second-{i}"),
+                lifetime=dt.timedelta(hours=1),
+                actor="test",
+                action="issue",
+            ).serial
+            for i in range(8)
+        ]
+        assert issued != sorted(issued)  # else this would not tell the two orders apart
+        seen: list[str] = []
+        token = ""
+        with own.admin_channel() as ch:
+            while True:
+                page = own.stub(ch).ListCertificates(
+                    ca_pb2.ListCertificatesRequest(page_size=3, page_token=token), timeout=30
+                )
+                seen += [c.serial_number for c in page.certificates]
+                token = page.next_page_token
+                if not token:
+                    break
+        assert [s for s in seen if s in issued] == issued
+        assert len(seen) == len(set(seen))
+    finally:
+        stop_ca(own)
+
+
 def test_list_certificates_filters_by_status(ca: CaServer, admin) -> None:
     creds = ca.issue("web/list-revoked")
     admin.RevokeCertificate(ca_pb2.RevokeCertificateRequest(serial_number=creds.serial), timeout=30)

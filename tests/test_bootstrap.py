@@ -243,6 +243,46 @@ def test_ca_server_token_create_mints_locally_into_the_running_cas_store(
     assert bad.returncode == 1 and "SPIFFE" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("ttl", "needle"),
+    [
+        ("25h", "--token-ttl must be more than 0s and at most 24h, got 25h"),
+        ("0s", "--token-ttl must be more than 0s and at most 24h, got 0s"),
+    ],
+)
+def test_ca_server_token_create_states_the_token_ttl_limits_as_durations(
+    ca: CaServer, ttl: str, needle: str
+) -> None:
+    cli = Path(sys.executable).parent / "ca-server"
+    result = subprocess.run(
+        [str(cli), "token", "create", "--data-dir", str(ca.data_dir),
+         "--identity", spiffe("web/ttl"), "--token-ttl", ttl],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout
+    assert needle in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ca_server_help_describes_every_flag_and_token_create_has_no_init_only_flags() -> None:
+    cli = Path(sys.executable).parent / "ca-server"
+
+    def help_of(*command: str) -> str:
+        result = subprocess.run(
+            [str(cli), *command, "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        return " ".join(result.stdout.split())  # argparse wraps to the terminal width
+
+    for command in (["serve"], ["init"], ["token", "create"], ["migrate"]):
+        text = help_of(*command)
+        assert "--log-level {debug,info,warning,error} least severe log lines" in text, command
+    token = help_of("token", "create")
+    assert "--trust-domain" not in token and "--key-type" not in token
+    assert "--token-ttl TOKEN_TTL how long the token can be used" in token
+    assert "at most 24h" in token
+    assert "--trust-domain" in help_of("serve") and "--key-type" in help_of("init")
+
+
 def test_enroll_refuses_a_server_that_is_not_the_ca_even_with_a_certificate_from_it(
     ca: CaServer, admin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

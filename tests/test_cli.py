@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,11 +64,19 @@ def _run(
 class Server:
     """A `ca-server serve` process whose stdout and stderr are read by threads into queues."""
 
-    def __init__(self, *args: str | Path, cwd: Path, env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        *args: str | Path,
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] = (),
+    ):
+        """`command` replaces `ca-server serve` (e.g. scripts/serve.sh); `env` is then the
+        whole environment, not additions to the test's."""
         self.proc = subprocess.Popen(
-            [*_ca_server(), "serve", *map(str, args)],
+            [*(command or [*_ca_server(), "serve"]), *map(str, args)],
             cwd=cwd,
-            env=_env(env),
+            env=dict(env or {}) if command else _env(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -142,8 +150,10 @@ class Server:
 
 
 @contextmanager
-def serving(*args: str | Path, cwd: Path, env: Mapping[str, str] | None = None) -> Iterator[Server]:
-    server = Server(*args, cwd=cwd, env=env)
+def serving(
+    *args: str | Path, cwd: Path, env: Mapping[str, str] | None = None, command: Sequence[str] = ()
+) -> Iterator[Server]:
+    server = Server(*args, cwd=cwd, env=env, command=command)
     try:
         yield server
     finally:
@@ -206,7 +216,10 @@ def test_serve_on_empty_dir_initialises_prints_working_grpcurl_command_and_stops
     data_dir = tmp_path / "ca-data"
     data_dir.mkdir()
     with serving("--data-dir", data_dir, "--listen", "127.0.0.1:0", cwd=tmp_path) as server:
+        enroll = server.wait_for_line("Enroll on ")
         line = server.wait_for_line(TRY_IT)
+        boot = _serve_json(data_dir)["bootstrap_listen"]
+        assert enroll == f"Enroll on {boot} (bootstrap TLS: ca-client enroll --server {boot})"
 
         for name in ("root.pem", "intermediate.pem", "ca.db", "config.toml"):
             assert (data_dir / name).is_file(), name

@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import os
 import random
-import shutil
 import socket
 import ssl
 import stat
@@ -27,7 +26,7 @@ from ca_client.schedule import Backoff, jitter_for, parse_fraction, renewal_time
 from ca_client.serial import canonical_serial, serial_hex
 from tests.conftest import CaServer, Credentials
 from tests.pki import make_key
-from tests.tools import openssl
+from tests.tools import need_tool, openssl
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
@@ -122,9 +121,7 @@ def test_pkcs12_is_readable_by_openssl_and_keytool(ca: CaServer, tmp_path: Path)
         "pkcs12", "-in", tmp_path / "keystore.p12", "-passin", "pass:changeit", "-nokeys"
     ).stdout
     assert out.count("BEGIN CERTIFICATE") == 3  # leaf, intermediate, root
-    keytool = shutil.which("keytool")
-    if keytool is None:
-        pytest.skip("keytool (a JDK) is not installed")
+    keytool = need_tool("keytool", "default-jre-headless")
     listed = subprocess.run(
         [keytool, "-list", "-storetype", "PKCS12", "-keystore", str(tmp_path / "keystore.p12"),
          "-storepass", "changeit"],

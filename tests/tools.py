@@ -4,6 +4,7 @@ handshake as any client makes it."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 
 from ca_server.core.policy import CA_SERVER_NAME
@@ -32,6 +34,23 @@ def openssl(
             f"openssl {' '.join(map(str, args))} failed:\n{result.stdout}{result.stderr}"
         )
     return result
+
+
+def in_ci() -> bool:
+    """CI=true (as CI services and .ci/run set it): a missing tool is then a failure."""
+    return os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}
+
+
+def need_tool(name: str, package: str) -> str:
+    """The path of `name`; skip the test when it is missing, except in CI, where it fails:
+    .ci/run installs every tool, so a skip there would hide a test that never ran."""
+    found = shutil.which(name)
+    if found is None:
+        message = f"{name} is not installed (apt-get install {package})"
+        if in_ci():
+            pytest.fail(f"{message}; .ci/run should have installed it")
+        pytest.skip(message)
+    return found
 
 
 def grpcurl_binary() -> str:

@@ -1,5 +1,6 @@
 """Listing certificates for admins, a page at a time. The page token is an opaque cursor: the
-(issued_at, serial) of the page's last record, which the next page starts after."""
+(issued_at, serial) of the page's last record, which the next page starts after; the store
+orders ties within a second by insertion, so the serial only names the record."""
 
 from __future__ import annotations
 
