@@ -111,29 +111,41 @@ def migrate(
     done = 0
     copied: dict[str, int] = {}
     for table, key, columns in TABLES:
+        # Certificates keep the order they were written in (ListCertificates' tiebreak within
+        # a second): read in that order, and given to the target's column for it.
+        ordered = table == "certificates"
+        read_key = source.insertion_order if ordered else key
+        written = (
+            [*columns, target.insertion_order]
+            if ordered and target.insertion_order != ("rowid")
+            else list(columns)
+        )
         names = ", ".join(columns)
-        marks = ", ".join("?" * len(columns))
+        marks = ", ".join("?" * len(written))
         insert = (
-            f"INSERT INTO {table} ({names}) VALUES ({marks}) "  # noqa: S608 - constant names
+            f"INSERT INTO {table} ({', '.join(written)}) VALUES ({marks}) "  # noqa: S608
             f"ON CONFLICT ({key}) DO NOTHING"
         )
         copied[table] = 0
         last: Any = None
         while True:
-            where = f"WHERE {key} > ? " if last is not None else ""
+            where = f"WHERE {read_key} > ? " if last is not None else ""
             rows = source._read(
-                f"SELECT {names} FROM {table} {where}ORDER BY {key} LIMIT ?",  # noqa: S608
+                f"SELECT {names}, {read_key} FROM {table} {where}"  # noqa: S608 - constants
+                f"ORDER BY {read_key} LIMIT ?",
                 [*([last] if last is not None else []), batch],
             )
             if not rows:
                 break
 
-            def copy(db: Db, rows: list[Any] = rows, insert: str = insert) -> None:
+            def copy(
+                db: Db, rows: list[Any] = rows, insert: str = insert, width: int = len(written)
+            ) -> None:
                 for row in rows:
-                    db.execute(insert, list(row))
+                    db.execute(insert, list(row)[:width])
 
             target._write(copy)
-            last = rows[-1][columns.index(key)]
+            last = rows[-1][-1]
             copied[table] += len(rows)
             done += len(rows)
             if progress is not None:
@@ -141,6 +153,11 @@ def migrate(
 
     counters = {name: int(_meta(source, name) or 0) for name in COUNTERS}
     top_audit = int(source._read_one("SELECT COALESCE(MAX(id), 0) FROM audit")[0])
+    top_order = int(
+        source._read_one(
+            f"SELECT COALESCE(MAX({source.insertion_order}), 0) FROM certificates"  # noqa: S608
+        )[0]
+    )
 
     def finish(db: Db) -> None:
         for name, value in counters.items():
@@ -148,6 +165,8 @@ def migrate(
             current = db.execute("SELECT value FROM meta WHERE key = ?", [name]).fetchone()
             _set_meta(db, name, str(max(value, int(current[0]) if current else 0)))
         target.after_bulk_insert(db, "audit", "id", top_audit)
+        if target.insertion_order != "rowid":
+            target.after_bulk_insert(db, "certificates", target.insertion_order, top_order)
         _set_meta(db, "migration_state", "done")
 
     target._write(finish)

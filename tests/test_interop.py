@@ -97,9 +97,6 @@ def _assert_ok(result: subprocess.CompletedProcess[str]) -> None:
     assert result.stdout == "ok\n"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="cert.pem is the leaf alone until the client writes leaf + chain"
-)
 def test_curl_with_cert_pem_and_key_pem(nginx_root_only: Nginx, enrolled: Path) -> None:
     _assert_ok(
         _curl(nginx_root_only, "--cert", enrolled / "cert.pem", "--key", enrolled / "key.pem")

@@ -243,8 +243,21 @@ def test_readme_lists_every_tool_its_blocks_use() -> None:
     assert missing == [], f"the README does not say the blocks need {missing}"
 
 
+def _audit_block() -> str:
+    [block] = _sh_blocks(_section("The audit trail"))
+    return block
+
+
+def test_the_audit_verify_block_runs_as_printed(ca: CaServer, tmp_path: Path) -> None:
+    ca.issue("web/audited-readme")
+    result = _run_block(_audit_block(), _ports(ca), _repo_root_like(tmp_path, ca.data_dir))
+    assert result.returncode == 0, result.stderr
+    assert "audit chain OK" in result.stdout
+
+
 def test_every_sh_block_is_run_by_these_tests_or_is_for_another_machine() -> None:
     tested = {"bash scripts/serve.sh", "bash scripts/test.sh", _walkthrough().strip()}
+    tested.add(_audit_block().strip())
     tested |= {b.strip() for b in _client_blocks()}
     for block in _sh_blocks(README.read_text()):
         if block.strip() in tested:

@@ -211,7 +211,8 @@ class Store(Protocol):
         ...
 
     def list_certificates(self, query: ListQuery) -> Sequence[CertificateRecord]:
-        """Certificates ordered by (issued_at, serial), after the cursor, at most query.limit."""
+        """Certificates ordered by issued_at, then in the order they were written, after the
+        cursor, at most query.limit."""
         ...
 
     def revoked_unexpired(self, now: dt.datetime) -> Sequence[RevokedEntry]:

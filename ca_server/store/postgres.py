@@ -119,12 +119,20 @@ def _v4(db: _PgDb) -> None:
     )
 
 
+def _v5(db: _PgDb) -> None:
+    # The order rows were written in (ListCertificates' tiebreak within a second).
+    db.execute("ALTER TABLE certificates ADD COLUMN seq BIGSERIAL")
+    db.execute("CREATE INDEX certificates_issued_seq ON certificates (issued_at, seq)")
+
+
 # Append only: the index is the schema version a migration produces (signet_schema.version).
-MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class PostgresStore(SqlStore):
+    insertion_order = "seq"  # a BIGSERIAL (v5): PostgreSQL rows have no rowid
+
     def __init__(self, url: str, *, max_connections: int = 20) -> None:
         self.url = url
         try:  # one plain attempt first: a refused or mistyped database fails at once, clearly

@@ -158,6 +158,11 @@ def _v11(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v12(db: sqlite_utils.Database) -> None:
+    # ListCertificates orders by (issued_at, rowid): an index on issued_at holds exactly that.
+    db.execute("CREATE INDEX certificates_issued_order ON certificates (issued_at)")
+
+
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1,
@@ -171,6 +176,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v9,
     _v10,
     _v11,
+    _v12,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
