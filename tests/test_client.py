@@ -231,7 +231,8 @@ def _handshake(ca: CaServer, tmp: Path, cert: Path, key: Path, trust: Path) -> s
     server_ctx.load_cert_chain(server_cert, server_key)
     client_ctx = ssl.create_default_context(cafile=str(trust))
     client_ctx.load_cert_chain(cert, key)
-    errors: list[str] = []
+    errors: list[str] = []  # the server's verdict; the client's only says it was refused
+    client_errors: list[str] = []
     with socket.create_server(("127.0.0.1", 0)) as listener:
 
         def serve() -> None:
@@ -251,9 +252,9 @@ def _handshake(ca: CaServer, tmp: Path, cert: Path, key: Path, trust: Path) -> s
             try:
                 tls.recv(2)
             except (ssl.SSLError, OSError) as exc:  # TLS 1.3: the verdict after the handshake
-                errors.append(f"client: {exc}")
+                client_errors.append(f"client: {exc}")
         thread.join(timeout=30)
-    return errors[0] if errors else None
+    return (errors or client_errors or [None])[0]
 
 
 def test_cert_pem_is_the_leaf_then_its_intermediates_so_a_root_only_peer_accepts_it(
