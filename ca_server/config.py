@@ -172,6 +172,16 @@ auth_cache_ttl = "{d(i.auth_cache_ttl)}"
 # Most DNS names + IP addresses on one certificate, and so on one bootstrap token (the SPIFFE ID
 # is not counted). More is refused with RESOURCE_EXHAUSTED.
 max_names = {i.max_names}
+# Per identity (SPIFFE ID): at most identity_rate_limit certificates issued within
+# identity_rate_window, and at most identity_live_limit unrevoked and unexpired at once; more
+# is refused with RESOURCE_EXHAUSTED and a RetryInfo saying when. 0 turns a limit off. The CA's
+# own certificates are not counted.
+identity_rate_limit = {i.identity_rate_limit}
+identity_rate_window = "{d(i.identity_rate_window)}"
+identity_live_limit = {i.identity_live_limit}
+# Certificates expired longer than this are deleted from the database (their audit events
+# stay); expired ones have already left the CRL. "off" keeps every certificate.
+retain_expired = "{d(i.retain_expired) if i.retain_expired else "off"}"
 
 [policy]
 # SPIFFE ID patterns with the admin role ('*' = one path segment, '**' = one or more).
@@ -254,6 +264,15 @@ def _positive_int(value: Any, name: str, section: str = "server") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(
             f"config.toml [{section}] {name}: {value!r} is not a positive integer"
+        )
+    return value
+
+
+def _count(value: Any, name: str) -> int:
+    """A limit of [issuance]: 0 (off) or more."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(
+            f"config.toml [issuance] {name}: {value!r} is not a whole number (0 turns it off)"
         )
     return value
 
@@ -346,6 +365,10 @@ def load_config(
             "ocsp_signing",
             "ocsp_signer_validity",
             "max_names",
+            "identity_rate_limit",
+            "identity_rate_window",
+            "identity_live_limit",
+            "retain_expired",
         },
     )
     pol = _Section(
@@ -425,6 +448,16 @@ def load_config(
         ocsp_delegated=_ocsp_signing(iss.get("ocsp_signing", "delegated")),
         ocsp_signer_validity=iss.duration("ocsp_signer_validity", i.ocsp_signer_validity),
         max_names=_positive_int(iss.get("max_names", i.max_names), "max_names", "issuance"),
+        identity_rate_limit=_count(
+            iss.get("identity_rate_limit", i.identity_rate_limit), "identity_rate_limit"
+        ),
+        identity_rate_window=iss.duration("identity_rate_window", i.identity_rate_window),
+        identity_live_limit=_count(
+            iss.get("identity_live_limit", i.identity_live_limit), "identity_live_limit"
+        ),
+        retain_expired=None
+        if iss.get("retain_expired") == "off"
+        else iss.duration("retain_expired", i.retain_expired or dt.timedelta(days=90)),
     )
     if issuance.ocsp_signer_validity < 3 * issuance.ocsp_validity:
         raise ConfigurationError(

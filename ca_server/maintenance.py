@@ -23,6 +23,7 @@ log = structlog.get_logger("signet.maintenance")
 
 REFRESH_BATCH = 500
 SEAL_BATCH = 500  # audit rows sealed into the hash chain per transaction
+PRUNE_BATCH = 1000  # expired certificates deleted per transaction
 ROOT_LOOK_EVERY = 60.0  # seconds between looks at the root's documents (they change yearly)
 ROOT_WARN_EVERY = 3600.0  # seconds between warnings that they need the root key
 
@@ -79,6 +80,21 @@ class Maintenance:
             log.info("maintenance_lease", held=held, holder=self._lease.holder)
         self.leader = held
         self._ca.crls.builder = held
+
+    def _prune_expired(self) -> None:
+        """Retention: certificates expired longer than retain_expired leave the store, a batch
+        per transaction (their audit events stay)."""
+        keep = self._ca.settings.retain_expired
+        if keep is None:
+            return
+        total = 0
+        while not self._stop.is_set():
+            n = self._ca.store.prune_expired(self._ca.clock.now() - keep, PRUNE_BATCH)
+            total += n
+            if n < PRUNE_BATCH or self._ca.crls.wanted.is_set():
+                break
+        if total:
+            log.info("certificates_pruned", certificates=total, expired_before=str(keep))
 
     def _root_documents(self) -> None:
         """Take up the root's CRL and OCSP answer from the store; the lease holder re-signs them
@@ -178,5 +194,6 @@ class Maintenance:
                     if total:
                         log.info("ocsp_refreshed", responses=total)
                     self._ca.store.prune_enroll_failures(self._ca.clock.now() - FAILURE_WINDOW)
+                    self._prune_expired()
                 except Exception:
                     log.exception("ocsp_refresh_failed")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from ..core.errors import InvalidRequest, SignetError
 from .errors import status_for
@@ -63,6 +67,14 @@ class RpcInterceptor(_ServerInterceptor):
         )
 
 
+def _with_retry_info(code: grpc.StatusCode, message: str, seconds: float) -> grpc.Status:
+    detail = any_pb2.Any()
+    delay = duration_pb2.Duration(seconds=max(1, math.ceil(seconds)))
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return rpc_status.to_status(status)
+
+
 def _call(
     method: str,
     behavior: Callable[[Any, grpc.ServicerContext], Any],
@@ -82,7 +94,12 @@ def _call(
         return behavior(request, context)
     except SignetError as exc:
         code, message = status_for(exc), str(exc)
-        context.abort(code, message)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is None:
+            context.abort(code, message)
+        # google.rpc.Status with a RetryInfo: when the same call could succeed (clients and
+        # gRPC retry policies read it from the grpc-status-details-bin trailer).
+        context.abort_with_status(_with_retry_info(code, message, retry_after))
     except Exception:
         aborted = cast(Any, context).code()  # grpc-stubs lacks ServicerContext.code()
         if aborted not in (None, grpc.StatusCode.OK):  # the handler aborted on purpose

@@ -147,8 +147,8 @@ class Enrollment:
     def _refused(self, peer: str, now: dt.datetime) -> NoReturn:
         with self._lock:
             until = self._over_limit.get(peer)
-        if until is not None and now < until:
-            raise LimitExceeded(_TOO_MANY)  # known over the limit here: no write per attempt
+        if until is not None and now < until:  # known over the limit here: no write per attempt
+            raise LimitExceeded(_TOO_MANY, (until - now).total_seconds())
         count, started = self._store.count_enroll_failure(peer, now, FAILURE_WINDOW)
         if count == 1:
             detail = "bad token; more from this address within a minute are only counted"
@@ -166,5 +166,5 @@ class Enrollment:
                 self._over_limit.move_to_end(peer)
                 while len(self._over_limit) > _OVER_LIMIT_MAX:
                     self._over_limit.popitem(last=False)
-            raise LimitExceeded(_TOO_MANY)
+            raise LimitExceeded(_TOO_MANY, (started + FAILURE_WINDOW - now).total_seconds())
         raise Unauthenticated("the bootstrap token is unknown, already used or expired")

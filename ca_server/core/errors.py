@@ -49,12 +49,17 @@ class AlreadyRevoked(Conflict):
 
 
 class LimitExceeded(SignetError):
-    pass
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        """retry_after: seconds until the same request could succeed, when known."""
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(SignetError):
     """Transient: the store is locked, full, read-only or unreachable, or its write queue is
     full. Nothing was half-written; the same request can be retried."""
+
+    retry_after: float | None = 1.0
 
 
 class ConfigurationError(SignetError):

@@ -32,7 +32,7 @@ from .profile import (
     serial_hex,
 )
 from .responder import OcspResponder
-from .store import AuditEvent, CertificateRecord, DuplicateSerial, Store
+from .store import AuditEvent, CertificateRecord, DuplicateSerial, Quota, QuotaExceeded, Store
 
 _CA_ACTOR = "signet:ca"
 
@@ -64,6 +64,15 @@ class IssuanceSettings:
     # Encrypt caps its certificates): 10,000 names made a 256 KB certificate that then failed
     # mTLS, and let one workload fill the store.
     max_names: int = 100
+    # Per identity (the SPIFFE ID a certificate is for): at most this many issued within
+    # identity_rate_window, and at most identity_live_limit unrevoked and unexpired at once;
+    # 0 turns a limit off. Generous: a SPIFFE ID is usually a service, not one of its pods.
+    identity_rate_limit: int = 1000
+    identity_rate_window: dt.timedelta = dt.timedelta(hours=1)
+    identity_live_limit: int = 10_000
+    # Certificates expired longer than this are deleted from the store (and so from listings
+    # and OCSP, which then answers "unknown"); their audit events stay. None keeps them all.
+    retain_expired: dt.timedelta | None = dt.timedelta(days=90)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +229,7 @@ class Issuance:
             lifetime=lifetime,
             actor=actor,
             action=action,
+            limited=False,  # the CA's own: never refused for a workload's quota
         )
 
     def issue(
@@ -235,6 +245,7 @@ class Issuance:
         detail: str = "",
         spend_token: tuple[str, dt.datetime] | None = None,
         peer: str = "",
+        limited: bool = True,
     ) -> Issued:
         """Build, record and return a leaf for names already checked against policy. With
         spend_token (hash, now), the bootstrap token is spent in the transaction that stores
@@ -274,16 +285,42 @@ class Issuance:
                 # spent on the issuance path (a third of its CPU) for nothing.
             )
             audit = AuditEvent(now, action, actor, record.serial, detail, peer)
+            quota = self._quota(now) if limited else None
             try:
                 # Stored (durably) before anyone sees it: nothing is handed out unrecorded.
                 if spend_token is None:
-                    self._store.add_certificate(record, audit)
-                elif not self._store.add_enrolled_certificate(record, audit, *spend_token):
+                    self._store.add_certificate(record, audit, quota)
+                elif not self._store.add_enrolled_certificate(record, audit, *spend_token, quota):
                     raise TokenSpent("the bootstrap token was used by a concurrent attempt")
             except DuplicateSerial:
                 continue
+            except QuotaExceeded as exc:
+                raise self._over_quota(names.identity, exc, now) from None
             return Issued(cert, self._issuer.chain_pem, record.serial, record.fingerprint_sha256)
         raise RuntimeError("could not find an unused serial number")
+
+    def _quota(self, now: dt.datetime) -> Quota:
+        s = self.settings
+        return Quota(
+            now - s.identity_rate_window, s.identity_rate_limit, now, s.identity_live_limit
+        )
+
+    def _over_quota(self, identity: str, exc: QuotaExceeded, now: dt.datetime) -> LimitExceeded:
+        wait = max(1.0, (exc.until - now).total_seconds())
+        if exc.kind == "rate":
+            what = (
+                f"{exc.count} certificates were issued for {identity} within "
+                f"{format_duration(self.settings.identity_rate_window)} ([issuance] "
+                "identity_rate_limit)"
+            )
+        else:
+            what = (
+                f"{identity} holds {exc.count} unrevoked, unexpired certificates ([issuance] "
+                "identity_live_limit); revoke the ones no longer used"
+            )
+        return LimitExceeded(
+            f"{what}; retry in {format_duration(dt.timedelta(seconds=round(wait)))}", wait
+        )
 
     def _issue_ocsp_signer(
         self, public_key: CertificatePublicKeyTypes, lifetime: dt.timedelta

@@ -170,10 +170,33 @@ class SignedDocument:
     next_update: dt.datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """Limits on one identity, checked in the transaction that stores its new certificate
+    (so they hold exactly, also across processes): at most `max_issued` issued since `since`,
+    at most `max_live` unrevoked and unexpired at `now`. 0 means no limit."""
+
+    since: dt.datetime
+    max_issued: int
+    now: dt.datetime
+    max_live: int
+
+
+class QuotaExceeded(Exception):
+    """Nothing was stored: the identity is at a limit of its Quota until `until`."""
+
+    def __init__(self, kind: Literal["rate", "live"], count: int, until: dt.datetime) -> None:
+        super().__init__(kind)
+        self.kind, self.count, self.until = kind, count, until
+
+
 class Store(Protocol):
-    def add_certificate(self, record: CertificateRecord, audit: AuditEvent) -> None:
+    def add_certificate(
+        self, record: CertificateRecord, audit: AuditEvent, quota: Quota | None = None
+    ) -> None:
         """Store a new certificate and its audit event in one transaction, durably.
-        Raise DuplicateSerial if the serial exists."""
+        Raise DuplicateSerial if the serial exists, QuotaExceeded if its identity is at a
+        limit of `quota`."""
         ...
 
     def get_certificate(self, serial: str) -> CertificateRecord | None: ...
@@ -236,7 +259,12 @@ class Store(Protocol):
         ...
 
     def add_enrolled_certificate(
-        self, record: CertificateRecord, audit: AuditEvent, token_hash: str, now: dt.datetime
+        self,
+        record: CertificateRecord,
+        audit: AuditEvent,
+        token_hash: str,
+        now: dt.datetime,
+        quota: Quota | None = None,
     ) -> bool:
         """Spend the token and store the certificate it bought, in one transaction: of
         concurrent attempts with one token exactly one stores its certificate. False (nothing
@@ -249,6 +277,11 @@ class Store(Protocol):
         """Count one refused enrollment from `peer`, atomically for every process sharing the
         store: (failures in the peer's current window, when that window began). A window
         begins at the first failure after the previous one ended."""
+        ...
+
+    def prune_expired(self, expired_before: dt.datetime, limit: int) -> int:
+        """Delete up to `limit` certificates whose not_after is before `expired_before` (their
+        audit events stay); return how many."""
         ...
 
     def prune_enroll_failures(self, before: dt.datetime) -> None:

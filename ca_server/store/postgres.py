@@ -23,6 +23,7 @@ from .sql import Cursor, SqlStore, Tx
 CONNECT_TIMEOUT = 3  # seconds to open a connection
 POOL_TIMEOUT = 5.0  # seconds a call waits for a free connection before it is UNAVAILABLE
 SCHEMA_LOCK = 0x5167_6E65_7400  # pg_advisory_xact_lock key: "Signet" migrations
+QUOTA_LOCK = 0x5167  # with hashtext(identity): the (int4, int4) lock space of quota checks
 
 
 @functools.lru_cache(maxsize=1024)
@@ -125,13 +126,26 @@ def _v5(db: _PgDb) -> None:
     db.execute("CREATE INDEX certificates_issued_seq ON certificates (issued_at, seq)")
 
 
+def _v6(db: _PgDb) -> None:
+    db.execute("CREATE INDEX certificates_identity_issued ON certificates (identity, issued_at)")
+    db.execute("CREATE INDEX certificates_identity_expiry ON certificates (identity, not_after)")
+    db.execute("CREATE INDEX certificates_expiry ON certificates (not_after)")
+
+
 # Append only: the index is the schema version a migration produces (signet_schema.version).
-MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5]
+MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class PostgresStore(SqlStore):
     insertion_order = "seq"  # a BIGSERIAL (v5): PostgreSQL rows have no rowid
+
+    def _lock_identity(self, db: Any, identity: str) -> None:
+        # Replicas' transactions for one identity take turns (until commit), so its quota
+        # holds exactly; other identities do not wait.
+        db.execute(
+            "SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), hashtext(?))", [QUOTA_LOCK, identity]
+        )
 
     def __init__(self, url: str, *, max_connections: int = 20) -> None:
         self.url = url

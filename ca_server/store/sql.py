@@ -25,6 +25,8 @@ from ..core.store import (
     DuplicateSerial,
     ListQuery,
     OcspUpdate,
+    Quota,
+    QuotaExceeded,
     RevokeOutcome,
     Seal,
     SignedDocument,
@@ -158,14 +160,45 @@ class SqlStore:
         does by itself; a PostgreSQL sequence must be told)."""
 
     # -- certificates ------------------------------------------------------------------------
-    def add_certificate(self, record: CertificateRecord, audit: AuditEvent) -> None:
+    def add_certificate(
+        self, record: CertificateRecord, audit: AuditEvent, quota: Quota | None = None
+    ) -> None:
         row = _certificate_row(record)
 
         def tx(db: Db) -> None:
+            if quota is not None:
+                self._check_quota(db, record.identity, quota)
             _insert(db, "certificates", row)
             self._append_audit(db, audit)
 
         self._write_certificate(record.serial, tx)
+
+    def _lock_identity(self, db: Db, identity: str) -> None:
+        """Make concurrent quota checks for one identity take turns until commit (SQLite's
+        single writer already does; PostgreSQL overrides this)."""
+
+    def _check_quota(self, db: Db, identity: str, quota: Quota) -> None:
+        """Raise QuotaExceeded if `identity` is at a limit. Each count stops at its limit,
+        over an (identity, time) index: a check costs at most the limit's rows."""
+        self._lock_identity(db, identity)
+        if quota.max_issued:
+            n, oldest = db.execute(
+                "SELECT COUNT(*), MIN(issued_at) FROM (SELECT issued_at FROM certificates "
+                "WHERE identity = ? AND issued_at > ? ORDER BY issued_at LIMIT ?) w",
+                [identity, _epoch(quota.since), quota.max_issued],
+            ).fetchone()
+            if n >= quota.max_issued:
+                window = quota.now - quota.since
+                raise QuotaExceeded("rate", n, _from_epoch(oldest) + window)
+        if quota.max_live:
+            n, soonest = db.execute(
+                "SELECT COUNT(*), MIN(not_after) FROM (SELECT not_after FROM certificates "
+                "WHERE identity = ? AND not_after > ? AND status = 'good' "
+                "ORDER BY not_after LIMIT ?) live",
+                [identity, _epoch(quota.now), quota.max_live],
+            ).fetchone()
+            if n >= quota.max_live:
+                raise QuotaExceeded("live", n, _from_epoch(soonest))
 
     def _write_certificate(self, serial: str, tx: Tx) -> Any:
         try:
@@ -507,11 +540,18 @@ class SqlStore:
         )
 
     def add_enrolled_certificate(
-        self, record: CertificateRecord, audit: AuditEvent, token_hash: str, now: dt.datetime
+        self,
+        record: CertificateRecord,
+        audit: AuditEvent,
+        token_hash: str,
+        now: dt.datetime,
+        quota: Quota | None = None,
     ) -> bool:
         row = _certificate_row(record)
 
         def tx(db: Db) -> bool:
+            if quota is not None:  # before the token is spent: a refusal leaves it usable
+                self._check_quota(db, record.identity, quota)
             spent = db.execute(
                 "UPDATE bootstrap_tokens SET used_at = ? "
                 "WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
@@ -546,6 +586,18 @@ class SqlStore:
 
         counted: tuple[int, dt.datetime] = self._write(tx)
         return counted
+
+    def prune_expired(self, expired_before: dt.datetime, limit: int) -> int:
+        def tx(db: Db) -> int:
+            cursor = db.execute(
+                "DELETE FROM certificates WHERE serial IN (SELECT serial FROM certificates "
+                "WHERE not_after < ? ORDER BY not_after LIMIT ?)",
+                [_epoch(expired_before), limit],
+            )
+            return int(cursor.rowcount)
+
+        pruned: int = self._write(tx)
+        return pruned
 
     def prune_enroll_failures(self, before: dt.datetime) -> None:
         self._write(

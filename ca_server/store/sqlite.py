@@ -163,6 +163,13 @@ def _v12(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX certificates_issued_order ON certificates (issued_at)")
 
 
+def _v13(db: sqlite_utils.Database) -> None:
+    # Per-identity quotas count recent and live certificates; retention finds expired ones.
+    db.execute("CREATE INDEX certificates_identity_issued ON certificates (identity, issued_at)")
+    db.execute("CREATE INDEX certificates_identity_expiry ON certificates (identity, not_after)")
+    db.execute("CREATE INDEX certificates_expiry ON certificates (not_after)")
+
+
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1,
@@ -177,6 +184,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v10,
     _v11,
     _v12,
+    _v13,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
