@@ -152,6 +152,11 @@ def _parser() -> argparse.ArgumentParser:
         help='HTTP address HOST:PORT for OCSP and the CRL (default 127.0.0.1:8080; "" = off)',
     )
     serve.add_argument(
+        "--metrics-listen",
+        help='Prometheus GET /metrics and GET /healthz HOST:PORT (default 127.0.0.1:9469; "" = '
+        "off; SIGNET_METRICS_LISTEN)",
+    )
+    serve.add_argument(
         "--public-url", help="base URL issued certificates carry for OCSP, CA issuers and CRL"
     )
     serve.add_argument(
@@ -214,6 +219,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "log_level": args.log_level,
         "listen": getattr(args, "listen", None),
         "http_listen": getattr(args, "http_listen", None),
+        "metrics_listen": getattr(args, "metrics_listen", None),
         "bootstrap_listen": getattr(args, "bootstrap_listen", None),
         "server_name": getattr(args, "server_name", None),
         "public_url": getattr(args, "public_url", None),
@@ -317,6 +323,9 @@ def _print_ready(data_dir: Path, trust_domain: str) -> None:
     if ready.get("http_listen"):
         base = f"http://{ready['http_listen']}"
         print(f"Relying parties: OCSP {base}/ocsp, CRL {base}/crl", flush=True)
+    if ready.get("metrics_listen"):
+        m = f"http://{ready['metrics_listen']}"
+        print(f"Metrics: {m}/metrics (health: {m}/healthz)", flush=True)
     print(f"Try it: {grpcurl_command(data_dir, address)}", flush=True)
 
 

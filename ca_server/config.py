@@ -23,6 +23,7 @@ from .core.profile import PublicUrls
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9469"
 DEFAULT_BOOTSTRAP_LISTEN = "127.0.0.1:50052"
 DEFAULT_TRUST_DOMAIN = "signet.local"
 DEFAULT_KEY_TYPE = "ec-p256"
@@ -33,6 +34,7 @@ class ServerSettings:
     listen: str = DEFAULT_LISTEN
     bootstrap_listen: str = DEFAULT_BOOTSTRAP_LISTEN  # "" turns enrollment off
     http_listen: str = DEFAULT_HTTP_LISTEN  # "" turns the relying-party listener off
+    metrics_listen: str = DEFAULT_METRICS_LISTEN  # Prometheus /metrics and /healthz; "" = off
     http_request_timeout: dt.timedelta = dt.timedelta(seconds=10)
     http_max_body: int = 16 * 1024
     server_names: tuple[str, ...] = ()
@@ -117,6 +119,9 @@ bootstrap_listen = "{s.bootstrap_listen}"
 # Plain HTTP for relying parties: OCSP (/ocsp), the CRL (/crl), the CA certificate (/ca.crt)
 # (flag --http-listen, env SIGNET_HTTP_LISTEN). "" turns it off.
 http_listen = "{s.http_listen}"
+# Prometheus GET /metrics and GET /healthz, never on the mTLS port (flag --metrics-listen, env
+# SIGNET_METRICS_LISTEN). "" turns it off.
+metrics_listen = "{s.metrics_listen}"
 # Limits of that listener: time to receive a request body, and its largest size in bytes
 # (an OCSP request is ~100 bytes).
 http_request_timeout = "{d(s.http_request_timeout)}"
@@ -337,6 +342,7 @@ def load_config(
         {
             "bootstrap_listen",
             "http_listen",
+            "metrics_listen",
             "http_request_timeout",
             "http_max_body",
             "listen",
@@ -419,6 +425,10 @@ def load_config(
         ),
         http_listen=_listen_or_off(
             "http_listen", pick("http_listen", srv.get("http_listen", DEFAULT_HTTP_LISTEN))
+        ),
+        metrics_listen=_listen_or_off(
+            "metrics_listen",
+            pick("metrics_listen", srv.get("metrics_listen", DEFAULT_METRICS_LISTEN)),
         ),
         http_request_timeout=srv.duration("http_request_timeout", defaults.http_request_timeout),
         http_max_body=_positive_int(

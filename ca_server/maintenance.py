@@ -37,6 +37,7 @@ class Maintenance:
         coalesce: float = 0.05,
         poll: float = 0.25,
         on_store_health: Callable[[bool], None] | None = None,
+        on_job_done: Callable[[str], None] | None = None,
     ) -> None:
         """coalesce: how long to gather revocations that arrive together into one CRL build;
         poll: how often to look for revocations made by other processes sharing the store
@@ -52,6 +53,7 @@ class Maintenance:
         self._epoch: int | None = None
         self._store_ok = True
         self._on_store_health = on_store_health
+        self._job_done = on_job_done or (lambda job: None)
         self.leader = False
         self._root_warned = -ROOT_WARN_EVERY
 
@@ -104,6 +106,7 @@ class Maintenance:
         docs = root.refresh() if self.leader else root.reload()
         if not self.leader:
             return
+        self._job_done("root_documents")
         now = self._ca.clock.now()
         if docs is not None and not docs.due(now):
             return
@@ -166,11 +169,13 @@ class Maintenance:
                     continue
                 if crls.run_pending():
                     log.info("crl_published", number=crls.current().number)
+                self._job_done("crl")
                 while (
                     seal_pending(self._ca.store, SEAL_BATCH) == SEAL_BATCH
                     and not crls.wanted.is_set()
                 ):
                     pass  # a backlog (a trail from before v11) is sealed a batch at a time
+                self._job_done("audit_seal")
             except Unavailable:
                 continue  # said once by _store_health; retried every poll
             except Exception:
@@ -195,5 +200,6 @@ class Maintenance:
                         log.info("ocsp_refreshed", responses=total)
                     self._ca.store.prune_enroll_failures(self._ca.clock.now() - FAILURE_WINDOW)
                     self._prune_expired()
+                    self._job_done("ocsp_refresh")
                 except Exception:
                     log.exception("ocsp_refresh_failed")

@@ -7,6 +7,8 @@ import dataclasses
 import json
 import os
 import resource
+import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
 from .api.http import HttpListener
 from .api.interceptor import RpcInterceptor
+from .api.metrics_http import MetricsListener
 from .api.reflection import enable_reflection
 from .api.servicer import CertificateAuthorityServicer
 from .config import audited_settings
@@ -29,8 +32,11 @@ from .core.profile import PublicUrls
 from .datadir import DataDir, LoadedCa
 from .files import atomic_write
 from .maintenance import Maintenance
+from .metrics import CaState as MetricsState
+from .metrics import instruments
 from .serving import ServingCertificate
 from .shared_credential import SharedCredential, SharedSignerSlot
+from .store.writer import commit_observers
 
 log = structlog.get_logger("signet.server")
 
@@ -49,13 +55,20 @@ class RunningServer:
     http: HttpListener | None = None
     bootstrap: grpc.Server | None = None
     bootstrap_address: str = ""
+    metrics: MetricsListener | None = None
+    shutting_down: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @property
     def http_address(self) -> str:
         return self.http.address if self.http else ""
 
+    @property
+    def metrics_address(self) -> str:
+        return self.metrics.address if self.metrics else ""
+
     def stop(self, grace_seconds: float) -> None:
         """Stop taking new RPCs, let in-flight ones finish within the grace period."""
+        self.shutting_down.set()  # /healthz says so at once
         self.health.enter_graceful_shutdown()
         if self.bootstrap:
             self.bootstrap.stop(grace_seconds).wait()
@@ -63,6 +76,8 @@ class RunningServer:
         if self.http:
             self.http.stop()
         self.maintenance.stop()
+        if self.metrics:
+            self.metrics.stop()
         if self.serve_json is not None:
             self.serve_json.unlink(missing_ok=True)
 
@@ -110,6 +125,23 @@ def _start_http(ca: LoadedCa, reuse_port: bool) -> HttpListener | None:
             ca.authority.settings, public_urls=PublicUrls(f"http://{address}")
         )
     return http
+
+
+def _start_metrics(
+    ca: LoadedCa,
+    state: MetricsState,
+    healthy: Callable[[], tuple[bool, str]],
+    reuse_port: bool,
+) -> MetricsListener | None:
+    listen = ca.config.server.metrics_listen
+    if not listen:
+        return None
+    listener = MetricsListener(listen, state, healthy, reuse_port=reuse_port)
+    try:
+        listener.start()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {listen} (metrics): {exc.strerror}") from None
+    return listener
 
 
 def _grpc_options(reuse_port: bool) -> list[tuple[str, int]]:
@@ -174,7 +206,13 @@ def start_server(
         for name in ("", SERVICE_NAME):
             health_servicer.set(name, status)
 
-    maintenance = Maintenance(ca.authority, on_store_health=store_health)
+    meters = instruments()
+    ca.authority.responder.observe = meters.ocsp_answer
+    if meters.commit not in commit_observers:
+        commit_observers.append(meters.commit)
+    maintenance = Maintenance(
+        ca.authority, on_store_health=store_health, on_job_done=meters.job_done
+    )
     maintenance.start()
     if maintenance.leader:  # one process of several; the others find nothing new to record
         changed = record_config_change(
@@ -217,12 +255,30 @@ def start_server(
         raise
     store_health(maintenance.store_ok)
     address = _bound_address(settings.listen, port)
+    shutting_down = threading.Event()
+
+    def healthy() -> tuple[bool, str]:
+        """What /healthz says: the truth, not merely that the process is up."""
+        now = ca.authority.clock.now()
+        if shutting_down.is_set():
+            return False, "shutting down"
+        if not maintenance.store_ok:
+            return False, "the database cannot be used"
+        if ca.authority.issuer.certificate.not_valid_after_utc <= now:
+            return False, "the issuing CA certificate has expired"
+        if serving.current.certificate.not_valid_after_utc <= now:
+            return False, "the serving certificate has expired"
+        return True, ""
+
+    metrics_http = _start_metrics(ca, MetricsState(ca.authority, serving), healthy, reuse_port)
     serve_json = DataDir(ca.config.data_dir).serve_json if write_serve_json else None
     ready: dict[str, object] = {"listen": address, "pid": os.getpid()}
     if bootstrap_address:
         ready["bootstrap_listen"] = bootstrap_address
     if http:
         ready["http_listen"] = http.address
+    if metrics_http:
+        ready["metrics_listen"] = metrics_http.address
     if serve_json is not None:
         atomic_write(serve_json, json.dumps(ready).encode() + b"\n")
     log.info("server_ready", **ready, trust_domain=ca.config.trust_domain)
@@ -236,4 +292,6 @@ def start_server(
         http,
         bootstrap,
         bootstrap_address,
+        metrics_http,
+        shutting_down,
     )

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -31,6 +32,7 @@ from .core.errors import ConfigurationError, SignetError
 from .datadir import DataDir, load_ca
 from .files import atomic_write
 from .logs import configure_logging, flush_logs
+from .metrics import MULTIPROC_ENV
 
 log = structlog.get_logger("signet.supervisor")
 
@@ -98,12 +100,18 @@ class Supervisor:
         self._stopping = False
         self._config = self._reserve(config)
         self._serve_json = DataDir(config.data_dir).serve_json
+        # The workers' counters, in files every worker's /metrics adds up (prometheus_client's
+        # multi-process mode, chosen when a worker first imports it: after this, after fork).
+        metrics_dir = DataDir(config.data_dir).path / "metrics.d"
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # a previous run's counts are not ours
+        metrics_dir.mkdir(mode=0o700)
+        os.environ[MULTIPROC_ENV] = str(metrics_dir)
 
     # -- ports ------------------------------------------------------------------------------
     def _reserve(self, config: CaConfig) -> CaConfig:
         resolved: dict[str, Any] = {}
         for name, what in (("listen", "API"), ("bootstrap_listen", "bootstrap"),
-                           ("http_listen", "HTTP")):  # fmt: skip
+                           ("http_listen", "HTTP"), ("metrics_listen", "metrics")):  # fmt: skip
             listen = getattr(config.server, name)
             if listen:
                 try:
@@ -199,7 +207,9 @@ class Supervisor:
             pids = sorted(w.pid for w in self._workers.values() if w.ready)
             first = next((w.ready for w in self._workers.values() if w.ready), {})
         ready = {
-            k: v for k, v in first.items() if k in {"listen", "bootstrap_listen", "http_listen"}
+            k: v
+            for k, v in first.items()
+            if k in {"listen", "bootstrap_listen", "http_listen", "metrics_listen"}
         }
         ready.update(pid=os.getpid(), workers=pids)
         atomic_write(self._serve_json, json.dumps(ready).encode() + b"\n")
@@ -319,6 +329,7 @@ def _worker_main(
         "listen": running.address,
         "bootstrap_listen": running.bootstrap_address,
         "http_listen": running.http_address,
+        "metrics_listen": running.metrics_address,
         "pid": os.getpid(),
     }
     os.write(ready_fd, json.dumps({k: v for k, v in ready.items() if v}).encode() + b"\n")

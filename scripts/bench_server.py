@@ -67,6 +67,7 @@ def _launch(
         "SIGNET_LISTEN": "127.0.0.1:0",
         "SIGNET_HTTP_LISTEN": "127.0.0.1:0",
         "SIGNET_BOOTSTRAP_LISTEN": "127.0.0.1:0",
+        "SIGNET_METRICS_LISTEN": "127.0.0.1:0",
         "SIGNET_LOG_LEVEL": "warning",
         **(extra_env or {}),
     }

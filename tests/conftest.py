@@ -152,6 +152,7 @@ def start_ca(
         for name, value in {
             "listen": "127.0.0.1:0",
             "http_listen": "127.0.0.1:0",
+            "metrics_listen": "127.0.0.1:0",
             "bootstrap_listen": "127.0.0.1:0",
             **(server or {}),
         }.items():

@@ -43,6 +43,7 @@ def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNET_")}
     env["SIGNET_HTTP_LISTEN"] = "127.0.0.1:0"
     env["SIGNET_BOOTSTRAP_LISTEN"] = "127.0.0.1:0"
+    env["SIGNET_METRICS_LISTEN"] = "127.0.0.1:0"
     env.update(extra or {})
     return env
 

@@ -22,7 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 VENV = Path(sys.prefix)  # what scripts/serve.sh installs into: ROOT/.venv, or SIGNET_VENV
 STAMP = VENV / ".signet-serve-stamp"
-PRINTED_PORTS = {"api": "127.0.0.1:50051", "bootstrap": "127.0.0.1:50052", "http": "127.0.0.1:8080"}
+PRINTED_PORTS = {
+    "api": "127.0.0.1:50051",
+    "bootstrap": "127.0.0.1:50052",
+    "http": "127.0.0.1:8080",
+    "metrics": "127.0.0.1:9469",
+}
 # Commands the blocks may use without the README listing them: the shell's and POSIX's own.
 BASIC_COMMANDS = {"cat", "cd", "chmod", "cut", "echo", "grep", "tr", "!"}
 # Deployment examples: they name other machines, where Signet is installed with pip.
@@ -77,7 +82,12 @@ def _run_block(script: str, ports: dict[str, str], cwd: Path) -> subprocess.Comp
 
 def _ports(ca: CaServer) -> dict[str, str]:
     running = ca.running
-    return {"api": ca.address, "bootstrap": running.bootstrap_address, "http": running.http_address}
+    return {
+        "api": ca.address,
+        "bootstrap": running.bootstrap_address,
+        "http": running.http_address,
+        "metrics": running.metrics_address,
+    }
 
 
 def _walkthrough() -> str:
@@ -185,11 +195,12 @@ def test_serve_sh_runs_from_the_directory_that_should_hold_ca_data_installing_on
         assert "usage: ca-server serve" in install.stdout
     assert not (tmp_path / "ca-data").exists()
 
-    ports = ("--listen", "--bootstrap-listen", "--http-listen")
+    ports = ("--listen", "--bootstrap-listen", "--http-listen", "--metrics-listen")
     args = [a for flag in ports for a in (flag, "127.0.0.1:0")]
     with serving(*args, "--workers", "1", cwd=tmp_path, env=env, command=["bash", serve_sh]) as s:
         printed = [s.wait_for_line("Signet CA ready on ")]
         printed += [s.wait_for_line("Enroll on "), s.wait_for_line("Relying parties: ")]
+        printed.append(s.wait_for_line("Metrics: "))
         printed.append(s.wait_for_line(TRY_IT))
         assert (tmp_path / "ca-data" / "root.pem").is_file()
         ready = json.loads((tmp_path / "ca-data" / "serve.json").read_text())
@@ -197,6 +208,7 @@ def test_serve_sh_runs_from_the_directory_that_should_hold_ca_data_installing_on
         for name, key in (("api", "listen"), ("bootstrap", "bootstrap_listen")):
             expected = expected.replace(PRINTED_PORTS[name], ready[key])
         expected = expected.replace(PRINTED_PORTS["http"], ready["http_listen"])
+        expected = expected.replace(PRINTED_PORTS["metrics"], ready["metrics_listen"])
         # The README's .venv/bin/grpcurl is relative to the repository root; from elsewhere the
         # server prints the same file by its absolute path.
         # (or grpcurl alone, as the README says, when one is on PATH).

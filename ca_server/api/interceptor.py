@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ..core.errors import InvalidRequest, SignetError
+from ..metrics import instruments
 from .errors import status_for
 
 log = structlog.get_logger("signet.rpc")
@@ -109,12 +110,14 @@ def _call(
         log.exception("rpc_internal_error", method=method)
         context.abort(code, "internal error; the CA's log has the details")
     finally:
+        seconds = time.perf_counter() - start
         level = "info" if method.startswith(_OUR_SERVICE) else "debug"
         getattr(log, level)(
             "rpc",
             method=method,
             peer=context.peer(),
             code=code.name,
-            duration_ms=round((time.perf_counter() - start) * 1000, 3),
+            duration_ms=round(seconds * 1000, 3),
             **({"error": message} if message else {}),
         )
+        instruments().rpc(method, code.name, seconds)

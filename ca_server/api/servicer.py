@@ -19,6 +19,7 @@ from ..core.policy import Caller
 from ..core.profile import serial_hex
 from ..core.revocation import Reason
 from ..core.store import AuditRecord, CertificateRecord
+from ..metrics import instruments
 
 _STATUS = {
     CertStatus.GOOD: ca_pb2.GOOD,
@@ -143,6 +144,7 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         invalidity_date = _when(request, "invalidity_date")
         serial, revoked_at = self._ca.revoke(caller, request.serial_number, reason, invalidity_date)
         structlog.contextvars.bind_contextvars(serial=serial)
+        instruments().revocation(reason.name)
         return ca_pb2.RevokeCertificateResponse(serial_number=serial, revoked_at=_ts(revoked_at))
 
     def GetCertificateStatus(

@@ -90,12 +90,16 @@ class OcspResponder:
         self._next_look = 0.0
         self._dropped: set[int] = set()  # revoked responder certificates: never sign again
         self._lock = threading.Lock()
+        # observe(status, cached) for every answer respond() gives: "good", "revoked",
+        # "unknown", "malformed", "unauthorized"; cached when no store read or signature was
+        # needed. A hook for the adapters' metrics (the core keeps no counters).
+        self.observe: Callable[[str, bool], None] = lambda status, cached: None
         self._unknown: OrderedDict[tuple[int, str], SignedStatus] = OrderedDict()
         # (serial, hash) -> (store revocation epoch, answer): a repeated plain request costs a
         # dictionary lookup, valid while no revocation happened anywhere and it is fresh.
-        self._answers: OrderedDict[tuple[int, str], tuple[int, SignedStatus]] = OrderedDict()
+        self._answers: OrderedDict[tuple[int, str], tuple[int, SignedStatus, str]] = OrderedDict()
         # Same, keyed by the request's bytes: a repeated request is answered without parsing.
-        self._by_bytes: OrderedDict[bytes, tuple[int, SignedStatus]] = OrderedDict()
+        self._by_bytes: OrderedDict[bytes, tuple[int, SignedStatus, str]] = OrderedDict()
         self._hashes = {
             alg.name: issuer_hashes(issuer.certificate, alg())
             for alg in (hashes.SHA1, hashes.SHA256, hashes.SHA384, hashes.SHA512)
@@ -106,6 +110,11 @@ class OcspResponder:
         """The serial of the delegated responder certificate in use, if any."""
         with self._lock:
             return None if self._signer is None else self._signer.certificate.serial_number
+
+    def signer_certificate(self) -> x509.Certificate | None:
+        """The delegated responder certificate in use, if any (none is made by asking)."""
+        with self._lock:
+            return None if self._signer is None else self._signer.certificate
 
     def share_signer(self, slot: SignerSlot) -> None:
         """Sign with the delegated responder kept in `slot`, shared with other processes."""
@@ -188,16 +197,19 @@ class OcspResponder:
             with self._lock:
                 seen = self._by_bytes.get(request_der)
             if seen is not None and seen[0] == epoch and self.is_fresh(seen[1]):
+                self.observe(seen[2], True)
                 return seen[1]
         try:
             query = parse_ocsp_request(request_der)
         except MalformedOcspRequest:
+            self.observe("malformed", False)
             return unsuccessful_response(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
         if self._hashes.get(query.algorithm.name) != (
             query.issuer_name_hash,
             query.issuer_key_hash,
         ):
             # RFC 6960 2.3: not a CA we answer for.
+            self.observe("unauthorized", False)
             return unsuccessful_response(ocsp.OCSPResponseStatus.UNAUTHORIZED)
         # Requests without extensions depend only on (serial, CertID hash): remember those
         # answers, bounded, under the epoch they were read at.
@@ -206,15 +218,19 @@ class OcspResponder:
             with self._lock:
                 hit = self._answers.get(key)
             if hit is not None and hit[0] == epoch and self.is_fresh(hit[1]):
+                self.observe(hit[2], True)
                 return hit[1]
-        signed, reusable = self._answer(query, lookup(query.serial), store_back)
+        found = lookup(query.serial)
+        status = found[0].status.value if found is not None else CertStatus.UNKNOWN.value
+        signed, reusable = self._answer(query, found, store_back)
+        self.observe(status, False)
         if reusable and query.plain:
             with self._lock:
-                self._answers[key] = (epoch, signed)
+                self._answers[key] = (epoch, signed, status)
                 if len(self._answers) > _ANSWER_CACHE_MAX:
                     self._answers.popitem(last=False)
                 if len(request_der) <= _PLAIN_REQUEST_MAX:
-                    self._by_bytes[request_der] = (epoch, signed)
+                    self._by_bytes[request_der] = (epoch, signed, status)
                     if len(self._by_bytes) > _ANSWER_CACHE_MAX:
                         self._by_bytes.popitem(last=False)
         return signed
@@ -240,7 +256,7 @@ class OcspResponder:
         signed, reusable = self._answer(query, found, store_back)
         if epoch is not None and good and reusable and query.plain:
             with self._lock:
-                self._answers[key] = (epoch, signed)
+                self._answers[key] = (epoch, signed, CertStatus.GOOD.value)
                 if len(self._answers) > _ANSWER_CACHE_MAX:
                     self._answers.popitem(last=False)
         return signed

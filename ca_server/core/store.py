@@ -279,6 +279,10 @@ class Store(Protocol):
         begins at the first failure after the previous one ended."""
         ...
 
+    def count_live(self, now: dt.datetime, within_seconds: int) -> tuple[int, int]:
+        """(unrevoked and unexpired at `now`, of those how many expire within the seconds)."""
+        ...
+
     def prune_expired(self, expired_before: dt.datetime, limit: int) -> int:
         """Delete up to `limit` certificates whose not_after is before `expired_before` (their
         audit events stay); return how many."""

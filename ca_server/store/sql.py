@@ -587,6 +587,14 @@ class SqlStore:
         counted: tuple[int, dt.datetime] = self._write(tx)
         return counted
 
+    def count_live(self, now: dt.datetime, within_seconds: int) -> tuple[int, int]:
+        row = self._read_one(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN not_after <= ? THEN 1 ELSE 0 END), 0) "
+            "FROM certificates WHERE status = 'good' AND not_after > ?",
+            [_epoch(now) + within_seconds, _epoch(now)],
+        )
+        return int(row[0]), int(row[1])
+
     def prune_expired(self, expired_before: dt.datetime, limit: int) -> int:
         def tx(db: Db) -> int:
             cursor = db.execute(

@@ -18,6 +18,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from ..core.errors import Unavailable
 
 Job = Callable[[sqlite3.Connection], Any]
 MAX_BATCH = 512
+# observer(batch size, seconds the write lock was held), after every commit: the metrics'.
+commit_observers: list[Callable[[int, float], None]] = []
 
 
 def describe(exc: sqlite3.Error) -> str:
@@ -146,11 +149,15 @@ class GroupCommitWriter:
 
     def _commit(self, batch: list[_Slot]) -> None:
         locked = self._lock()
+        start = time.perf_counter()
         try:
             self._transaction(batch)
         finally:
             if locked:
                 self._unlock()
+        held = time.perf_counter() - start
+        for observe in commit_observers:
+            observe(len(batch), held)
 
     def _lock(self) -> bool:
         if self._lock_path is None:
