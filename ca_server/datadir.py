@@ -284,6 +284,17 @@ def load_ca(config: CaConfig, passphrase: bytes | None, clock: Clock | None = No
     ):
         raise ConfigurationError(f"{d.intermediate_key} does not match {d.intermediate_cert}")
     store = open_store(config.store_url)
+    if not store.audit_events(limit=1):  # init always records itself
+        store.close()
+        where = (
+            config.store_url.removeprefix("sqlite:///")
+            if "sqlite" in config.store_url
+            else ("the store")
+        )
+        raise ConfigurationError(
+            f"{where} holds nothing of this CA (emptied, or a new database): restore it "
+            "from a backup; serving from it would forget every certificate and revocation"
+        )
     authority = CertificateAuthority(
         store=store,
         clock=clock or SystemClock(),

@@ -122,13 +122,12 @@ class Maintenance:
         )
 
     def _watch_revocations(self) -> None:
-        """Also the store's health check: this read fails while the database does."""
+        """Also half the store's health check: this read fails while the database does."""
         try:
             epoch = self._ca.store.revocation_epoch()
         except Unavailable as exc:
             self._store_health(False, str(exc))
             raise
-        self._store_health(True)
         if epoch != self._epoch:
             self._epoch = epoch
             self._ca.revocations_changed()
@@ -159,6 +158,11 @@ class Maintenance:
             try:
                 self._watch_revocations()
                 self._lead(self._lease.hold())
+                # The other half: taking or renewing the lease is a write. A database that
+                # reads but cannot be written (locked, read-only, full) issues nothing, so
+                # callers should go elsewhere meanwhile.
+                error = self._lease.error
+                self._store_health(not isinstance(error, Unavailable), str(error))
                 # Rotate the delegated responder here, not on a request's thread.
                 self._ca.responder.signer()
                 if time.monotonic() >= next_root:

@@ -29,6 +29,7 @@ import structlog
 
 from .config import CaConfig
 from .core.errors import ConfigurationError, SignetError
+from .core.lease import holder_id
 from .datadir import DataDir, load_ca
 from .files import atomic_write
 from .logs import configure_logging, flush_logs
@@ -344,4 +345,10 @@ def check_loads(config: CaConfig, passphrase: bytes | None) -> None:
     """Fail once, in the supervisor, on what would make every worker fail (keys, passphrase,
     store), before forking any. Leaves no connection or thread behind."""
     ca = load_ca(config, passphrase)
-    ca.store.close()
+    try:
+        # A write that expires at once (no live holder is displaced): a database that reads
+        # but cannot be written (read-only, full) fails here once, not once per worker.
+        now = ca.authority.clock.now()
+        ca.store.acquire_lease("maintenance", holder_id(), now, now)
+    finally:
+        ca.store.close()

@@ -33,6 +33,7 @@ class Lease:
         self._store, self._clock, self.name, self._ttl = store, clock, name, ttl
         self.holder = holder or holder_id()
         self._held_until: dt.datetime | None = None
+        self.error: Exception | None = None  # why the last attempt to take or renew failed
 
     def hold(self) -> bool:
         """Take or renew the lease if due (at a third of its term); True while ours. A store
@@ -42,8 +43,9 @@ class Lease:
             return True
         try:
             held = self._store.acquire_lease(self.name, self.holder, now + self._ttl, now)
-        except Exception:
-            held = False
+            self.error = None
+        except Exception as exc:
+            held, self.error = False, exc
         self._held_until = now + self._ttl if held else None
         return held
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
-from ..core.errors import Unavailable
+from ..core.errors import ConfigurationError, Unavailable
 from .sql import SqlStore, Tx
 from .writer import GroupCommitWriter, describe
 
@@ -193,7 +193,11 @@ class SqliteStore(SqlStore):
     def __init__(self, path: str | Path, *, on_batch: Callable[[int], None] | None = None) -> None:
         self.path = Path(path)
         self._local = threading.local()
-        self._migrate()
+        try:
+            self._migrate()
+        except sqlite3.DatabaseError as exc:  # not a database, damaged, or cannot be opened
+            self.close_reader()
+            raise ConfigurationError(f"{self.path}: cannot use the database: {exc}") from None
         self._writer = GroupCommitWriter(
             self._connect_writer,
             on_batch=on_batch,
