@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import socket
 import ssl
 import stat
@@ -59,9 +60,17 @@ def test_renewal_time_is_reproducible_with_a_seed() -> None:
     )
 
 
-@pytest.mark.parametrize(("fraction", "jitter"), [(0, 0), (1, 0), (0.5, 0.5), (0.5, -0.1)])
-def test_renewal_time_rejects_nonsense(fraction: float, jitter: float) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("fraction", "jitter", "rule"),
+    [
+        (0, 0, "fraction must be between 0 and 1"),
+        (1, 0, "fraction must be between 0 and 1"),
+        (0.5, 0.5, "jitter must be at least 0 and less than fraction"),
+        (0.5, -0.1, "jitter must be at least 0 and less than fraction"),
+    ],
+)
+def test_renewal_time_rejects_nonsense(fraction: float, jitter: float, rule: str) -> None:
+    with pytest.raises(ValueError, match=rule):
         renewal_time(T0, T0 + DAY, random.Random(0), fraction, jitter)
 
 
@@ -519,7 +528,7 @@ def test_serials_are_the_full_bytes_in_lowercase_hex() -> None:
     assert serial_hex(0x6A7) == "06a7"
     assert serial_hex(0x01) == "01"
     assert canonical_serial("0x6A:7f") == "6a7f" and canonical_serial("6a7") == "06a7"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^serial 'xyz' is not hexadecimal$"):
         canonical_serial("xyz")
 
 
@@ -603,8 +612,11 @@ def test_renew_at_takes_fractions_as_written_and_every_one_schedules() -> None:
     assert parse_fraction("2/3") == pytest.approx(2 / 3)
     assert parse_fraction("0.667") == pytest.approx(0.667)
     assert parse_fraction("75%") == 0.75
-    for bad in ("0", "1", "3/2", "-0.1", "two thirds", "1/0"):
-        with pytest.raises(ValueError):
+    for bad in ("0", "1", "3/2", "-0.1"):
+        with pytest.raises(ValueError, match=rf"^'{re.escape(bad)}' must be between 0 and 1"):
+            parse_fraction(bad)
+    for bad in ("two thirds", "1/0"):
+        with pytest.raises(ValueError, match=rf"^'{bad}' is not a fraction: write e\.g\. 2/3"):
             parse_fraction(bad)
     for fraction in (0.01, 0.05, 0.1, 2 / 3, 0.99):
         at = renewal_time(T0, T0 + DAY, random.Random(2), fraction, jitter_for(fraction))
