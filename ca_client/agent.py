@@ -26,6 +26,7 @@ import structlog
 from signet.ca.v1 import ca_pb2
 
 from .client import CaClient, NotSaved, save_or_revoke
+from .clock import Clock, SystemClock
 from .enroll import PinMismatch, enroll, fetch_pinned_root, normalize_fingerprint
 from .files import (
     Credentials,
@@ -78,9 +79,12 @@ class AgentConfig:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, rng: random.Random | None = None, clock: Clock | None = None
+    ) -> None:
         self.config = config
         self.rng = rng or random.Random()  # jitter, not secrets
+        self.clock = clock or SystemClock()  # its time and its waits: tests give a fake one
         self.renewals = 0
         # When we got the current certificate: the CA backdates not_before (for clock skew),
         # and that slack must not count as lifetime already used.
@@ -91,9 +95,8 @@ class Agent:
         self.renewed: list[Callable[[Credentials], None]] = []
         self.failed: list[Callable[[Exception], None]] = []
 
-    @staticmethod
-    def _now() -> dt.datetime:
-        return dt.datetime.now(dt.UTC)
+    def _now(self) -> dt.datetime:
+        return self.clock.now()
 
     def _token(self) -> str | None:
         if self.config.token_file and self.config.token_file.exists():
@@ -261,7 +264,7 @@ class Agent:
                     creds = self._enroll()
                     backoff = self.config.backoff
                 assert creds is not None and self._renew_at is not None
-                if stop.wait(max(0.0, (self._renew_at - self._now()).total_seconds())):
+                if self.clock.wait(stop, max(0.0, (self._renew_at - self._now()).total_seconds())):
                     return
                 creds = self._renew(creds)
                 backoff = self.config.backoff
@@ -315,5 +318,5 @@ class Agent:
         log.warning(
             "renew_failed", error=detail, attempt=backoff.attempt, retry_at=retry_at.isoformat()
         )
-        stop.wait(max(0.0, (retry_at - now).total_seconds()))
+        self.clock.wait(stop, max(0.0, (retry_at - now).total_seconds()))
         return backoff.next()

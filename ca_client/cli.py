@@ -27,6 +27,7 @@ from signet.ca.v1 import ca_pb2
 
 from .agent import Agent, AgentConfig, AgentGaveUp
 from .client import CaClient, NotSaved, save_or_revoke
+from .clock import Clock
 from .enroll import PinMismatch, enroll, fetch_pinned_root, normalize_fingerprint
 from .files import (
     FORMATS,
@@ -51,6 +52,9 @@ FINGERPRINT_HELP = (
     "SHA-256 of the root certificate, hex (CreateBootstrapToken and `ca-server token create` "
     "print it): the only root enroll will trust"
 )
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class UsageError(Exception):
@@ -251,7 +255,7 @@ def _enroll(args: argparse.Namespace) -> int:
     return 0
 
 
-def _agent(args: argparse.Namespace) -> int:
+def _agent(args: argparse.Namespace, clock: Clock | None = None) -> int:
     if not args.server or not args.out:
         raise UsageError("--server and --out are required")
     name = args.signal.upper().removeprefix("SIG")
@@ -283,13 +287,16 @@ def _agent(args: argparse.Namespace) -> int:
     )
     configure_logging(args.log_level)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    # Put back afterwards: main() also runs inside other programs (and the tests).
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
     try:
-        Agent(config).run(stop)
+        Agent(config, clock=clock).run(stop)
     except AgentGaveUp as exc:
         print(f"ca-client: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
@@ -302,11 +309,11 @@ def _renew(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, clock: Clock | None = None) -> int:
     if args.command == "enroll":
         return _enroll(args)
     if args.command == "agent":
-        return _agent(args)
+        return _agent(args, clock)
     if args.command == "renew":
         return _renew(args)
     with _client(args) as client:
@@ -330,10 +337,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
+    """`ca-client ARGV...`; `clock`: the agent's time and waits (the system's unless a test
+    gives its own)."""
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        return _run(args, clock)
     except grpc.RpcError as exc:
         message = explain(args.server, exc) if args.server else None
         print(

@@ -37,6 +37,9 @@ FORMATS = ("pem", "bundle", "combined", "pkcs12", "kubernetes")
 P12_PASSWORD_ENV = "SIGNET_P12_PASSWORD"  # noqa: S105 - the variable's name, not a secret
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
+# Directories we create, whatever the umask: key.pem is the owner's alone (0600), so no reader
+# of the set can be anyone else, and others must not be able to swap ..data or plant ca.pem.
+DIR_MODE = 0o700
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,21 +285,38 @@ def _replace_symlink(link: Path, target: str) -> None:
     os.replace(tmp, link)
 
 
+def _make_dirs(path: Path) -> None:
+    """mkdir -p, but every directory made is DIR_MODE (mkdir's own mode goes through the umask,
+    and Path.mkdir(parents=True) gives parents the umask's mode); existing ones are left alone."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs, as it is
+        directory.chmod(DIR_MODE)
+
+
 def write_atomically(
     out_dir: Path, files: Mapping[str, tuple[bytes, int]], outputs: OutputSet | None = None
 ) -> None:
     """Publish `files` in out_dir as one atomic change (see the module docstring), recording
     `outputs` beside them when given."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_dirs(out_dir)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     version = out_dir / f"..{stamp}.{secrets.token_hex(4)}"
-    version.mkdir(mode=0o700)
+    version.mkdir(mode=DIR_MODE)
     try:
+        version.chmod(DIR_MODE)  # exactly, whatever the umask took away
         for name, (data, mode) in files.items():
             _write(version / name, data, mode)
         if outputs is not None:
             _write(version / OUTPUTS_RECORD, outputs.to_json(), PUBLIC_MODE)
-        version.chmod(0o755)  # the directory is traversable; secrets keep their own 0600
         _fsync_dir(version)
     except OSError:
         shutil.rmtree(version, ignore_errors=True)  # never published: leave no half set

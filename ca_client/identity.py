@@ -21,6 +21,7 @@ import grpc
 import structlog
 
 from .agent import Agent, AgentConfig
+from .clock import Clock
 from .files import Credentials, pem_parts, read_credentials
 
 log = structlog.get_logger("signet.identity")
@@ -29,8 +30,8 @@ OLD_CHANNEL_GRACE = 30.0  # seconds in-flight calls get on a channel replaced by
 
 
 class Identity:
-    def __init__(self, config: AgentConfig) -> None:
-        self._agent = Agent(config)
+    def __init__(self, config: AgentConfig, clock: Clock | None = None) -> None:
+        self._agent = Agent(config, clock=clock)
         self._config = config
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

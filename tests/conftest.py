@@ -207,3 +207,18 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaServer]:
 def admin(ca: CaServer) -> Iterator[ca_pb2_grpc.CertificateAuthorityStub]:
     with ca.admin_channel() as ch:
         yield ca.stub(ch)
+
+
+@pytest.fixture
+def own_ca(tmp_path: Path) -> Iterator[CaServer]:
+    """A CA for one test: for tests that count audit rows or list certificates, which the
+    other tests sharing the session CA would change under them."""
+    server = start_ca(tmp_path / "ca-data")
+    yield server
+    stop_ca(server)
+
+
+@pytest.fixture
+def own_admin(own_ca: CaServer) -> Iterator[ca_pb2_grpc.CertificateAuthorityStub]:
+    with own_ca.admin_channel() as ch:
+        yield own_ca.stub(ch)

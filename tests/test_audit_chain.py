@@ -176,10 +176,10 @@ def test_audit_verify_names_the_first_forged_event(tmp_path: Path) -> None:
 # -- ListAuditEvents ----------------------------------------------------------------------------
 
 
-def test_list_audit_events_shows_who_from_where_and_pages(ca: CaServer, admin) -> None:
-    issued = ca.issue("web/audited")
-    seal_pending(ca.store)
-    page = admin.ListAuditEvents(
+def test_list_audit_events_shows_who_from_where_and_pages(own_ca: CaServer, own_admin) -> None:
+    issued = own_ca.issue("web/audited")
+    seal_pending(own_ca.store)
+    page = own_admin.ListAuditEvents(
         ca_pb2.ListAuditEventsRequest(serial_number=issued.serial.upper()), timeout=30
     )
     [event] = page.events
@@ -190,13 +190,13 @@ def test_list_audit_events_shows_who_from_where_and_pages(ca: CaServer, admin) -
     )
     assert event.peer.startswith("ipv4:127.0.0.1:") and event.serial_number == issued.serial
     assert event.chain_position > 0 and len(event.hash) == 64
-    first = admin.ListAuditEvents(ca_pb2.ListAuditEventsRequest(page_size=2), timeout=30)
+    first = own_admin.ListAuditEvents(ca_pb2.ListAuditEventsRequest(page_size=2), timeout=30)
     assert len(first.events) == 2 and first.next_page_token
-    second = admin.ListAuditEvents(
+    second = own_admin.ListAuditEvents(
         ca_pb2.ListAuditEventsRequest(page_size=2, page_token=first.next_page_token), timeout=30
     )
     assert second.events[0].sequence > first.events[-1].sequence
-    issues = admin.ListAuditEvents(ca_pb2.ListAuditEventsRequest(action="issue"), timeout=30)
+    issues = own_admin.ListAuditEvents(ca_pb2.ListAuditEventsRequest(action="issue"), timeout=30)
     assert {e.action for e in issues.events} == {"issue"}
 
 

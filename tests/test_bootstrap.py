@@ -102,15 +102,17 @@ def test_a_token_is_single_use_even_under_concurrent_attempts(own_ca: CaServer) 
     assert sorted(outcomes) == ["UNAUTHENTICATED"] * 7 + ["ok"]
 
 
-def test_wrong_and_reused_tokens_are_unauthenticated_and_audited(ca: CaServer, admin) -> None:
-    token = _token(admin, "web/reuse").token
-    _enroll(ca, token)
+def test_wrong_and_reused_tokens_are_unauthenticated_and_audited(
+    own_ca: CaServer, own_admin
+) -> None:
+    token = _token(own_admin, "web/reuse").token
+    _enroll(own_ca, token)
     for bad in (token, "sgt_" + "A" * 43):
         with pytest.raises(grpc.RpcError) as info:
-            _enroll(ca, bad)
+            _enroll(own_ca, bad)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "already used or expired" in (info.value.details() or "")
-    refused = [e for e in ca.store.audit_events(200) if e.action == "enroll-refused"]
+    refused = [e for e in own_ca.store.audit_events(200) if e.action == "enroll-refused"]
     assert refused and refused[0].peer.startswith("ipv4:127.0.0.1")
     assert refused[0].outcome == "bad token"
 
@@ -135,12 +137,12 @@ def test_only_admins_mint_tokens_and_only_for_the_trust_domain(ca: CaServer, adm
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_tokens_are_stored_only_as_hashes(ca: CaServer, admin) -> None:
-    token = _token(admin, "web/hashed").token
-    stored = [r[0] for r in ca.store._read("SELECT token_hash FROM bootstrap_tokens")]
+def test_tokens_are_stored_only_as_hashes(own_ca: CaServer, own_admin) -> None:
+    token = _token(own_admin, "web/hashed").token
+    stored = [r[0] for r in own_ca.store._read("SELECT token_hash FROM bootstrap_tokens")]
     assert hashlib.sha256(token.encode()).hexdigest() in stored
     assert token not in stored
-    assert not any(token in (e.detail or "") for e in ca.store.audit_events(500))
+    assert not any(token in (e.detail or "") for e in own_ca.store.audit_events(500))
 
 
 def test_the_bootstrap_listener_serves_enroll_and_nothing_else(ca: CaServer) -> None:

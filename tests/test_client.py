@@ -3,27 +3,39 @@ files replaced atomically in every format, and `ca-client` against a real CA."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import random
+import re
 import socket
 import ssl
 import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 from ca_client.cli import _parser, main
-from ca_client.files import OUTPUTS_RECORD, describe, read_credentials, render, write_atomically
+from ca_client.files import (
+    DATA_LINK,
+    OUTPUTS_RECORD,
+    describe,
+    read_credentials,
+    render,
+    write_atomically,
+)
 from ca_client.files import Credentials as FileCredentials
 from ca_client.schedule import Backoff, jitter_for, parse_fraction, renewal_time
 from ca_client.serial import canonical_serial, serial_hex
+from signet.ca.v1 import ca_pb2
 from tests.conftest import CaServer, Credentials
 from tests.pki import make_key
 from tests.tools import need_tool, openssl
@@ -48,9 +60,17 @@ def test_renewal_time_is_reproducible_with_a_seed() -> None:
     )
 
 
-@pytest.mark.parametrize(("fraction", "jitter"), [(0, 0), (1, 0), (0.5, 0.5), (0.5, -0.1)])
-def test_renewal_time_rejects_nonsense(fraction: float, jitter: float) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("fraction", "jitter", "rule"),
+    [
+        (0, 0, "fraction must be between 0 and 1"),
+        (1, 0, "fraction must be between 0 and 1"),
+        (0.5, 0.5, "jitter must be at least 0 and less than fraction"),
+        (0.5, -0.1, "jitter must be at least 0 and less than fraction"),
+    ],
+)
+def test_renewal_time_rejects_nonsense(fraction: float, jitter: float, rule: str) -> None:
+    with pytest.raises(ValueError, match=rule):
         renewal_time(T0, T0 + DAY, random.Random(0), fraction, jitter)
 
 
@@ -204,6 +224,135 @@ def test_backoff_survives_thousands_of_failures_and_never_busy_loops() -> None:
     assert b.retry_at(T0, None, rng) - T0 >= dt.timedelta(milliseconds=250)
     # Already past expiry: still a real delay, not "now".
     assert b.retry_at(T0, T0 - DAY, rng) > T0
+
+
+class _LocalIssuer:
+    """A CA made in code: the reader test needs hundreds of fresh sets, not CA round trips."""
+
+    def __init__(self) -> None:
+        self.key = make_key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "swap test root")])
+        self.root = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(T0)
+            .not_valid_after(T0 + DAY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+
+    def fresh(self) -> FileCredentials:
+        key = make_key()
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self.root.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(T0)
+            .not_valid_after(T0 + DAY)
+            .sign(self.key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        return FileCredentials(key, leaf, (), (self.root,))
+
+
+SWAPS = 200  # the broken swap (unlink, then symlink) is caught within ~20
+
+
+def test_a_reader_never_finds_key_or_certificate_missing_or_mismatched_during_swaps(
+    tmp_path: Path,
+) -> None:
+    issuer = _LocalIssuer()
+    out = tmp_path / "tls"
+    write_atomically(out, render(issuer.fresh()))
+    done = threading.Event()
+    problems: list[str] = []
+    reads = threading.Semaphore(0)
+    consistent = 0
+
+    def reader() -> None:
+        nonlocal consistent
+        while not done.is_set():
+            try:
+                # ..data before and after, as a seqlock: two opens that straddle a swap may
+                # pair the old certificate with the new key (true of any set of files, the
+                # Kubernetes layout too); a pair read within one version must match.
+                before = os.readlink(out / DATA_LINK)
+                cert = (out / "cert.pem").read_bytes()
+                key = (out / "key.pem").read_bytes()
+                after = os.readlink(out / DATA_LINK)
+            except OSError as exc:
+                problems.append(f"missing: {exc}")
+                return
+            finally:
+                reads.release()
+            if before != after:
+                continue
+            leaf = x509.load_pem_x509_certificates(cert)[0]
+            if serialization.load_pem_private_key(key, None).public_key() != leaf.public_key():
+                problems.append(f"key.pem does not match cert.pem in {before}")
+                return
+            consistent += 1
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    swaps = 0
+    try:
+        while swaps < SWAPS and not problems:
+            write_atomically(out, render(issuer.fresh()))
+            swaps += 1
+            assert reads.acquire(timeout=30), "the reader is stuck"  # reads between swaps
+    finally:
+        done.set()
+        thread.join(timeout=30)
+    assert problems == [], f"after {swaps} swaps"
+    assert consistent > 0
+    versions = [p for p in out.iterdir() if p.name.startswith("..") and p.name != DATA_LINK]
+    assert len(versions) == 1  # each swap removed the set before it
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_output_directory_and_its_versions_are_0700_whatever_the_umask(
+    ca: CaServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ca.admin_channel() as ch:
+        minted = ca.stub(ch).CreateBootstrapToken(
+            ca_pb2.CreateBootstrapTokenRequest(identity="spiffe://signet.local/web/umask"),
+            timeout=30,
+        )
+    parent = tmp_path / "made" / "for"
+    out = parent / "tls"
+    with _umask(0):
+        enrolled = main(
+            ["enroll", "--server", ca.running.bootstrap_address, "--token", minted.token,
+             "--root-fingerprint", minted.root_fingerprint_sha256, "--out", str(out)]
+        )  # fmt: skip
+        assert enrolled == 0, capsys.readouterr().err
+        first = out / os.readlink(out / DATA_LINK)
+        assert main(["renew", "--server", ca.address, "--out", str(out)]) == 0
+    capsys.readouterr()
+    second = out / os.readlink(out / DATA_LINK)
+    assert second != first
+    # Any directory ca-client made: a parent writable by others would let them swap out
+    # the whole directory, one readable by others would show who holds which certificate.
+    for directory in (tmp_path / "made", parent, out, second):
+        assert _mode(directory) == 0o700, directory
+    assert _mode(out / "key.pem") == 0o600 and _mode(out / "cert.pem") == 0o644
 
 
 def test_cleanup_never_follows_a_planted_data_link(ca: CaServer, tmp_path: Path) -> None:
@@ -379,7 +528,7 @@ def test_serials_are_the_full_bytes_in_lowercase_hex() -> None:
     assert serial_hex(0x6A7) == "06a7"
     assert serial_hex(0x01) == "01"
     assert canonical_serial("0x6A:7f") == "6a7f" and canonical_serial("6a7") == "06a7"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^serial 'xyz' is not hexadecimal$"):
         canonical_serial("xyz")
 
 
@@ -463,8 +612,11 @@ def test_renew_at_takes_fractions_as_written_and_every_one_schedules() -> None:
     assert parse_fraction("2/3") == pytest.approx(2 / 3)
     assert parse_fraction("0.667") == pytest.approx(0.667)
     assert parse_fraction("75%") == 0.75
-    for bad in ("0", "1", "3/2", "-0.1", "two thirds", "1/0"):
-        with pytest.raises(ValueError):
+    for bad in ("0", "1", "3/2", "-0.1"):
+        with pytest.raises(ValueError, match=rf"^'{re.escape(bad)}' must be between 0 and 1"):
+            parse_fraction(bad)
+    for bad in ("two thirds", "1/0"):
+        with pytest.raises(ValueError, match=rf"^'{bad}' is not a fraction: write e\.g\. 2/3"):
             parse_fraction(bad)
     for fraction in (0.01, 0.05, 0.1, 2 / 3, 0.99):
         at = renewal_time(T0, T0 + DAY, random.Random(2), fraction, jitter_for(fraction))

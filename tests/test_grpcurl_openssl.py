@@ -9,6 +9,7 @@ import datetime as dt
 import re
 import shlex
 import subprocess
+import tomllib
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from grpc_reflection.v1alpha import reflection
 
 from ca_server.cli import grpcurl_command
+from ca_server.core.durations import parse_duration
 from ca_server.core.errors import PolicyViolation
 from ca_server.core.policy import CA_SERVER_NAME
 from tests.conftest import CaServer
@@ -111,6 +113,22 @@ def _san_entries(cert: Path) -> list[str]:
     text = openssl("x509", "-in", cert, "-noout", "-ext", "subjectAltName").stdout
     lines = [line.strip() for line in text.splitlines()[1:] if line.strip()]
     return sorted(entry.strip() for line in lines for entry in line.split(","))
+
+
+def _openssl_time(cert: Path, which: str) -> dt.datetime:
+    """`openssl x509 -startdate` / `-enddate` as a datetime (X.509 times are whole seconds)."""
+    text = openssl("x509", "-in", cert, "-noout", f"-{which}").stdout.strip().split("=", 1)[1]
+    return dt.datetime.strptime(text, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=dt.UTC)
+
+
+def _time(rfc3339: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(rfc3339)
+
+
+def _backdate(ca: CaServer) -> dt.timedelta:
+    """How far the CA sets not_before in the past, as its config.toml says."""
+    config = tomllib.loads((ca.data_dir / "config.toml").read_text())
+    return parse_duration(config["issuance"]["backdate"])
 
 
 def _bundle(ca: CaServer, workdir: Path) -> Path:
@@ -264,7 +282,6 @@ def test_openssl_csr_is_signed_into_a_leaf_openssl_verifies_with_exactly_the_req
 ) -> None:
     x = f"kt-{key_type}"
     key, csr = _web_csr(tmp_path, x, KEY_TYPES[key_type])
-    before = dt.datetime.now(dt.UTC)
     reply = _sign(ca, csr, tmp_path, validity="3600s")
     leaf, chain = tmp_path / "leaf.pem", tmp_path / "chain.pem"
 
@@ -293,11 +310,11 @@ def test_openssl_csr_is_signed_into_a_leaf_openssl_verifies_with_exactly_the_req
     serial = openssl("x509", "-in", leaf, "-noout", "-serial").stdout.strip().split("=", 1)[1]
     assert int(serial, 16) == int(reply["serial_number"], 16)
 
-    # validity "3600s" means an hour from now (a little slack for the round trip).
-    end = openssl("x509", "-in", leaf, "-noout", "-enddate").stdout.strip().split("=", 1)[1]
-    not_after = dt.datetime.strptime(end, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=dt.UTC)
-    lifetime = not_after - before
-    assert dt.timedelta(seconds=3600 - 5) <= lifetime <= dt.timedelta(seconds=3600 + 5)
+    # validity "3600s" is an hour from the moment of issue, exactly: openssl reads the times
+    # the CA answered, and not_before is that moment less the backdate config.toml states.
+    not_before, not_after = _openssl_time(leaf, "startdate"), _openssl_time(leaf, "enddate")
+    assert (not_before, not_after) == (_time(reply["not_before"]), _time(reply["not_after"]))
+    assert not_after - (not_before + _backdate(ca)) == dt.timedelta(seconds=3600)
 
 
 # -- revocation, seen through OCSP and the CRL -------------------------------------------------

@@ -8,27 +8,18 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 
 import grpc
-import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ca_client.agent import AgentConfig
 from ca_client.identity import Identity
 from signet.ca.v1 import ca_pb2
-from tests.conftest import CaServer, start_ca, stop_ca
+from tests.conftest import CaServer
 
 DEADLINE = 90.0
-
-
-@pytest.fixture
-def own_ca(tmp_path: Path) -> Iterator[CaServer]:
-    server = start_ca(tmp_path / "ca-data")
-    yield server
-    stop_ca(server)
 
 
 def _identity(ca: CaServer, out: Path, path: str, **names: list[str]) -> Identity:
