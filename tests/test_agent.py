@@ -113,7 +113,7 @@ def test_agent_enrolls_then_renews_again_and_again(
     finally:
         agent.stop()
     cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
-    assert f"{cert.serial_number:x}" in serials
+    assert serial_hex(cert.serial_number) in serials
     assert marker.read_text().count("renewed") >= 3
 
 

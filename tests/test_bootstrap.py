@@ -23,6 +23,7 @@ from google.protobuf import duration_pb2
 
 from ca_client.cli import main as ca_client
 from ca_client.files import read_credentials
+from ca_client.serial import serial_hex
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 from tests.conftest import CaServer, start_ca, stop_ca
 from tests.pki import make_csr, spiffe
@@ -199,7 +200,7 @@ def test_ca_client_enroll_pins_the_root_and_writes_credentials(
     reply = json.loads(capsys.readouterr().out)
     creds = read_credentials(out)
     assert creds is not None
-    assert f"{creds.certificate.serial_number:x}" == reply["serial_number"]
+    assert serial_hex(creds.certificate.serial_number) == reply["serial_number"]
     assert creds.key.public_key() == creds.certificate.public_key()
     assert (out / "key.pem").stat().st_mode & 0o777 == 0o600
     assert creds.roots[0] == x509.load_pem_x509_certificate(ca.root_pem)

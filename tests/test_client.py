@@ -178,7 +178,7 @@ def test_ca_client_renew_replaces_key_and_certificate_keeping_the_identity(
     reply = json.loads(capsys.readouterr().out)
     creds = read_credentials(out)
     assert creds is not None
-    assert f"{creds.certificate.serial_number:x}" == reply["serial_number"]
+    assert serial_hex(creds.certificate.serial_number) == reply["serial_number"]
     assert creds.certificate.serial_number != int(issued.serial, 16)
     assert creds.key.public_key() == creds.certificate.public_key()
     old = x509.load_pem_x509_certificate(issued.cert_pem)

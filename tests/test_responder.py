@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ca_server.core.authority import CertificateAuthority, IssuanceSettings
 from ca_server.core.clock import FakeClock
-from ca_server.core.profile import LeafRequest, build_leaf
+from ca_server.core.profile import LeafRequest, build_leaf, serial_hex
 from ca_server.core.revocation import Reason
 from ca_server.core.store import OcspUpdate
 from ca_server.store.sqlite import SqliteStore
@@ -201,7 +201,7 @@ def test_delegated_signer_is_an_ocsp_signing_certificate_with_nocheck(
         response.responder_key_hash
         == signer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     )
-    record = authority.store.get_certificate(f"{signer.serial_number:x}".rjust(32, "0"))
+    record = authority.store.get_certificate(serial_hex(signer.serial_number))
     assert record is not None  # recorded like every certificate the CA hands out
 
 

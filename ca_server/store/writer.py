@@ -109,18 +109,20 @@ class GroupCommitWriter:
         return slot.result
 
     def close(self) -> None:
-        """Commit what is queued and stop the thread; a later submit starts a new one."""
+        """Commit what is queued and stop the thread; a later submit starts a new one. All
+        under the start lock: a submit racing close() must not start a thread that would use
+        the connection while it is being closed (SQLite crashes on that)."""
         with self._start_lock:
             thread, self._thread = self._thread, None
             if thread is not None:
                 self._queue.put(None)
                 thread.join(timeout=30)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     # -- the writer thread -------------------------------------------------------------------
     def _run(self) -> None:
