@@ -64,8 +64,18 @@ COLUMNS: dict[str, Column] = {
         "the same workload certificate, asking for another workload's identity and serials",
         "other",
     ),
+    "workload, beyond policy": Column(
+        "the same workload certificate, asking for its own identity with a DNS name or an IP "
+        "address its policy does not list",
+        "beyond",
+    ),
     "revoked": Column("a revoked certificate of this CA for the admin identity", "admin"),
     "expired": Column("an expired certificate of this CA for the admin identity", "admin"),
+    "expired since handshake": Column(
+        "a certificate of this CA for the admin identity, valid when the connection was made "
+        "and expired by the CA's clock since (a long-lived connection)",
+        "admin",
+    ),
     "no clientAuth": Column(
         "a certificate of this CA for the admin identity, recorded in the store, whose "
         "extended key usage is serverAuth alone",
@@ -90,34 +100,39 @@ _REFUSED_AT_TLS = {
 _ON_BOOTSTRAP = {"bootstrap token": UNIMPLEMENTED}  # that listener serves Enroll alone
 
 
-def _row(admin: str, own: str, other: str, revoked: str = UNAUTHENTICATED) -> dict[str, str]:
-    return {
+def _row(
+    admin: str, own: str, other: str, beyond: str, refused: str = UNAUTHENTICATED
+) -> dict[str, str]:
+    row = {
         "admin": admin,
         "workload, own names": own,
         "workload, others' names": other,
-        "revoked": revoked,
+        "workload, beyond policy": beyond,
+        "revoked": refused,
+        "expired since handshake": refused,
         **_REFUSED_AT_TLS,
         **_ON_BOOTSTRAP,
     }
+    return {column: row[column] for column in COLUMNS}
 
 
 # RPC -> caller kind -> outcome. On the API listener Enroll needs a token like anywhere else:
 # a client certificate, even the admin's, does not stand in for one.
 MATRIX: dict[str, dict[str, str]] = {
-    "SignCertificate": _row(OK, OK, DENIED),
+    "SignCertificate": _row(OK, OK, DENIED, DENIED),
     # The renewed certificate copies the caller's names: a CSR asking for others' is ignored.
-    "RenewCertificate": _row(OK, OK, OK),
-    "RevokeCertificate": _row(OK, OK, DENIED),
-    "GetCertificateStatus": _row(OK, OK, OK),
-    "GetCRL": _row(OK, OK, OK),
-    "GetTrustBundle": _row(OK, OK, OK),
-    "ListCertificates": _row(OK, DENIED, DENIED),
-    "CreateBootstrapToken": _row(OK, DENIED, DENIED),
+    "RenewCertificate": _row(OK, OK, OK, OK),
+    "RevokeCertificate": _row(OK, OK, DENIED, OK),
+    "GetCertificateStatus": _row(OK, OK, OK, OK),
+    "GetCRL": _row(OK, OK, OK, OK),
+    "GetTrustBundle": _row(OK, OK, OK, OK),
+    "ListCertificates": _row(OK, DENIED, DENIED, DENIED),
+    "CreateBootstrapToken": _row(OK, DENIED, DENIED, DENIED),
     "Enroll": {
-        **_row(UNAUTHENTICATED, UNAUTHENTICATED, UNAUTHENTICATED),
+        **_row(UNAUTHENTICATED, UNAUTHENTICATED, UNAUTHENTICATED, UNAUTHENTICATED),
         "bootstrap token": OK,
     },
-    "ListAuditEvents": _row(OK, DENIED, DENIED),
+    "ListAuditEvents": _row(OK, DENIED, DENIED, DENIED),
 }
 
 
@@ -129,8 +144,12 @@ def reason(rpc: str, column: str, outcome: str) -> str:
     if outcome == UNIMPLEMENTED:
         return "Method not found"
     if outcome == UNAUTHENTICATED:
-        return "bootstrap token is unknown" if rpc == "Enroll" else "has been revoked"
+        if rpc == "Enroll":
+            return "bootstrap token is unknown"
+        return {"revoked": "has been revoked", "expired since handshake": "has expired"}[column]
     assert outcome == DENIED, outcome
+    if rpc == "SignCertificate" and COLUMNS[column].asks_as == "beyond":
+        return "not allowed for .* by policy"
     return {
         "SignCertificate": "may request certificates only for its own identity",
         "RevokeCertificate": "may revoke only its own certificates",
@@ -163,49 +182,71 @@ class World:
 
 
 # Whose names each kind of request asks for.
-TARGET = {"admin": spiffe("web/matrix-signed"), "own": WORKLOAD, "other": NEIGHBOUR}
+TARGET = {
+    "admin": spiffe("web/matrix-signed"),
+    "own": WORKLOAD,
+    "other": NEIGHBOUR,
+    "beyond": WORKLOAD,
+}
+# What the workload's policy grants it (see TEST_POLICY), and what it does not.
+GRANTED_DNS, GRANTED_IP = "matrix.web.internal", "10.1.2.3"
+BEYOND_DNS, BEYOND_IP = "evil.example.com", "192.168.1.1"
 
 
-def _sign(w: World, asks_as: str) -> Message:
-    dns = [] if asks_as == "other" else ["matrix.web.internal"]
-    return ca_pb2.SignCertificateRequest(csr_pem=make_csr(uris=[TARGET[asks_as]], dns=dns)[1])
+def _csr(uris: list[str], dns: list[str] = [], ips: list[str] = []) -> str:  # noqa: B006
+    return make_csr(uris=uris, dns=dns, ips=ips)[1]
 
 
-def _renew(w: World, asks_as: str) -> Message:
-    uris, dns = ([NEIGHBOUR], ["evil.example.com"]) if asks_as == "other" else ([], [])
-    return ca_pb2.RenewCertificateRequest(csr_pem=make_csr(uris=uris, dns=dns)[1])
+def _sign(w: World, asks_as: str) -> list[Message]:
+    if asks_as == "beyond":  # one request per kind of name: each check is seen alone
+        csrs = [_csr([WORKLOAD], dns=[BEYOND_DNS]), _csr([WORKLOAD], ips=[BEYOND_IP])]
+    elif asks_as == "other":
+        csrs = [_csr([NEIGHBOUR])]
+    else:
+        csrs = [_csr([TARGET[asks_as]], dns=[GRANTED_DNS], ips=[GRANTED_IP])]
+    return [ca_pb2.SignCertificateRequest(csr_pem=csr) for csr in csrs]
 
 
-def _revoke(w: World, asks_as: str) -> Message:
-    return ca_pb2.RevokeCertificateRequest(serial_number=w.spare(TARGET[asks_as]))
+def _renew(w: World, asks_as: str) -> list[Message]:
+    csr = {
+        "other": _csr([NEIGHBOUR]),
+        "beyond": _csr([], dns=[BEYOND_DNS], ips=[BEYOND_IP]),
+    }.get(asks_as, _csr([]))
+    return [ca_pb2.RenewCertificateRequest(csr_pem=csr)]
 
 
-def _status(w: World, asks_as: str) -> Message:
+def _revoke(w: World, asks_as: str) -> list[Message]:
+    return [ca_pb2.RevokeCertificateRequest(serial_number=w.spare(TARGET[asks_as]))]
+
+
+def _status(w: World, asks_as: str) -> list[Message]:
     serial = w.neighbour_serial if asks_as == "other" else w.own_serial
-    return ca_pb2.GetCertificateStatusRequest(serial_number=serial)
+    return [ca_pb2.GetCertificateStatusRequest(serial_number=serial)]
 
 
-def _token(w: World, asks_as: str) -> Message:
-    return ca_pb2.CreateBootstrapTokenRequest(identity=TARGET[asks_as])
+def _token(w: World, asks_as: str) -> list[Message]:
+    dns = [BEYOND_DNS] if asks_as == "beyond" else []
+    return [ca_pb2.CreateBootstrapTokenRequest(identity=TARGET[asks_as], dns_names=dns)]
 
 
-def _enroll(w: World, asks_as: str) -> Message:
-    return ca_pb2.EnrollRequest(csr_pem=make_csr()[1])  # the token is the column's (see _call)
+def _enroll(w: World, asks_as: str) -> list[Message]:
+    return [ca_pb2.EnrollRequest(csr_pem=_csr([]))]  # the token is the column's (see _call)
 
 
-def _audit(w: World, asks_as: str) -> Message:
-    return ca_pb2.ListAuditEventsRequest(identity=TARGET[asks_as], page_size=10)
+def _audit(w: World, asks_as: str) -> list[Message]:
+    return [ca_pb2.ListAuditEventsRequest(identity=TARGET[asks_as], page_size=10)]
 
 
-# RPC -> the request a caller makes, given whose names it asks for.
-REQUESTS: dict[str, Callable[[World, str], Message]] = {
+# RPC -> the requests a caller makes (each must get the cell's outcome), given whose names it
+# asks for.
+REQUESTS: dict[str, Callable[[World, str], list[Message]]] = {
     "SignCertificate": _sign,
     "RenewCertificate": _renew,
     "RevokeCertificate": _revoke,
     "GetCertificateStatus": _status,
-    "GetCRL": lambda w, asks_as: ca_pb2.GetCRLRequest(),
-    "GetTrustBundle": lambda w, asks_as: ca_pb2.GetTrustBundleRequest(),
-    "ListCertificates": lambda w, asks_as: ca_pb2.ListCertificatesRequest(page_size=10),
+    "GetCRL": lambda w, asks_as: [ca_pb2.GetCRLRequest()],
+    "GetTrustBundle": lambda w, asks_as: [ca_pb2.GetTrustBundleRequest()],
+    "ListCertificates": lambda w, asks_as: [ca_pb2.ListCertificatesRequest(page_size=10)],
     "CreateBootstrapToken": _token,
     "Enroll": _enroll,
     "ListAuditEvents": _audit,
@@ -290,6 +331,30 @@ def _without_client_auth(ca: CaServer) -> Credential:
     return Credential((pem(cert) + issuer.chain_pem).encode(), key_pem(key))
 
 
+def _expired_since_handshake(ca: CaServer) -> Credential:
+    """Valid by real time (what the handshake checks) for a quarter of an hour, and expired
+    by the CA's clock, which the world fixture keeps half an hour ahead."""
+    authority = ca.authority
+    real_time = CertificateAuthority(
+        store=ca.store,
+        clock=FakeClock(dt.datetime.now(dt.UTC)),
+        issuer=authority.issuer,
+        root=authority.root,
+        policy=authority.policy,
+        settings=authority.settings,
+    )
+    key = make_key()
+    issued = real_time.issue_for(
+        public_key=key.public_key(),
+        identity=ADMIN,
+        lifetime=dt.timedelta(minutes=15),
+        actor="test",
+        action="issue",
+    )
+    assert issued.not_after < ca.authority.clock.now()
+    return Credential((issued.certificate_pem + issued.chain_pem).encode(), key_pem(key))
+
+
 def _foreign(tmp: Path) -> Credential:
     """A second Signet CA of the same trust domain: same CA names, another key."""
     config = init_ca(
@@ -307,7 +372,12 @@ def _foreign(tmp: Path) -> Credential:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     # A CA of its own: the matrix revokes, mints tokens and spends bad ones (counted per peer).
     tmp = tmp_path_factory.mktemp("authz")
-    ca = start_ca(tmp / "ca-data")
+    # The CA's clock runs half an hour ahead once it serves, so that a certificate can be
+    # valid for the handshake yet expired for the CA, without a sleep. A backdate of an hour
+    # keeps what it issues valid by real time.
+    clock = FakeClock(dt.datetime.now(dt.UTC))
+    ca = start_ca(tmp / "ca-data", clock=clock, issuance={"backdate": "1h"})
+    clock.advance(dt.timedelta(minutes=30))
     try:
         admin_cert, admin_key = ca.admin_credentials()
         workload = ca.issue(WORKLOAD.removeprefix(f"spiffe://{TRUST_DOMAIN}/"))
@@ -324,8 +394,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "admin": Credential(admin_cert, admin_key),
             "workload, own names": Credential(workload.fullchain, workload.key_pem),
             "workload, others' names": Credential(workload.fullchain, workload.key_pem),
+            "workload, beyond policy": Credential(workload.fullchain, workload.key_pem),
             "revoked": Credential(revoked.fullchain, revoked.key_pem),
             "expired": _expired(ca),
+            "expired since handshake": _expired_since_handshake(ca),
             "no clientAuth": _without_client_auth(ca),
             "foreign CA": _foreign(tmp),
             "no certificate": None,
@@ -375,13 +447,8 @@ def channels(world: World) -> Iterator[Channels]:
     pool.close()
 
 
-def _call(world: World, channels: Channels, rpc: str, column: str) -> tuple[str, str, Any]:
-    """Make the cell's call: its outcome as the matrix writes it, the status message, and
-    the reply when OK."""
-    request = REQUESTS[rpc](world, COLUMNS[column].asks_as)
-    if rpc == "Enroll" and column == "bootstrap token":
-        assert isinstance(request, ca_pb2.EnrollRequest)
-        request.token = world.token
+def _call(world: World, channels: Channels, column: str, rpc: str, request: Message) -> Any:
+    """One call: its outcome as the matrix writes it, the status message, and the reply."""
     refused_at_tls = MATRIX[rpc][column] == TLS
     channel = channels.new(column) if refused_at_tls else channels.get(column)
     try:
@@ -395,6 +462,23 @@ def _call(world: World, channels: Channels, rpc: str, column: str) -> tuple[str,
         if refused_at_tls:
             channel.close()
     return OK, "", reply
+
+
+def _check_names(reply: ca_pb2.IssuedCertificate, rpc: str, column: str) -> None:
+    """Whatever the CSR asked for, a certificate names the caller, what it may grant, or the
+    token's identity: never the neighbour, never names beyond the caller's policy."""
+    cert = x509.load_pem_x509_certificate(reply.certificate_pem.encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    asks_as = COLUMNS[column].asks_as
+    if rpc == "Enroll":
+        allowed = {ENROLLED}
+    elif asks_as == "admin":
+        allowed = {ADMIN, TARGET["admin"]}  # its renewal, what it signed
+    else:
+        allowed = {WORKLOAD}
+    assert set(san.get_values_for_type(x509.UniformResourceIdentifier)) <= allowed
+    assert set(san.get_values_for_type(x509.DNSName)) <= {GRANTED_DNS}
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} <= {GRANTED_IP}
 
 
 # -- the tests --------------------------------------------------------------------------------
@@ -411,24 +495,17 @@ def test_the_matrix_has_a_row_for_every_rpc_and_a_cell_for_every_caller() -> Non
 def test_each_caller_gets_exactly_its_cells_outcome(
     world: World, channels: Channels, rpc: str, column: str
 ) -> None:
-    outcome, details, reply = _call(world, channels, rpc, column)
-    assert outcome == MATRIX[rpc][column], details
-    if outcome != OK:
-        assert re.search(reason(rpc, column, outcome), details), details
-    elif isinstance(reply, ca_pb2.IssuedCertificate):
-        # Whatever the CSR asked for, an issued certificate names the caller, the names it may
-        # grant, or the token's identity: never the neighbour, never names beyond policy.
-        cert = x509.load_pem_x509_certificate(reply.certificate_pem.encode())
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        asks_as = COLUMNS[column].asks_as
-        if rpc == "Enroll":
-            allowed = {ENROLLED}
-        elif asks_as == "admin":
-            allowed = {ADMIN, TARGET["admin"]}  # its renewal, what it signed
-        else:
-            allowed = {WORKLOAD}
-        assert set(san.get_values_for_type(x509.UniformResourceIdentifier)) <= allowed
-        assert set(san.get_values_for_type(x509.DNSName)) <= {"matrix.web.internal"}
+    expected = MATRIX[rpc][column]
+    for request in REQUESTS[rpc](world, COLUMNS[column].asks_as):
+        if rpc == "Enroll" and column == "bootstrap token":
+            assert isinstance(request, ca_pb2.EnrollRequest)
+            request.token = world.token
+        outcome, details, reply = _call(world, channels, column, rpc, request)
+        assert outcome == expected, details
+        if outcome != OK:
+            assert re.search(reason(rpc, column, outcome), details), details
+        elif isinstance(reply, ca_pb2.IssuedCertificate):
+            _check_names(reply, rpc, column)
 
 
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -489,7 +566,7 @@ def render_matrix() -> str:
 
 def test_security_md_prints_exactly_this_matrix() -> None:
     text = (Path(__file__).parent.parent / "SECURITY.md").read_text()
-    assert render_matrix() in text, "regenerate with: python -m tests.test_authz_matrix"
+    assert render_matrix() in text, "print it with: .venv/bin/python -m tests.test_authz_matrix"
 
 
 if __name__ == "__main__":
