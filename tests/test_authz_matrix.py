@@ -11,7 +11,7 @@ import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import pytest
@@ -47,8 +47,8 @@ class Column:
     listener it dials."""
 
     description: str
-    asks_as: str  # "admin", "own" or "other": which requests it makes (see REQUESTS)
-    listener: str = "api"  # or "bootstrap"
+    asks_as: Literal["admin", "own", "other", "beyond"]  # which requests it makes (REQUESTS)
+    listener: Literal["api", "bootstrap"] = "api"
 
 
 # Every credential that is not the workload's carries the admin's identity: a refusal then
@@ -261,32 +261,43 @@ def rpc_names() -> list[str]:
 # -- the credentials --------------------------------------------------------------------------
 
 
-def _issued_by(authority: CertificateAuthority, identity: str) -> tuple[Credential, str]:
+def _issued_by(
+    authority: CertificateAuthority, lifetime: dt.timedelta = dt.timedelta(hours=1)
+) -> Credential:
     key = make_key()
     issued = authority.issue_for(
-        public_key=key.public_key(),
-        identity=identity,
-        lifetime=dt.timedelta(hours=1),
-        actor="test",
+        public_key=key.public_key(), identity=ADMIN, lifetime=lifetime, actor="test",
         action="issue",
-    )
-    return Credential((issued.certificate_pem + issued.chain_pem).encode(), key_pem(key)), (
-        issued.serial
-    )
+    )  # fmt: skip
+    return Credential((issued.certificate_pem + issued.chain_pem).encode(), key_pem(key))
 
 
-def _expired(ca: CaServer) -> Credential:
-    """Issued by this CA into its store, valid for an hour two days ago."""
+def _issued_at(ca: CaServer, now: dt.datetime, lifetime: dt.timedelta) -> Credential:
+    """Issued by this CA into its store, as if its clock read ``now``."""
     authority = ca.authority
-    past = CertificateAuthority(
+    shifted = CertificateAuthority(
         store=ca.store,
-        clock=FakeClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=2)),
+        clock=FakeClock(now),
         issuer=authority.issuer,
         root=authority.root,
         policy=authority.policy,
         settings=authority.settings,
     )
-    return _issued_by(past, ADMIN)[0]
+    return _issued_by(shifted, lifetime)
+
+
+def _expired(ca: CaServer) -> Credential:
+    """Valid for an hour two days ago: the handshake itself refuses it."""
+    return _issued_at(ca, dt.datetime.now(dt.UTC) - dt.timedelta(days=2), dt.timedelta(hours=1))
+
+
+def _expired_since_handshake(ca: CaServer) -> Credential:
+    """Valid by real time (what the handshake checks) for a quarter of an hour, and expired
+    by the CA's clock, which the world fixture keeps half an hour ahead."""
+    credential = _issued_at(ca, dt.datetime.now(dt.UTC), dt.timedelta(minutes=15))
+    leaf = x509.load_pem_x509_certificate(credential.chain)
+    assert dt.datetime.now(dt.UTC) < leaf.not_valid_after_utc < ca.authority.clock.now()
+    return credential
 
 
 def _without_client_auth(ca: CaServer) -> Credential:
@@ -294,7 +305,7 @@ def _without_client_auth(ca: CaServer) -> Credential:
     with serverAuth as the only extended key usage, and recorded in the store like any
     issued certificate: only the EKU differs from a credential that works."""
     issuer = ca.authority.issuer
-    template = x509.load_pem_x509_certificate(_issued_by(ca.authority, ADMIN)[0].chain)
+    template = x509.load_pem_x509_certificate(_issued_by(ca.authority).chain)
     key = make_key()
     builder = (
         x509.CertificateBuilder()
@@ -313,7 +324,7 @@ def _without_client_auth(ca: CaServer) -> Credential:
             value = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
         builder = builder.add_extension(value, extension.critical)
     cert = builder.sign(issuer.key, signature_hash(issuer.key))
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    now = ca.authority.clock.now().replace(microsecond=0)
     record = CertificateRecord(
         serial=serial_hex(cert.serial_number),
         identity=ADMIN,
@@ -331,30 +342,6 @@ def _without_client_auth(ca: CaServer) -> Credential:
     return Credential((pem(cert) + issuer.chain_pem).encode(), key_pem(key))
 
 
-def _expired_since_handshake(ca: CaServer) -> Credential:
-    """Valid by real time (what the handshake checks) for a quarter of an hour, and expired
-    by the CA's clock, which the world fixture keeps half an hour ahead."""
-    authority = ca.authority
-    real_time = CertificateAuthority(
-        store=ca.store,
-        clock=FakeClock(dt.datetime.now(dt.UTC)),
-        issuer=authority.issuer,
-        root=authority.root,
-        policy=authority.policy,
-        settings=authority.settings,
-    )
-    key = make_key()
-    issued = real_time.issue_for(
-        public_key=key.public_key(),
-        identity=ADMIN,
-        lifetime=dt.timedelta(minutes=15),
-        actor="test",
-        action="issue",
-    )
-    assert issued.not_after < ca.authority.clock.now()
-    return Credential((issued.certificate_pem + issued.chain_pem).encode(), key_pem(key))
-
-
 def _foreign(tmp: Path) -> Credential:
     """A second Signet CA of the same trust domain: same CA names, another key."""
     config = init_ca(
@@ -363,7 +350,7 @@ def _foreign(tmp: Path) -> Credential:
     )  # fmt: skip
     foreign = load_ca(load_config(config.data_dir, env={}), None)
     try:
-        return _issued_by(foreign.authority, ADMIN)[0]
+        return _issued_by(foreign.authority)
     finally:
         foreign.store.close()
 
@@ -447,7 +434,9 @@ def channels(world: World) -> Iterator[Channels]:
     pool.close()
 
 
-def _call(world: World, channels: Channels, column: str, rpc: str, request: Message) -> Any:
+def _call(
+    world: World, channels: Channels, column: str, rpc: str, request: Message
+) -> tuple[str, str, Any]:
     """One call: its outcome as the matrix writes it, the status message, and the reply."""
     refused_at_tls = MATRIX[rpc][column] == TLS
     channel = channels.new(column) if refused_at_tls else channels.get(column)
