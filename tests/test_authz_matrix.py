@@ -555,7 +555,9 @@ def render_matrix() -> str:
 
 def test_security_md_prints_exactly_this_matrix() -> None:
     text = (Path(__file__).parent.parent / "SECURITY.md").read_text()
-    assert render_matrix() in text, "print it with: .venv/bin/python -m tests.test_authz_matrix"
+    assert render_matrix() in text, (
+        "print it with: .venv/bin/python -m tests.test_authz_matrix (from the repository root)"
+    )
 
 
 if __name__ == "__main__":
