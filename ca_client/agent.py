@@ -98,6 +98,11 @@ class Agent:
     def _now(self) -> dt.datetime:
         return self.clock.now()
 
+    @property
+    def next_renewal(self) -> dt.datetime | None:
+        """When the certificate held will be renewed (None before one is held)."""
+        return self._renew_at
+
     def _token(self) -> str | None:
         if self.config.token_file and self.config.token_file.exists():
             return self.config.token_file.read_text().strip() or None

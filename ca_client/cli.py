@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import structlog
 from google.protobuf import json_format
 
 from ca_server.core.durations import parse_duration
@@ -136,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
         help="when to renew, as a fraction of the lifetime: 2/3, 0.5 or 75%% (default 2/3)",
     )
     agent.add_argument("--on-renew", help="shell command to run after each renewal")
+    agent.add_argument(
+        "--metrics-listen",
+        default=os.environ.get("SIGNET_AGENT_METRICS_LISTEN"),
+        help="serve Prometheus GET /metrics on HOST:PORT: the certificate's expiry, the next "
+        "renewal, renewals and failures (off by default; SIGNET_AGENT_METRICS_LISTEN)",
+    )
     agent.add_argument("--signal", default="HUP", help="signal for --signal-pid / --pid-file")
     agent.add_argument("--signal-pid", type=int, help="process to signal after each renewal")
     agent.add_argument("--pid-file", help="file holding the pid of the process to signal")
@@ -289,8 +296,17 @@ def _agent(args: argparse.Namespace, clock: Clock | None = None) -> int:
     stop = threading.Event()
     # Put back afterwards: main() also runs inside other programs (and the tests).
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
+    agent = Agent(config, clock=clock)
+    if args.metrics_listen:
+        from .metrics import serve_metrics
+
+        try:
+            address = serve_metrics(agent, args.metrics_listen)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--metrics-listen {args.metrics_listen}: {exc}") from None
+        structlog.get_logger("signet.agent").info("metrics_listening", address=address)
     try:
-        Agent(config, clock=clock).run(stop)
+        agent.run(stop)
     except AgentGaveUp as exc:
         print(f"ca-client: error: {exc}", file=sys.stderr)
         return 1

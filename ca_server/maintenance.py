@@ -38,6 +38,7 @@ class Maintenance:
         poll: float = 0.25,
         on_store_health: Callable[[bool], None] | None = None,
         on_job_done: Callable[[str], None] | None = None,
+        on_poll: Callable[[], None] | None = None,
     ) -> None:
         """coalesce: how long to gather revocations that arrive together into one CRL build;
         poll: how often to look for revocations made by other processes sharing the store
@@ -54,6 +55,7 @@ class Maintenance:
         self._store_ok = True
         self._on_store_health = on_store_health
         self._job_done = on_job_done or (lambda job: None)
+        self._on_poll = on_poll or (lambda: None)
         self.leader = False
         self._root_warned = -ROOT_WARN_EVERY
 
@@ -157,6 +159,7 @@ class Maintenance:
             crls.wanted.clear()
             try:
                 self._watch_revocations()
+                self._on_poll()
                 self._lead(self._lease.hold())
                 # The other half: taking or renewing the lease is a write. A database that
                 # reads but cannot be written (locked, read-only, full) issues nothing, so

@@ -196,8 +196,20 @@ def start_server(
     http = _start_http(ca, reuse_port)
     health_servicer = health.HealthServicer()
 
-    def store_health(ok: bool) -> None:
-        # While the database cannot be used, load balancers should send callers elsewhere.
+    # gRPC health says what /healthz says (see healthy() below), checked at every maintenance
+    # poll and whenever the store's health changes: load balancers send callers elsewhere.
+    said: list[bool | None] = [None]
+    checks: list[Callable[[], tuple[bool, str]]] = []
+
+    def refresh_health(*_: object) -> None:
+        if not checks:
+            return
+        ok, why = checks[0]()
+        if ok == said[0]:
+            return
+        said[0] = ok
+        if not ok:
+            log.warning("not_serving", reason=why)
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if ok
@@ -211,7 +223,10 @@ def start_server(
     if meters.commit not in commit_observers:
         commit_observers.append(meters.commit)
     maintenance = Maintenance(
-        ca.authority, on_store_health=store_health, on_job_done=meters.job_done
+        ca.authority,
+        on_store_health=refresh_health,
+        on_job_done=meters.job_done,
+        on_poll=refresh_health,
     )
     maintenance.start()
     if maintenance.leader:  # one process of several; the others find nothing new to record
@@ -253,7 +268,6 @@ def start_server(
             http.stop()
         maintenance.stop()
         raise
-    store_health(maintenance.store_ok)
     address = _bound_address(settings.listen, port)
     shutting_down = threading.Event()
 
@@ -269,6 +283,9 @@ def start_server(
         if serving.current.certificate.not_valid_after_utc <= now:
             return False, "the serving certificate has expired"
         return True, ""
+
+    checks.append(healthy)
+    refresh_health()
 
     metrics_http = _start_metrics(ca, MetricsState(ca.authority, serving), healthy, reuse_port)
     serve_json = DataDir(ca.config.data_dir).serve_json if write_serve_json else None

@@ -6,6 +6,7 @@ GET /healthz tells the truth."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -117,16 +118,38 @@ def test_ocsp_answers_are_counted_by_status_and_cache_hit(clocked) -> None:  # t
     )
 
 
-def test_healthz_says_serving_until_the_issuing_ca_has_expired(clocked) -> None:  # type: ignore[no-untyped-def]
+def _grpc_health(ca: CaServer) -> int:
+    """What grpc.health.v1 answers for the whole server (asked of the servicer itself: with
+    the clock years ahead, a re-issued serving certificate is not yet valid for a real TLS
+    client)."""
+    from grpc_health.v1 import health_pb2
+
+    reply = ca.running.health.Check(health_pb2.HealthCheckRequest(), None)  # type: ignore[arg-type]
+    return int(reply.status)
+
+
+def _await_grpc_health(ca: CaServer, status: int) -> None:
+    deadline = time.monotonic() + 10  # the maintenance thread looks every 250 ms
+    while _grpc_health(ca) != status:
+        assert time.monotonic() < deadline, f"gRPC health never became {status}"
+        time.sleep(0.05)
+
+
+def test_health_says_serving_until_the_issuing_ca_has_expired(clocked) -> None:  # type: ignore[no-untyped-def]
+    from grpc_health.v1 import health_pb2
+
     ca, clock = clocked
     assert _healthz(ca.running.metrics_address) == (200, "ok\n")
+    assert _grpc_health(ca) == health_pb2.HealthCheckResponse.SERVING
     expires = ca.authority.issuer.certificate.not_valid_after_utc
     clock.set(expires + dt.timedelta(seconds=1))
     try:
         code, text = _healthz(ca.running.metrics_address)
+        _await_grpc_health(ca, health_pb2.HealthCheckResponse.NOT_SERVING)
     finally:
         clock.set(dt.datetime.now(dt.UTC))
     assert code == 503 and "issuing CA certificate has expired" in text
+    _await_grpc_health(ca, health_pb2.HealthCheckResponse.SERVING)
 
 
 def test_an_unknown_path_is_404_and_the_api_port_serves_no_metrics(clocked) -> None:  # type: ignore[no-untyped-def]
