@@ -1195,3 +1195,9 @@ def test_max_names_is_configurable_and_holds_at_enroll_and_renewal(
     with pytest.raises(LimitExceeded, match=r"renewed asks for 3 .* at most 2"):
         narrow.renew(narrow.authenticate(peer(issued)), make_csr(uris=[WEB_ID])[1], None)
     issue(narrow, dns=tuple(hosts(2)))
+
+
+def test_a_token_for_a_zoned_ipv6_address_is_refused(authority: CertificateAuthority) -> None:
+    # The certificate could only carry fe80::1: the token must not promise fe80::1%eth0.
+    with pytest.raises(InvalidRequest, match=r"fe80::1%eth0 has a zone"):
+        authority.create_token(ADMIN, WEB_ID, [], ["fe80::1%eth0"], None, None)

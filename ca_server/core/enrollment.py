@@ -78,6 +78,11 @@ class Enrollment:
             ips = tuple(dict.fromkeys(ipaddress.ip_address(i) for i in ip_addresses))
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
+        scoped = [str(ip) for ip in ips if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id]
+        if scoped:  # a certificate's IP SAN has no zone: the token would promise what it cannot
+            raise InvalidRequest(
+                f"IP address {scoped[0]} has a zone (%...): give the address alone"
+            )
         names = RequestedNames(sid, dns, ips)
         check_name_count(self.settings, names, "the token")
         check_request(self._policy, caller, names)
