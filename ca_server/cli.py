@@ -32,6 +32,7 @@ from .files import load_private_key
 from .logs import configure_logging
 from .migrate import migrate, terminal_progress
 from .server import raise_open_file_limit, start_server
+from .status_report import collect, render
 from .store import open_store
 from .store.sql import SqlStore
 from .supervisor import Supervisor, check_loads
@@ -108,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
         "before they expire: the server warns months ahead)",
     )
     common(root_sign)
+
+    status = sub.add_parser(
+        "status",
+        help="the CA's state: its certificates and their expiries, the store, the listeners, "
+        "the last CRL, counts (--json for scripts)",
+    )
+    common(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
 
     audit = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
@@ -473,6 +482,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _root_sign(data_dir, args)
         if args.command == "audit":
             return _audit_verify(data_dir, args)
+        if args.command == "status":
+            if not DataDir(data_dir).exists():
+                raise ConfigurationError(f"{data_dir} holds no Signet CA: run ca-server init first")
+            report = collect(data_dir)
+            print(json.dumps(report, indent=2) if args.json else render(report))
+            return 0
         if args.command == "keys":
             return _keys_rewrap(data_dir, args)
         if args.command == "init":

@@ -178,3 +178,27 @@ def test_with_two_workers_every_scrape_adds_up_both(workers: Workers, tmp_path: 
     for _ in range(6):
         samples = _scrape(address)
         assert _value(samples, "signet_certificates_issued_total", method="sign") == before + 24
+
+
+def test_ca_server_status_tells_a_person_and_a_script_the_cas_state(
+    clocked, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from tests.test_cli import _run
+
+    ca, _ = clocked
+    text = _run("status", "--data-dir", ca.data_dir, cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert "Signet CA in" in text.stdout and "intermediate" in text.stdout
+    assert "server        running" in text.stdout and ca.address in text.stdout
+    as_json = _run("status", "--data-dir", ca.data_dir, "--json", cwd=tmp_path)
+    report = json.loads(as_json.stdout)
+    assert report["intermediate"]["not_after"] == (
+        ca.authority.issuer.certificate.not_valid_after_utc.isoformat()
+    )
+    assert report["server"]["listen"] == ca.address
+    assert report["certificates"]["live"] >= 1 and report["crl"]["number"] >= 1
+    assert report["root_key_online"] is True and report["root_crl_next_update"]
+    missing = _run("status", "--data-dir", tmp_path / "nothing", cwd=tmp_path)
+    assert missing.returncode == 1 and "holds no Signet CA" in missing.stderr
