@@ -65,6 +65,7 @@ CA_CERT_PATH = "/ca.crt"
 ROOT_CERT_PATH = "/root.crt"
 ROOT_CRL_PATH = "/root.crl"
 CRL_PEM_PATH = "/crl.pem"  # every CRL of the chain in one PEM file, as nginx ssl_crl wants
+SPIFFE_BUNDLE_PATH = "/spiffe-bundle"  # the roots as a SPIFFE bundle (JWK Set)
 OCSP_TYPE = b"application/ocsp-response"
 
 _REASONS = {
@@ -135,6 +136,7 @@ class RelyingParty:
         self._inline = inline_reads
         self._ca_cert_der = authority.issuer.certificate.public_bytes(serialization.Encoding.DER)
         self._root_cert_der = authority.root.public_bytes(serialization.Encoding.DER)
+        self._spiffe_bundle = authority.spiffe_bundle().encode()
         self._crl_pem: tuple[bytes, bytes, bytes] | None = None  # (CRL, root CRL, PEM of both)
 
     def route(self, request: Request, *, may_block: bool = False) -> Reply | None:
@@ -172,6 +174,10 @@ class RelyingParty:
                 return self._crl_chain(request, self._ca.crl())
             crl = self._ca.crls.ready() if reads else None
             return None if crl is None else self._crl_chain(request, crl)
+        if path == SPIFFE_BUNDLE_PATH:
+            if method not in ("GET", "HEAD"):
+                return _text(405, "method not allowed", Allow="GET, HEAD")
+            return Reply(200, self._spiffe_bundle, b"application/json")
         if path in (CA_CERT_PATH, ROOT_CERT_PATH, ROOT_CRL_PATH):
             if method not in ("GET", "HEAD"):
                 return _text(405, "method not allowed", Allow="GET, HEAD")

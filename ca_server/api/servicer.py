@@ -181,7 +181,9 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         self._caller(context)
         root, intermediates = self._ca.trust_bundle()
         return ca_pb2.GetTrustBundleResponse(
-            root_certificates_pem=root, intermediate_certificates_pem=intermediates
+            root_certificates_pem=root,
+            intermediate_certificates_pem=intermediates,
+            spiffe_bundle_json=self._ca.spiffe_bundle(),
         )
 
     def CreateBootstrapToken(

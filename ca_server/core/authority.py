@@ -25,6 +25,7 @@ from .profile import Issuer, fingerprint_sha256, parse_serial, pem, serial_hex
 from .revocation import Reason
 from .revoker import Revoker
 from .root_documents import RootPublisher
+from .spiffe_bundle import spiffe_bundle
 from .status import StatusResult, StatusService
 from .store import Store
 
@@ -169,6 +170,10 @@ class CertificateAuthority:
 
     def trust_bundle(self) -> tuple[str, str]:
         return pem(self.root), self.issuer.chain_pem
+
+    def spiffe_bundle(self) -> str:
+        """The trust bundle in the SPIFFE bundle format (JSON)."""
+        return spiffe_bundle([self.root])
 
     def root_fingerprint(self) -> str:
         return fingerprint_sha256(self.root)

@@ -354,17 +354,23 @@ class GetTrustBundleResponse(_message.Message):
 
     ROOT_CERTIFICATES_PEM_FIELD_NUMBER: _builtins.int
     INTERMEDIATE_CERTIFICATES_PEM_FIELD_NUMBER: _builtins.int
+    SPIFFE_BUNDLE_JSON_FIELD_NUMBER: _builtins.int
     root_certificates_pem: _builtins.str
     intermediate_certificates_pem: _builtins.str
+    spiffe_bundle_json: _builtins.str
+    """The roots as a SPIFFE bundle (a JWK Set with spiffe_sequence and spiffe_refresh_hint),
+    what SPIRE, Envoy and go-spiffe consume; the same document as HTTP GET /spiffe-bundle.
+    """
     def __init__(
         self,
         *,
         root_certificates_pem: _builtins.str = ...,
         intermediate_certificates_pem: _builtins.str = ...,
+        spiffe_bundle_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["intermediate_certificates_pem", b"intermediate_certificates_pem", "root_certificates_pem", b"root_certificates_pem"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["intermediate_certificates_pem", b"intermediate_certificates_pem", "root_certificates_pem", b"root_certificates_pem", "spiffe_bundle_json", b"spiffe_bundle_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
