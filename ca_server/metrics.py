@@ -31,6 +31,7 @@ _ISSUING = {
     "/signet.ca.v1.CertificateAuthority/Enroll": "enroll",
 }
 _ENROLL = "/signet.ca.v1.CertificateAuthority/Enroll"
+FLUSH_EVERY = 1.0  # seconds: how stale the batched OCSP counts may be in a scrape
 
 
 class Metrics:
@@ -73,6 +74,9 @@ class Metrics:
             "signet_store_commit_batch_size", "Writes committed together in one transaction",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r,
         )  # fmt: skip
+        self._pending: dict[tuple[str, bool], int] = {}
+        self._pending_lock = threading.Lock()
+        threading.Thread(target=self._flush_forever, name="metrics-flush", daemon=True).start()
         self.job_success = Gauge(
             "signet_background_job_last_success_timestamp_seconds",
             "When a background job last finished without error, by job", ["job"],
@@ -92,7 +96,22 @@ class Metrics:
         self.revoked.labels(reason.lower()).inc()
 
     def ocsp_answer(self, status: str, cached: bool) -> None:
-        self.ocsp.labels(status, "hit" if cached else "miss").inc()
+        """Counted here and added to the shared counter by flush(): an OCSP answer costs ~40 µs
+        and a multi-process counter increment ~3 µs, so they are not paid one by one."""
+        key = (status, cached)
+        with self._pending_lock:
+            self._pending[key] = self._pending.get(key, 0) + 1
+
+    def flush(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        for (status, cached), n in pending.items():
+            self.ocsp.labels(status, "hit" if cached else "miss").inc(n)
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(FLUSH_EVERY)
+            self.flush()
 
     def commit(self, batch: int, seconds: float) -> None:
         self.store_batch.observe(batch)
@@ -184,6 +203,7 @@ def exposition(state: CaState | None) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    instruments().flush()  # this process's batched counts; other workers' within FLUSH_EVERY
     if multiprocess():
         counters = CollectorRegistry()
         MultiProcessCollector(counters)  # type: ignore[no-untyped-call]
