@@ -442,6 +442,14 @@ def _keys_rewrap(data_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(data_dir: Path, args: argparse.Namespace) -> int:
+    if not DataDir(data_dir).exists():
+        raise ConfigurationError(f"{data_dir} holds no Signet CA: run ca-server init first")
+    report = collect(data_dir)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
     """Copy everything; the source CA must not be serving meanwhile (its serve.lock)."""
     if not args.source.startswith("sqlite:///"):
@@ -483,11 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "audit":
             return _audit_verify(data_dir, args)
         if args.command == "status":
-            if not DataDir(data_dir).exists():
-                raise ConfigurationError(f"{data_dir} holds no Signet CA: run ca-server init first")
-            report = collect(data_dir)
-            print(json.dumps(report, indent=2) if args.json else render(report))
-            return 0
+            return _status(data_dir, args)
         if args.command == "keys":
             return _keys_rewrap(data_dir, args)
         if args.command == "init":
