@@ -42,6 +42,11 @@ class ServerSettings:
     serving_validity: dt.timedelta = dt.timedelta(hours=24)
     shutdown_grace: dt.timedelta = dt.timedelta(seconds=10)
     max_workers: int = 16
+    # WatchRevocations streams each hold a thread while open: at most this many per process
+    # (more are RESOURCE_EXHAUSTED), served by threads of their own beside max_workers.
+    max_watchers: int = 256
+    # A stream whose reader has not taken a message for this long is cut off.
+    watch_stall_timeout: dt.timedelta = dt.timedelta(seconds=30)
     workers: int = 0  # server processes sharing the ports; 0: one per core
     store: str = ""  # empty: sqlite:///<data-dir>/ca.db
 
@@ -136,6 +141,10 @@ serving_validity = "{d(s.serving_validity)}"
 shutdown_grace = "{d(s.shutdown_grace)}"
 # Threads serving RPCs, in each server process.
 max_workers = {s.max_workers}
+# Open WatchRevocations streams per server process (each holds a thread of its own), and how
+# long a stream's reader may leave a message untaken before the stream is cut off.
+max_watchers = {s.max_watchers}
+watch_stall_timeout = "{d(s.watch_stall_timeout)}"
 # Server processes sharing the ports (flag --workers, env SIGNET_WORKERS); 0: one per core.
 workers = {s.workers}
 # Database URL; empty means sqlite:///<data-dir>/ca.db (flag --store, env SIGNET_STORE).
@@ -351,6 +360,8 @@ def load_config(
             "serving_validity",
             "shutdown_grace",
             "max_workers",
+            "max_watchers",
+            "watch_stall_timeout",
             "workers",
             "store",
             "public_url",
@@ -439,6 +450,8 @@ def load_config(
         serving_validity=srv.duration("serving_validity", defaults.serving_validity),
         shutdown_grace=srv.duration("shutdown_grace", defaults.shutdown_grace),
         max_workers=_positive_int(srv.get("max_workers", defaults.max_workers), "max_workers"),
+        max_watchers=_positive_int(srv.get("max_watchers", defaults.max_watchers), "max_watchers"),
+        watch_stall_timeout=srv.duration("watch_stall_timeout", defaults.watch_stall_timeout),
         workers=_workers(pick("workers", srv.get("workers", defaults.workers))),
         store=store,
     )

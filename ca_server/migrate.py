@@ -47,6 +47,11 @@ TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     ("crls", "number", ("number", "der", "this_update", "next_update", "epoch")),
     ("signed_documents", "name", ("name", "der", "this_update", "next_update")),
+    (
+        "revocation_events",
+        "sequence",
+        ("sequence", "serial", "kind", "at", "reason", "revoked_at", "not_after"),
+    ),
 )  # fmt: skip
 COUNTERS = ("crl_number", "revocations")
 BATCH = 500

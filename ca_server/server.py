@@ -25,10 +25,12 @@ from .api.interceptor import RpcInterceptor
 from .api.metrics_http import MetricsListener
 from .api.reflection import enable_reflection
 from .api.servicer import CertificateAuthorityServicer
+from .api.watch import WatchGovernor
 from .config import audited_settings
 from .core.config_audit import record_config_change
 from .core.errors import ConfigurationError
 from .core.profile import PublicUrls
+from .core.revocation_feed import RevocationFeed
 from .datadir import DataDir, LoadedCa
 from .files import atomic_write
 from .maintenance import Maintenance
@@ -57,6 +59,8 @@ class RunningServer:
     bootstrap_address: str = ""
     metrics: MetricsListener | None = None
     shutting_down: threading.Event = dataclasses.field(default_factory=threading.Event)
+    revocation_feed: RevocationFeed | None = None  # its watch streams end at stop
+    watch: WatchGovernor | None = None
 
     @property
     def http_address(self) -> str:
@@ -70,6 +74,8 @@ class RunningServer:
         """Stop taking new RPCs, let in-flight ones finish within the grace period."""
         self.shutting_down.set()  # /healthz says so at once
         self.health.enter_graceful_shutdown()
+        if self.revocation_feed is not None:
+            self.revocation_feed.close()  # open watch streams end now, not after the grace
         if self.bootstrap:
             self.bootstrap.stop(grace_seconds).wait()
         self.server.stop(grace_seconds).wait()
@@ -242,11 +248,15 @@ def start_server(
         SharedCredential(data.serving_credential),
     )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        # Each open watch stream holds a thread: those have threads of their own.
+        futures.ThreadPoolExecutor(
+            max_workers=settings.max_workers + settings.max_watchers, thread_name_prefix="rpc"
+        ),
         interceptors=[RpcInterceptor()],
         options=_grpc_options(reuse_port),
     )
-    servicer = CertificateAuthorityServicer(ca.authority)
+    watch = WatchGovernor(settings.max_watchers, settings.watch_stall_timeout.total_seconds())
+    servicer = CertificateAuthorityServicer(ca.authority, watch)
     ca_pb2_grpc.add_CertificateAuthorityServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(server, [SERVICE_NAME, health.SERVICE_NAME])
@@ -311,4 +321,6 @@ def start_server(
         bootstrap_address,
         metrics_http,
         shutting_down,
+        ca.authority.revocation_feed,
+        watch,
     )

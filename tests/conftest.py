@@ -156,7 +156,8 @@ def start_ca(
             "bootstrap_listen": "127.0.0.1:0",
             **(server or {}),
         }.items():
-            text = _set(text, name, f'"{value}"' if not value.startswith("[") else value)
+            bare = value.startswith("[") or value.isdigit()  # TOML arrays and integers
+            text = _set(text, name, value if bare else f'"{value}"')
         config_path.write_text(text + extra_config)
     loaded = load_ca(load_config(data_dir, env={}), None, clock)
     return CaServer(data_dir, loaded, start_server(loaded))

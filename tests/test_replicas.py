@@ -109,6 +109,8 @@ def test_either_replica_answers_for_what_the_other_did(
         assert status.status == ca_pb2.GOOD
         holder_a = a.stub(stack, (issued.certificate_pem + issued.chain_pem).encode(), key_pem(key))
         holder_a.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)  # cached as good
+        watch = admin_a.WatchRevocations(ca_pb2.WatchRevocationsRequest(), timeout=30)
+        head = next(watch).head_sequence
 
         # Issued on A, revoked on B: A must honour it.
         admin_b.RevokeCertificate(
@@ -116,6 +118,10 @@ def test_either_replica_answers_for_what_the_other_did(
             timeout=10,
         )
         revoked_at = time.monotonic()
+        (pushed,) = next(m for m in watch if m.events).events  # A's watchers hear of it
+        assert (pushed.sequence, pushed.serial_number) == (head + 1, issued.serial_number)
+        assert time.monotonic() - revoked_at < PROPAGATION_BOUND
+        watch.cancel()
         status = admin_a.GetCertificateStatus(
             ca_pb2.GetCertificateStatusRequest(serial_number=issued.serial_number), timeout=10
         )

@@ -396,6 +396,57 @@ def test_a_second_store_on_the_same_database_sees_the_first_ones_writes(
         reader.close()
 
 
+def test_revocation_events_are_gap_free_in_commit_order_across_stores(
+    opener: Callable[[], Store],
+) -> None:
+    """Two stores (two processes, or replicas) revoking at once: one sequence, 1..n, each
+    number the epoch after its change, every change once; releases are events too."""
+    first, second = opener(), opener()
+    try:
+        serials = [f"e{n:03x}" for n in range(40)]
+        for serial in serials:
+            first.add_certificate(record(serial), issue_event(serial))
+        at = NOW + dt.timedelta(hours=1)
+        start = threading.Barrier(2)
+
+        def revoke(store: Store, mine: list[str]) -> None:
+            start.wait(timeout=30)
+            for serial in mine:
+                reason = Reason.CERTIFICATE_HOLD if serial == "e000" else Reason.SUPERSEDED
+                assert store.revoke(serial, at, reason, AuditEvent(at, "revoke", ADMIN, serial))
+
+        with ThreadPoolExecutor(2) as pool:
+            done = [
+                pool.submit(revoke, first, serials[::2]),
+                pool.submit(revoke, second, serials[1::2]),
+            ]
+            for future in done:
+                future.result(timeout=60)
+        first.release_hold("e000", AuditEvent(at, "release-hold", ADMIN, "e000"))
+        events = second.revocation_events(0, 1000)
+        assert [e.sequence for e in events] == list(range(1, 42))
+        assert second.revocation_epoch() == 41
+        assert sorted(e.serial for e in events[:-1]) == serials
+        assert (events[-1].serial, events[-1].kind) == ("e000", "released")
+        held = next(e for e in events if e.serial == "e000" and e.kind == "revoked")
+        assert (held.reason, held.revoked_at, held.at) == (Reason.CERTIFICATE_HOLD, at, at)
+        assert [e.sequence for e in first.revocation_events(39, 1000)] == [40, 41]
+        assert len(first.revocation_events(0, 5)) == 5
+    finally:
+        first.close()
+        second.close()
+
+
+def test_pruning_expired_certificates_drops_their_revocation_events(store: Store) -> None:
+    at = NOW + dt.timedelta(minutes=1)
+    store.add_certificate(record("f1", not_after=NOW + dt.timedelta(hours=1)), issue_event("f1"))
+    store.add_certificate(record("f2", not_after=NOW + dt.timedelta(days=9)), issue_event("f2"))
+    for serial in ("f1", "f2"):
+        store.revoke(serial, at, Reason.SUPERSEDED, AuditEvent(at, "revoke", ADMIN, serial))
+    assert store.prune_expired(NOW + dt.timedelta(days=1), 100) == 1
+    assert [(e.sequence, e.serial) for e in store.revocation_events(0, 10)] == [(2, "f2")]
+
+
 # -- leases and the shared CRL ------------------------------------------------------------------
 
 

@@ -3,11 +3,14 @@ file opened by several processes at once). Everything else: test_store.py, for e
 
 from __future__ import annotations
 
+import datetime as dt
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
 
+from ca_server.core.revocation import Reason
+from ca_server.core.store import AuditEvent
 from ca_server.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.test_store import db_path, issue_event, raw, record  # noqa: F401 - fixture
 
@@ -83,5 +86,42 @@ def test_an_audit_trail_from_before_the_hash_chain_is_kept_and_sealed(db_path: P
         [row] = store.sealed_audit(0, 10)
         assert (row.action, row.peer, row.outcome, row.seq) == ("init", "", "ok", 1)
         assert verify_store(store).ok
+    finally:
+        store.close()
+
+
+def test_certificates_revoked_before_events_were_kept_get_events_up_to_the_epoch(
+    db_path: Path,
+) -> None:
+    import sqlite_utils
+
+    from ca_server.store.sqlite import MIGRATIONS
+
+    db_path.parent.mkdir(parents=True)
+    old = sqlite_utils.Database(db_path)
+    for step in MIGRATIONS[:13]:  # schema v13: no revocation_events
+        step(old)
+    old.execute("PRAGMA user_version = 13")
+    for serial, revoked_at in (("b2", 200), ("a1", 100)):
+        old.execute(
+            "INSERT INTO certificates (serial, identity, not_before, not_after, status, "
+            "revoked_at, reason, fingerprint_sha256, der) "
+            "VALUES (?, 'spiffe://signet.local/x', 0, 9999999999, 'revoked', ?, 1, ?, x'00')",
+            [serial, revoked_at, serial],
+        )
+    old.execute("UPDATE meta SET value = '3' WHERE key = 'revocations'")  # and one release
+    old.conn.commit()
+    old.close()
+    store = SqliteStore(db_path)
+    try:
+        events = store.revocation_events(0, 10)
+        assert [(e.sequence, e.serial, e.kind) for e in events] == [
+            (2, "a1", "revoked"),
+            (3, "b2", "revoked"),
+        ]
+        store.add_certificate(record("c3"), issue_event("c3"))
+        at = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+        store.revoke("c3", at, Reason.SUPERSEDED, AuditEvent(at, "revoke", "admin", "c3"))
+        assert [e.sequence for e in store.revocation_events(3, 10)] == [4]
     finally:
         store.close()

@@ -207,11 +207,17 @@ def test_a_revocation_through_one_worker_is_honoured_by_the_others_within_a_seco
             0xA000,
         )  # the holder's worker has it cached as good (for an hour, by the config)
         holder.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)
+        # And a watch stream on the holder's worker hears of it (the holder itself watching).
+        watch = holder.WatchRevocations(ca_pb2.WatchRevocationsRequest(), timeout=30)
+        head = next(watch).head_sequence
         admin.RevokeCertificate(
             ca_pb2.RevokeCertificateRequest(serial_number=issued.serial_number, reason=1),
             timeout=10,
         )
         revoked_at = time.monotonic()
+        heard = next(e for m in watch for e in m.events if e.sequence > head)
+        assert heard.serial_number == issued.serial_number
+        assert time.monotonic() - revoked_at < 1.0, "the other worker's watchers heard late"
         while True:
             try:
                 holder.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=10)

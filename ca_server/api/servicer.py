@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, cast
 
 import grpc
@@ -13,13 +15,16 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
 from ..core.authority import CertificateAuthority, Issued
-from ..core.errors import InvalidRequest, Unauthenticated
+from ..core.errors import InvalidRequest, OutOfRange, Unauthenticated, Unavailable
 from ..core.ocsp import CertStatus
 from ..core.policy import Caller
 from ..core.profile import serial_hex
 from ..core.revocation import Reason
-from ..core.store import AuditRecord, CertificateRecord
+from ..core.store import AuditRecord, CertificateRecord, RevocationEvent
 from ..metrics import instruments
+from .watch import WatchGovernor
+
+HEARTBEAT = 15.0  # seconds between messages of an idle watch stream
 
 _STATUS = {
     CertStatus.GOOD: ca_pb2.GOOD,
@@ -104,9 +109,30 @@ def _summary(r: CertificateRecord) -> ca_pb2.CertificateSummary:
     )
 
 
+def _revocation_event(e: RevocationEvent) -> ca_pb2.RevocationEvent:
+    return ca_pb2.RevocationEvent(
+        sequence=e.sequence,
+        serial_number=e.serial,
+        kind=ca_pb2.RevocationEvent.REVOKED
+        if e.kind == "revoked"
+        else ca_pb2.RevocationEvent.RELEASED,
+        reason=_reason(e.reason),
+        revoked_at=_ts(e.revoked_at),
+        time=_ts(e.at),
+        not_after=_ts(e.not_after),
+    )
+
+
+def _revocations(head: int, events: Sequence[RevocationEvent]) -> ca_pb2.WatchRevocationsResponse:
+    return ca_pb2.WatchRevocationsResponse(
+        events=[_revocation_event(e) for e in events], head_sequence=head
+    )
+
+
 class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
-    def __init__(self, authority: CertificateAuthority) -> None:
+    def __init__(self, authority: CertificateAuthority, watch: WatchGovernor | None = None) -> None:
         self._ca = authority
+        self._watch = watch or WatchGovernor(limit=16, stall_timeout=30.0)
 
     def _caller(self, context: grpc.ServicerContext) -> Caller:
         # grpc-stubs types auth_context values as ints; they are bytes.
@@ -250,3 +276,43 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         return ca_pb2.ListAuditEventsResponse(
             events=[_event(r) for r in page.events], next_page_token=page.next_page_token
         )
+
+    def WatchRevocations(
+        self, request: ca_pb2.WatchRevocationsRequest, context: grpc.ServicerContext
+    ) -> Iterator[ca_pb2.WatchRevocationsResponse]:
+        self._caller(context)
+        feed = self._ca.revocation_feed
+        since = request.since_sequence
+        head = feed.head()
+        if since > head:
+            raise OutOfRange(
+                f"since_sequence {since} is ahead of this CA's newest revocation event "
+                f"({head}), e.g. after a restore from backup: watch again from 0"
+            )
+        with self._watch.stream(context) as stream:
+            beat = -HEARTBEAT  # the first message goes out at once, events or not
+            while context.is_active():
+                if feed.closed:
+                    raise Unavailable(
+                        "this CA server is shutting down: watch again, from the last "
+                        "sequence received"
+                    )
+                # Asked each round (a cache hit): a caller revoked meanwhile is cut off, once
+                # it has been sent what happened so far (its own revocation among it).
+                try:
+                    self._caller(context)
+                except Unauthenticated:
+                    head, events = feed.after(since, wait=0)
+                    if events:
+                        yield _revocations(head, events)
+                    raise
+                head, events = feed.after(since, wait=1.0)
+                if not events and time.monotonic() - beat < HEARTBEAT:
+                    continue
+                message = _revocations(head, events)
+                self._watch.sending(stream)
+                yield message
+                self._watch.sent(stream)
+                beat = time.monotonic()
+                # Without events the reader has all up to head (the rest expired and pruned).
+                since = events[-1].sequence if events else max(since, head)

@@ -23,6 +23,7 @@ from .listing import Listing, Page
 from .policy import Caller, Policy
 from .profile import Issuer, fingerprint_sha256, parse_serial, pem, serial_hex
 from .revocation import Reason
+from .revocation_feed import RevocationFeed
 from .revoker import Revoker
 from .root_documents import RootPublisher
 from .spiffe_bundle import spiffe_bundle
@@ -97,6 +98,9 @@ class CertificateAuthority:
         )
         self._listing = Listing(store=store)
         self._audit = AuditTrail(store=store)
+        # WatchRevocations wakes for revocations here at once, for others' within a poll.
+        self.revocation_feed = RevocationFeed(store)
+        self._revoker.on_revocation(self.revocation_feed.changed)
         self._elsewhere: list[Callable[[], None]] = []
 
         # The calls answered by one part alone are that part's methods.
@@ -156,6 +160,7 @@ class CertificateAuthority:
             row = self.store.get_status(serial_hex(signer))
             if row is not None and row.status == "revoked":
                 self.responder.drop_signer(signer)
+        self.revocation_feed.changed()
         for listener in self._elsewhere:
             listener()
 

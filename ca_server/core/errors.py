@@ -2,7 +2,8 @@
 
 SignetError
 ├── InvalidRequest        a malformed or unacceptable request (bad CSR, bad field)
-│   └── WeakKey           a key type or size the CA does not accept
+│   ├── WeakKey           a key type or size the CA does not accept
+│   └── OutOfRange        a position past the end (a stream resumed ahead of the CA)
 ├── PolicyViolation       the caller may not have what it asked for
 ├── Unauthenticated       no usable caller identity (unknown, revoked, expired)
 ├── NotFound              no such certificate
@@ -25,6 +26,10 @@ class InvalidRequest(SignetError):
 
 
 class WeakKey(InvalidRequest):
+    pass
+
+
+class OutOfRange(InvalidRequest):
     pass
 
 

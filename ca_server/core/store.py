@@ -96,6 +96,20 @@ class AuditRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RevocationEvent:
+    """One change of a certificate's revocation state, in the order every process sees them:
+    `sequence` is the store's revocation epoch after the change (gap-free, commit-ordered)."""
+
+    sequence: int
+    serial: str
+    kind: Literal["revoked", "released"]
+    at: dt.datetime  # when the change was made
+    reason: Reason | None  # for "revoked"
+    revoked_at: dt.datetime | None  # for "revoked"
+    not_after: dt.datetime  # the certificate's: after it, the event no longer matters
+
+
+@dataclass(frozen=True, slots=True)
 class Seal:
     """A row's place in the hash chain, given when it is sealed."""
 
@@ -240,6 +254,11 @@ class Store(Protocol):
 
     def revoked_unexpired(self, now: dt.datetime) -> Sequence[RevokedEntry]:
         """Revoked certificates not yet expired (not_after >= now): what a CRL lists."""
+        ...
+
+    def revocation_events(self, after: int, limit: int) -> Sequence[RevocationEvent]:
+        """Events with sequence > after, oldest first. Events of certificates removed by
+        retention are gone with them."""
         ...
 
     def revocation_epoch(self) -> int:

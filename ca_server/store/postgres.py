@@ -18,7 +18,7 @@ import psycopg
 import psycopg_pool
 
 from ..core.errors import ConfigurationError, Unavailable
-from .sql import Cursor, SqlStore, Tx
+from .sql import Cursor, SqlStore, Tx, backfill_revocation_events
 
 CONNECT_TIMEOUT = 3  # seconds to open a connection
 POOL_TIMEOUT = 5.0  # seconds a call waits for a free connection before it is UNAVAILABLE
@@ -132,8 +132,19 @@ def _v6(db: _PgDb) -> None:
     db.execute("CREATE INDEX certificates_expiry ON certificates (not_after)")
 
 
+def _v7(db: _PgDb) -> None:
+    # As SQLite's v14: WatchRevocations' events, numbered by the revocation epoch.
+    db.execute(
+        "CREATE TABLE revocation_events (sequence BIGINT PRIMARY KEY, serial TEXT NOT NULL, "
+        "kind TEXT NOT NULL, at BIGINT NOT NULL, reason INTEGER, revoked_at BIGINT, "
+        "not_after BIGINT NOT NULL)"
+    )
+    db.execute("CREATE INDEX revocation_events_expiry ON revocation_events (not_after)")
+    backfill_revocation_events(db)
+
+
 # Append only: the index is the schema version a migration produces (signet_schema.version).
-MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -27,6 +27,7 @@ from ..core.store import (
     OcspUpdate,
     Quota,
     QuotaExceeded,
+    RevocationEvent,
     RevokeOutcome,
     Seal,
     SignedDocument,
@@ -344,17 +345,47 @@ class SqlStore:
         """After a conditional status UPDATE: `done` (audited, epoch bumped) if it changed the
         row, else `refused` if the certificate exists, else NOT_FOUND."""
         if cursor.rowcount == 1:
-            self._changed_revocations(db, audit)
+            self._changed_revocations(db, audit, serial)
             return done
         exists = db.execute("SELECT 1 FROM certificates WHERE serial = ?", [serial]).fetchone()
         return refused if exists else RevokeOutcome.NOT_FOUND
 
-    def _changed_revocations(self, db: Db, audit: AuditEvent) -> None:
+    def _changed_revocations(self, db: Db, audit: AuditEvent, serial: str) -> None:
+        """The epoch moves and the change becomes the event of that number: the meta row is
+        locked until commit (SQLite: the write lock; PostgreSQL: the row lock), so replicas'
+        revocations take turns and the numbers are gap-free in commit order."""
         db.execute(
             "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) "
             "WHERE key = 'revocations'"
         )
+        db.execute(
+            "INSERT INTO revocation_events "
+            "(sequence, serial, kind, at, reason, revoked_at, not_after) "
+            "SELECT (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'revocations'), "
+            "serial, CASE WHEN status = 'revoked' THEN 'revoked' ELSE 'released' END, ?, "
+            "reason, revoked_at, not_after FROM certificates WHERE serial = ?",
+            [_epoch(audit.at), serial],
+        )
         self._append_audit(db, audit)
+
+    def revocation_events(self, after: int, limit: int) -> Sequence[RevocationEvent]:
+        rows = self._read(
+            "SELECT sequence, serial, kind, at, reason, revoked_at, not_after "
+            "FROM revocation_events WHERE sequence > ? ORDER BY sequence LIMIT ?",
+            [after, limit],
+        )
+        return [
+            RevocationEvent(
+                seq,
+                serial,
+                "revoked" if kind == "revoked" else "released",
+                _from_epoch(at),
+                Reason(reason) if reason is not None else None,
+                _from_epoch(revoked_at) if revoked_at is not None else None,
+                _from_epoch(not_after),
+            )
+            for seq, serial, kind, at, reason, revoked_at, not_after in rows
+        ]
 
     def list_certificates(self, query: ListQuery) -> Sequence[CertificateRecord]:
         # Newest last: by issued_at (whole seconds), then in the order the rows were written
@@ -602,7 +633,13 @@ class SqlStore:
                 "WHERE not_after < ? ORDER BY not_after LIMIT ?)",
                 [_epoch(expired_before), limit],
             )
-            return int(cursor.rowcount)
+            pruned = int(cursor.rowcount)
+            # Revocation events of certificates expired as long go too: after not_after a
+            # revocation no longer matters to anyone. (Few rows: one per revocation.)
+            db.execute(
+                "DELETE FROM revocation_events WHERE not_after < ?", [_epoch(expired_before)]
+            )
+            return pruned
 
         pruned: int = self._write(tx)
         return pruned
@@ -722,3 +759,17 @@ class SqlStore:
             reason=Reason(r["reason"]) if r["reason"] is not None else None,
             ocsp=ocsp,
         )
+
+
+def backfill_revocation_events(db: Db) -> None:
+    """Certificates revoked before events were kept: numbered up to the current epoch, in
+    the order they were revoked, so the numbers go on from there."""
+    db.execute(
+        "INSERT INTO revocation_events "
+        "(sequence, serial, kind, at, reason, revoked_at, not_after) "
+        "SELECT (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'revocations') "
+        "- (SELECT COUNT(*) FROM certificates WHERE status = 'revoked') "
+        "+ ROW_NUMBER() OVER (ORDER BY revoked_at, serial), "
+        "serial, 'revoked', revoked_at, reason, revoked_at, not_after "
+        "FROM certificates WHERE status = 'revoked'"
+    )

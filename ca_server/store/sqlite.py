@@ -18,7 +18,7 @@ from typing import Any
 import sqlite_utils
 
 from ..core.errors import ConfigurationError, Unavailable
-from .sql import SqlStore, Tx
+from .sql import SqlStore, Tx, backfill_revocation_events
 from .writer import GroupCommitWriter, describe
 
 # How long a writer or reader waits for another process's lock before the request is
@@ -170,6 +170,17 @@ def _v13(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX certificates_expiry ON certificates (not_after)")
 
 
+def _v14(db: sqlite_utils.Database) -> None:
+    # WatchRevocations: each change of revocation state, numbered by the revocation epoch.
+    db.execute(
+        "CREATE TABLE revocation_events (sequence INTEGER PRIMARY KEY, serial TEXT NOT NULL, "
+        "kind TEXT NOT NULL, at INTEGER NOT NULL, reason INTEGER, revoked_at INTEGER, "
+        "not_after INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX revocation_events_expiry ON revocation_events (not_after)")
+    backfill_revocation_events(db)
+
+
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1,
@@ -185,6 +196,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v11,
     _v12,
     _v13,
+    _v14,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -703,3 +703,121 @@ class ListAuditEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class WatchRevocationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_SEQUENCE_FIELD_NUMBER: _builtins.int
+    since_sequence: _builtins.int
+    """The last sequence already received; 0 starts from the oldest event kept (events of
+    certificates expired longer than the retention period are dropped with them). A value
+    ahead of the CA's newest event is OUT_OF_RANGE (e.g. after a restore from backup):
+    start again from 0.
+    """
+    def __init__(
+        self,
+        *,
+        since_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since_sequence", b"since_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRevocationsRequest: _TypeAlias = WatchRevocationsRequest  # noqa: Y015
+
+@_typing.final
+class RevocationEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[RevocationEvent._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: RevocationEvent._Kind.ValueType  # 0
+        REVOKED: RevocationEvent._Kind.ValueType  # 1
+        """The certificate is revoked (or its reason changed from certificateHold)."""
+        RELEASED: RevocationEvent._Kind.ValueType  # 2
+        """A certificateHold was released: the certificate is good again."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: RevocationEvent.Kind.ValueType  # 0
+    REVOKED: RevocationEvent.Kind.ValueType  # 1
+    """The certificate is revoked (or its reason changed from certificateHold)."""
+    RELEASED: RevocationEvent.Kind.ValueType  # 2
+    """A certificateHold was released: the certificate is good again."""
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Gap-free and increasing: the CA's revocation counter after this change."""
+    serial_number: _builtins.str
+    kind: Global___RevocationEvent.Kind.ValueType
+    reason: Global___RevocationReason.ValueType
+    """For REVOKED."""
+    @_builtins.property
+    def revoked_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was made."""
+
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """The certificate's expiry: after it the event no longer matters."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        serial_number: _builtins.str = ...,
+        kind: Global___RevocationEvent.Kind.ValueType = ...,
+        reason: Global___RevocationReason.ValueType = ...,
+        revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "revoked_at", b"revoked_at", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "not_after", b"not_after", "reason", b"reason", "revoked_at", b"revoked_at", "sequence", b"sequence", "serial_number", b"serial_number", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevocationEvent: _TypeAlias = RevocationEvent  # noqa: Y015
+
+@_typing.final
+class WatchRevocationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    HEAD_SEQUENCE_FIELD_NUMBER: _builtins.int
+    head_sequence: _builtins.int
+    """The CA's newest sequence when these events were read. A message without events means
+    the reader has everything up to head_sequence: resume from it (with events, from the
+    last event's sequence).
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevocationEvent]:
+        """In sequence order; empty in a heartbeat."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___RevocationEvent] | None = ...,
+        head_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "head_sequence", b"head_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRevocationsResponse: _TypeAlias = WatchRevocationsResponse  # noqa: Y015

@@ -84,6 +84,11 @@ class CertificateAuthorityStub:
                 request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.WatchRevocations = channel.unary_stream(
+                '/signet.ca.v1.CertificateAuthority/WatchRevocations',
+                request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.WatchRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class CertificateAuthorityServicer:
@@ -166,6 +171,19 @@ class CertificateAuthorityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRevocations(self, request, context):
+        """Every revocation and release of a certificateHold as it happens (any authenticated
+        caller), numbered in the order every worker and replica agrees on. The stream first
+        sends what happened after since_sequence, then each change within about a second, and a
+        heartbeat (no events, head_sequence) every 15 s; the first message comes at once. Resume
+        after a reconnect from the last sequence received (see head_sequence): no gap. A reader that leaves a message untaken for
+        watch_stall_timeout (30 s) is cut off; too many streams on one server process are
+        RESOURCE_EXHAUSTED (retry on another, or later).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CertificateAuthorityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +236,11 @@ def add_CertificateAuthorityServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'WatchRevocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRevocations,
+                    request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.WatchRevocationsRequest.FromString,
+                    response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.WatchRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -490,6 +513,33 @@ class CertificateAuthority:
             '/signet.ca.v1.CertificateAuthority/ListAuditEvents',
             signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsRequest.SerializeToString,
             signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/signet.ca.v1.CertificateAuthority/WatchRevocations',
+            signet_dot_ca_dot_v1_dot_ca__pb2.WatchRevocationsRequest.SerializeToString,
+            signet_dot_ca_dot_v1_dot_ca__pb2.WatchRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,15 @@ class CertificateAuthorityStub:
     """Pages through the audit trail, oldest first (admin only). Each event is sealed into a
     hash chain within a second of being written; `ca-server audit verify` checks the chain.
     """
+    WatchRevocations: _grpc.UnaryStreamMultiCallable[_ca_pb2.WatchRevocationsRequest, _ca_pb2.WatchRevocationsResponse]
+    """Every revocation and release of a certificateHold as it happens (any authenticated
+    caller), numbered in the order every worker and replica agrees on. The stream first
+    sends what happened after since_sequence, then each change within about a second, and a
+    heartbeat (no events, head_sequence) every 15 s; the first message comes at once. Resume
+    after a reconnect from the last sequence received (see head_sequence): no gap. A reader that leaves a message untaken for
+    watch_stall_timeout (30 s) is cut off; too many streams on one server process are
+    RESOURCE_EXHAUSTED (retry on another, or later).
+    """
 
 @_typing.type_check_only
 class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
@@ -105,6 +114,15 @@ class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_ca_pb2.ListAuditEventsRequest, _ca_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Pages through the audit trail, oldest first (admin only). Each event is sealed into a
     hash chain within a second of being written; `ca-server audit verify` checks the chain.
+    """
+    WatchRevocations: _aio.UnaryStreamMultiCallable[_ca_pb2.WatchRevocationsRequest, _ca_pb2.WatchRevocationsResponse]  # type: ignore[assignment]
+    """Every revocation and release of a certificateHold as it happens (any authenticated
+    caller), numbered in the order every worker and replica agrees on. The stream first
+    sends what happened after since_sequence, then each change within about a second, and a
+    heartbeat (no events, head_sequence) every 15 s; the first message comes at once. Resume
+    after a reconnect from the last sequence received (see head_sequence): no gap. A reader that leaves a message untaken for
+    watch_stall_timeout (30 s) is cut off; too many streams on one server process are
+    RESOURCE_EXHAUSTED (retry on another, or later).
     """
 
 class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
@@ -199,6 +217,21 @@ class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ca_pb2.ListAuditEventsResponse, _abc.Awaitable[_ca_pb2.ListAuditEventsResponse]]:
         """Pages through the audit trail, oldest first (admin only). Each event is sealed into a
         hash chain within a second of being written; `ca-server audit verify` checks the chain.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRevocations(
+        self,
+        request: _ca_pb2.WatchRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_ca_pb2.WatchRevocationsResponse], _abc.AsyncIterator[_ca_pb2.WatchRevocationsResponse]]:
+        """Every revocation and release of a certificateHold as it happens (any authenticated
+        caller), numbered in the order every worker and replica agrees on. The stream first
+        sends what happened after since_sequence, then each change within about a second, and a
+        heartbeat (no events, head_sequence) every 15 s; the first message comes at once. Resume
+        after a reconnect from the last sequence received (see head_sequence): no gap. A reader that leaves a message untaken for
+        watch_stall_timeout (30 s) is cut off; too many streams on one server process are
+        RESOURCE_EXHAUSTED (retry on another, or later).
         """
 
 def add_CertificateAuthorityServicer_to_server(servicer: CertificateAuthorityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
