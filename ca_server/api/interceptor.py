@@ -1,26 +1,29 @@
-"""Wraps every unary RPC: maps domain errors to statuses and writes one log line per call."""
+"""Wraps every unary RPC: maps domain errors to statuses (with their google.rpc.Status
+details, see errors.py) and writes one log line per call."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
-from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from ..core.errors import InvalidRequest, SignetError
+from ..core.errors import ErrorReason, InvalidRequest, LimitExceeded, SignetError
 from ..metrics import instruments
-from .errors import status_for
+from .errors import internal_status, rich_status, status_for
 
 log = structlog.get_logger("signet.rpc")
 
 _OUR_SERVICE = "/signet.ca.v1."
+
+# The largest request we read. It is checked here, not by gRPC's own limit, so that the
+# refusal carries its details; gRPC's limit (TRANSPORT_LIMIT, what servers are built with)
+# stays as a backstop against what is far larger, refused by gRPC's core without details.
+MAX_REQUEST_BYTES = 1024 * 1024
+TRANSPORT_LIMIT = 4 * MAX_REQUEST_BYTES
 
 if TYPE_CHECKING:  # generic only in grpc-stubs, not at run time
     _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
@@ -68,14 +71,6 @@ class RpcInterceptor(_ServerInterceptor):
         )
 
 
-def _with_retry_info(code: grpc.StatusCode, message: str, seconds: float) -> grpc.Status:
-    detail = any_pb2.Any()
-    delay = duration_pb2.Duration(seconds=max(1, math.ceil(seconds)))
-    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return rpc_status.to_status(status)
-
-
 def _call(
     method: str,
     behavior: Callable[[Any, grpc.ServicerContext], Any],
@@ -86,29 +81,33 @@ def _call(
     structlog.contextvars.clear_contextvars()
     start = time.perf_counter()
     code = grpc.StatusCode.OK
-    message = None
+    message = reason = None
     try:
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise LimitExceeded(
+                f"the request is {len(raw)} bytes; the limit is {MAX_REQUEST_BYTES}",
+                reason=ErrorReason.REQUEST_TOO_LARGE,
+                metadata={"limit": str(MAX_REQUEST_BYTES)},
+            )
         try:
             request = deserialize(raw)
         except DecodeError as exc:
-            raise InvalidRequest(f"the request is not a valid protobuf message: {exc}") from None
+            raise InvalidRequest(
+                f"the request is not a valid protobuf message: {exc}",
+                reason=ErrorReason.REQUEST_MALFORMED,
+            ) from None
         return behavior(request, context)
     except SignetError as exc:
-        code, message = status_for(exc), str(exc)
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is None:
-            context.abort(code, message)
-        # google.rpc.Status with a RetryInfo: when the same call could succeed (clients and
-        # gRPC retry policies read it from the grpc-status-details-bin trailer).
-        context.abort_with_status(_with_retry_info(code, message, retry_after))
+        code, message, reason = status_for(exc), str(exc), exc.reason.value
+        context.abort_with_status(rich_status(exc))
     except Exception:
         aborted = cast(Any, context).code()  # grpc-stubs lacks ServicerContext.code()
         if aborted not in (None, grpc.StatusCode.OK):  # the handler aborted on purpose
             code = aborted
             raise
-        code = grpc.StatusCode.INTERNAL
+        code, reason = grpc.StatusCode.INTERNAL, ErrorReason.INTERNAL.value
         log.exception("rpc_internal_error", method=method)
-        context.abort(code, "internal error; the CA's log has the details")
+        context.abort_with_status(internal_status())
     finally:
         seconds = time.perf_counter() - start
         level = "info" if method.startswith(_OUR_SERVICE) else "debug"
@@ -119,5 +118,6 @@ def _call(
             code=code.name,
             duration_ms=round(seconds * 1000, 3),
             **({"error": message} if message else {}),
+            **({"reason": reason} if reason else {}),
         )
         instruments().rpc(method, code.name, seconds)

@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
 from ..core.authority import CertificateAuthority, Issued
-from ..core.errors import InvalidRequest, Unauthenticated
+from ..core.errors import ErrorReason, InvalidRequest, Unauthenticated
 from ..core.ocsp import CertStatus
 from ..core.policy import Caller
 from ..core.profile import serial_hex
@@ -36,13 +36,19 @@ def _ts(when: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def _validity(has: bool, value: duration_pb2.Duration) -> dt.timedelta | None:
+def _validity(has: bool, value: duration_pb2.Duration, name: str) -> dt.timedelta | None:
+    """An optional Duration field (named `name` in the request) as a timedelta."""
     if not has:
         return None
     try:
         return value.ToTimedelta()
     except (OverflowError, ValueError):
-        raise InvalidRequest("validity is out of range") from None
+        reason = (
+            ErrorReason.TOKEN_TTL_OUT_OF_RANGE
+            if name == "token_ttl"
+            else ErrorReason.VALIDITY_OUT_OF_RANGE
+        )
+        raise InvalidRequest("validity is out of range", reason=reason, field=name) from None
 
 
 def _when(request: Any, name: str) -> dt.datetime | None:
@@ -53,7 +59,9 @@ def _when(request: Any, name: str) -> dt.datetime | None:
     try:
         when: dt.datetime = getattr(request, name).ToDatetime(dt.UTC)
     except (ValueError, OverflowError):
-        raise InvalidRequest(f"{name} is not a valid timestamp") from None
+        raise InvalidRequest(
+            f"{name} is not a valid timestamp", reason=ErrorReason.TIMESTAMP_INVALID, field=name
+        ) from None
     return when
 
 
@@ -112,7 +120,10 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         # grpc-stubs types auth_context values as ints; they are bytes.
         certs = cast(list[bytes], context.auth_context().get("x509_pem_cert"))
         if not certs:
-            raise Unauthenticated("a client certificate issued by this CA is required")
+            raise Unauthenticated(
+                "a client certificate issued by this CA is required",
+                reason=ErrorReason.CLIENT_CERTIFICATE_MISSING,
+            )
         caller = self._ca.authenticate(certs[0])  # cached per certificate, so the peer is added
         structlog.contextvars.bind_contextvars(caller=caller.identity)
         return dataclasses.replace(caller, peer=context.peer())
@@ -121,14 +132,14 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         self, request: ca_pb2.SignCertificateRequest, context: grpc.ServicerContext
     ) -> ca_pb2.IssuedCertificate:
         caller = self._caller(context)
-        validity = _validity(request.HasField("validity"), request.validity)
+        validity = _validity(request.HasField("validity"), request.validity, "validity")
         return _issued(self._ca.sign(caller, request.csr_pem, validity))
 
     def RenewCertificate(
         self, request: ca_pb2.RenewCertificateRequest, context: grpc.ServicerContext
     ) -> ca_pb2.IssuedCertificate:
         caller = self._caller(context)
-        validity = _validity(request.HasField("validity"), request.validity)
+        validity = _validity(request.HasField("validity"), request.validity, "validity")
         return _issued(self._ca.renew(caller, request.csr_pem, validity, request.revoke_previous))
 
     def RevokeCertificate(
@@ -139,7 +150,9 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             reason = Reason(request.reason)
         except ValueError:
             raise InvalidRequest(
-                f"reason {request.reason} is not an RFC 5280 reason code"
+                f"reason {request.reason} is not an RFC 5280 reason code",
+                reason=ErrorReason.REVOCATION_REASON_INVALID,
+                field="reason",
             ) from None
         invalidity_date = _when(request, "invalidity_date")
         serial, revoked_at = self._ca.revoke(caller, request.serial_number, reason, invalidity_date)
@@ -195,8 +208,10 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             request.identity,
             list(request.dns_names),
             list(request.ip_addresses),
-            _validity(request.HasField("token_ttl"), request.token_ttl),
-            _validity(request.HasField("certificate_ttl"), request.certificate_ttl),
+            _validity(request.HasField("token_ttl"), request.token_ttl, "token_ttl"),
+            _validity(
+                request.HasField("certificate_ttl"), request.certificate_ttl, "certificate_ttl"
+            ),
         )
         return ca_pb2.CreateBootstrapTokenResponse(
             token=token,
@@ -224,7 +239,12 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         elif request.status == ca_pb2.REVOKED:
             status = "revoked"
         else:
-            raise InvalidRequest("status filter must be GOOD or REVOKED (or unset for all)")
+            raise InvalidRequest(
+                "status filter must be GOOD or REVOKED (or unset for all)",
+                reason=ErrorReason.STATUS_FILTER_INVALID,
+                field="status",
+            )
+
         expiring_before = _when(request, "expiring_before")
         page = self._ca.list_certificates(
             caller, status, expiring_before, request.page_size, request.page_token
