@@ -76,8 +76,9 @@ def test_an_identity_gets_at_most_the_rate_limit_per_window(pki, sqlite, clock) 
 def test_an_identity_holds_at_most_the_live_limit(pki, sqlite, clock) -> None:  # type: ignore[no-untyped-def]
     ca = _ca(pki, sqlite, clock, identity_live_limit=2, identity_rate_limit=0)
     first, _ = issue(ca), issue(ca)
-    with pytest.raises(LimitExceeded, match="holds 2 unrevoked, unexpired certificates"):
+    with pytest.raises(LimitExceeded, match="holds 2 unrevoked, unexpired certificates") as info:
         issue(ca)
+    assert info.value.reason == "IDENTITY_LIVE_LIMIT" and info.value.retry_after
     ca.revoke(ADMIN, first.serial, Reason.SUPERSEDED)
     issue(ca)  # a revoked one no longer counts
 

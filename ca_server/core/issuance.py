@@ -319,7 +319,10 @@ class Issuance:
                 if spend_token is None:
                     self._store.add_certificate(record, audit, quota)
                 elif not self._store.add_enrolled_certificate(record, audit, *spend_token, quota):
-                    raise TokenSpent("the bootstrap token was used by a concurrent attempt")
+                    raise TokenSpent(
+                        "the bootstrap token was used by a concurrent attempt",
+                        reason=ErrorReason.TOKEN_INVALID,
+                    )
             except DuplicateSerial:
                 continue
             except QuotaExceeded as exc:
