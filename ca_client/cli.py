@@ -30,6 +30,7 @@ from .agent import Agent, AgentConfig, AgentGaveUp
 from .client import CaClient, NotSaved, save_or_revoke
 from .clock import Clock
 from .enroll import PinMismatch, enroll, fetch_pinned_root, normalize_fingerprint
+from .errors import describe_error
 from .files import (
     FORMATS,
     P12_PASSWORD_ENV,
@@ -361,9 +362,7 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         return _run(args, clock)
     except grpc.RpcError as exc:
         message = explain(args.server, exc) if args.server else None
-        print(
-            f"ca-client: error: {message or f'{exc.code().name}: {exc.details()}'}", file=sys.stderr
-        )
+        print(f"ca-client: error: {message or describe_error(exc)}", file=sys.stderr)
         return 1
     except NotSaved as exc:
         print(f"ca-client: error: {exc}", file=sys.stderr)

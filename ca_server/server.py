@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
 from .api.http import HttpListener
-from .api.interceptor import RpcInterceptor
+from .api.interceptor import TRANSPORT_LIMIT, RpcInterceptor
 from .api.metrics_http import MetricsListener
 from .api.reflection import enable_reflection
 from .api.servicer import CertificateAuthorityServicer
@@ -43,7 +43,6 @@ from .store.writer import commit_observers
 log = structlog.get_logger("signet.server")
 
 SERVICE_NAME: str = ca_pb2.DESCRIPTOR.services_by_name["CertificateAuthority"].full_name
-MAX_REQUEST_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -154,7 +153,7 @@ def _grpc_options(reuse_port: bool) -> list[tuple[str, int]]:
     # Alone, one process owns each port: a second server must fail to bind, not share it
     # silently. Workers share them on purpose (the supervisor reserved them first).
     return [
-        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+        ("grpc.max_receive_message_length", TRANSPORT_LIMIT),
         ("grpc.so_reuseport", int(reuse_port)),
     ]
 

@@ -28,14 +28,20 @@ from ca_server.core.profile import (
 )
 from signet.ca.v1 import ca_pb2
 from tests.conftest import CaServer, Credentials
+from tests.errdetails import assert_refused
 from tests.pki import key_pem, make_csr, make_key, spiffe
 from tests.tools import openssl
 
 
-def _call_code(fn, request) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
+def _refusal(fn, request) -> grpc.RpcError:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.RpcError) as info:
         fn(request, timeout=30)
-    return info.value.code(), info.value.details() or ""
+    return info.value
+
+
+def _call_code(fn, request) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
+    error = _refusal(fn, request)
+    return error.code(), error.details() or ""
 
 
 def _sign_request(csr: str, validity: dt.timedelta | None = None) -> ca_pb2.SignCertificateRequest:
@@ -390,30 +396,48 @@ def _tampered_csr() -> str:
 
 
 @pytest.mark.parametrize(
-    ("csr", "code", "needle"),
+    ("csr", "code", "needle", "reason"),
     [
-        ("", grpc.StatusCode.INVALID_ARGUMENT, "empty"),
-        ("hello", grpc.StatusCode.INVALID_ARGUMENT, "CERTIFICATE REQUEST"),
+        ("", grpc.StatusCode.INVALID_ARGUMENT, "empty", "CSR_MISSING"),
+        ("hello", grpc.StatusCode.INVALID_ARGUMENT, "CERTIFICATE REQUEST", "CSR_NOT_PEM"),
         (
             "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
             grpc.StatusCode.INVALID_ARGUMENT,
             "could not be parsed",
+            "CSR_MALFORMED",
         ),
-        (_valid_csr()[:200], grpc.StatusCode.INVALID_ARGUMENT, "CSR"),
-        (_valid_csr() + "x" * 70_000, grpc.StatusCode.RESOURCE_EXHAUSTED, "limit"),
-        (_tampered_csr(), grpc.StatusCode.INVALID_ARGUMENT, "proof of possession"),
+        (_valid_csr()[:200], grpc.StatusCode.INVALID_ARGUMENT, "CSR", "CSR_MALFORMED"),
+        (_valid_csr() + "x" * 70_000, grpc.StatusCode.RESOURCE_EXHAUSTED, "limit", "CSR_TOO_LARGE"),
+        (
+            _tampered_csr(),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "proof of possession",
+            "CSR_SIGNATURE_INVALID",
+        ),
         (
             make_csr(make_key("rsa-1024"), uris=[spiffe("web/weak")])[1],
             grpc.StatusCode.INVALID_ARGUMENT,
             "2048",
+            "KEY_NOT_ALLOWED",
         ),
         (
             make_csr(make_key("ec-k256"), uris=[spiffe("web/weak")])[1],
             grpc.StatusCode.INVALID_ARGUMENT,
             "P-256",
+            "KEY_NOT_ALLOWED",
         ),
-        (make_csr(uris=[])[1], grpc.StatusCode.INVALID_ARGUMENT, "exactly one URI SAN"),
-        (make_csr(uris=["https://example.com/"])[1], grpc.StatusCode.INVALID_ARGUMENT, "SPIFFE"),
+        (
+            make_csr(uris=[])[1],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "exactly one URI SAN",
+            "CSR_IDENTITY_COUNT",
+        ),
+        (
+            make_csr(uris=["https://example.com/"])[1],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "SPIFFE",
+            "NAME_INVALID",
+        ),
     ],
     ids=[
         "empty",
@@ -428,10 +452,10 @@ def _tampered_csr() -> str:
         "non-spiffe-uri",
     ],
 )
-def test_bad_csrs_get_a_clear_status(admin, csr: str, code, needle: str) -> None:
-    got, details = _call_code(admin.SignCertificate, _sign_request(csr))
-    assert got == code
-    assert needle in details
+def test_bad_csrs_get_a_clear_status(admin, csr: str, code, needle: str, reason: str) -> None:
+    error = _refusal(admin.SignCertificate, _sign_request(csr))
+    assert needle in (error.details() or "")
+    assert_refused(error, code, reason, "csr_pem")
 
 
 @pytest.mark.parametrize(
@@ -443,20 +467,29 @@ def test_bad_csrs_get_a_clear_status(admin, csr: str, code, needle: str) -> None
     ],
 )
 def test_validity_outside_the_allowed_range_is_refused(admin, validity, needle: str) -> None:
-    code, details = _call_code(admin.SignCertificate, _sign_request(_valid_csr(), validity))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert needle in details
+    error = _refusal(admin.SignCertificate, _sign_request(_valid_csr(), validity))
+    assert needle in (error.details() or "")
+    assert_refused(error, grpc.StatusCode.INVALID_ARGUMENT, "VALIDITY_OUT_OF_RANGE", "validity")
 
 
 def test_a_csr_with_too_many_names_is_resource_exhausted(admin) -> None:
     _, csr = make_csr(uris=[spiffe("web/many")], dns=[f"h{i}.web.internal" for i in range(101)])
-    code, details = _call_code(admin.SignCertificate, _sign_request(csr))
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "CSR asks for 101 DNS names and IP addresses" in details
+    error = _refusal(admin.SignCertificate, _sign_request(csr))
+    assert "CSR asks for 101 DNS names and IP addresses" in (error.details() or "")
+    got = assert_refused(error, grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_NAMES", "csr_pem")
+    assert got.retry_seconds is None  # the same request never succeeds: no RetryInfo
 
 
-def test_requests_over_the_size_limit_are_refused_by_grpc(admin) -> None:
-    code, _ = _call_code(admin.SignCertificate, _sign_request("x" * (2 * 1024 * 1024)))
+def test_requests_over_the_size_limit_are_refused_with_details(admin) -> None:
+    error = _refusal(admin.SignCertificate, _sign_request("x" * (2 * 1024 * 1024)))
+    assert "the limit is 1048576" in (error.details() or "")
+    got = assert_refused(error, grpc.StatusCode.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE")
+    assert got.metadata["limit"] == "1048576" and got.retry_seconds is None
+
+
+def test_requests_far_over_the_size_limit_are_still_refused_by_grpc_itself(admin) -> None:
+    # Past gRPC's own limit (4 MiB) its core refuses before any code of ours runs.
+    code, _ = _call_code(admin.SignCertificate, _sign_request("x" * (5 * 1024 * 1024)))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -470,11 +503,9 @@ def test_requests_over_the_size_limit_are_refused_by_grpc(admin) -> None:
     ids=["garbage", "deeply-nested-json-array", "deeply-nested-json-object"],
 )
 def test_bad_page_token_is_invalid_argument(admin, page_token: str) -> None:  # type: ignore[no-untyped-def]
-    code, details = _call_code(
-        admin.ListCertificates, ca_pb2.ListCertificatesRequest(page_token=page_token)
-    )
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "page_token" in details
+    error = _refusal(admin.ListCertificates, ca_pb2.ListCertificatesRequest(page_token=page_token))
+    assert "page_token" in (error.details() or "")
+    assert_refused(error, grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID", "page_token")
 
 
 # -- authentication --------------------------------------------------------------------------
@@ -573,18 +604,18 @@ def test_a_request_that_is_not_valid_protobuf_is_invalid_argument(ca: CaServer) 
             request_serializer=None,
             response_deserializer=None,
         )
-        code, details = _call_code(call, raw)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "protobuf" in details
+        error = _refusal(call, raw)
+    assert "protobuf" in (error.details() or "")
+    assert_refused(error, grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED")
 
 
 @pytest.mark.parametrize("seconds", [10**13, -(10**12)])
 def test_an_out_of_range_timestamp_is_invalid_argument(admin, seconds: int) -> None:
     request = ca_pb2.ListCertificatesRequest()
     request.expiring_before.seconds = seconds
-    code, details = _call_code(admin.ListCertificates, request)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "expiring_before" in details
+    error = _refusal(admin.ListCertificates, request)
+    assert "expiring_before" in (error.details() or "")
+    assert_refused(error, grpc.StatusCode.INVALID_ARGUMENT, "TIMESTAMP_INVALID", "expiring_before")
 
 
 @pytest.mark.parametrize(
@@ -604,9 +635,9 @@ def test_keys_of_other_algorithms_are_refused_not_internal(
         "req", "-new", "-key", key, "-out", csr, "-subj", "/CN=x",
         "-addext", f"subjectAltName=URI:{spiffe('web/odd')}",
     )  # fmt: skip
-    code, details = _call_code(admin.SignCertificate, _sign_request(csr.read_text()))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert needle in details
+    error = _refusal(admin.SignCertificate, _sign_request(csr.read_text()))
+    assert needle in (error.details() or "")
+    assert_refused(error, grpc.StatusCode.INVALID_ARGUMENT, "KEY_NOT_ALLOWED", "csr_pem")
 
 
 @pytest.mark.filterwarnings("ignore:Attribute's length must be")
@@ -653,12 +684,13 @@ def test_hold_and_release_through_the_api(ca: CaServer, admin) -> None:
         ca_pb2.GetCertificateStatusRequest(serial_number=creds.serial), timeout=30
     )
     assert released.status == ca_pb2.GOOD
-    code, details = _call_code(
+    error = _refusal(
         admin.RevokeCertificate,
         ca_pb2.RevokeCertificateRequest(serial_number=creds.serial, reason=ca_pb2.REMOVE_FROM_CRL),
     )
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "not on certificateHold" in details
+    assert "not on certificateHold" in (error.details() or "")
+    got = assert_refused(error, grpc.StatusCode.FAILED_PRECONDITION, "NOT_ON_HOLD")
+    assert got.metadata["serial_number"] == creds.serial
 
 
 def test_renewal_with_revoke_previous_supersedes_the_old_certificate(ca: CaServer, admin) -> None:
@@ -685,8 +717,11 @@ def test_invalidity_date_reaches_the_crl_and_may_not_be_in_the_future(ca: CaServ
         serial_number=creds.serial, reason=ca_pb2.KEY_COMPROMISE
     )
     request.invalidity_date.FromDatetime(since + dt.timedelta(days=3))
-    code, details = _call_code(admin.RevokeCertificate, request)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "future" in details
+    error = _refusal(admin.RevokeCertificate, request)
+    assert "future" in (error.details() or "")
+    assert_refused(
+        error, grpc.StatusCode.INVALID_ARGUMENT, "INVALIDITY_DATE_IN_FUTURE", "invalidity_date"
+    )
     request.invalidity_date.FromDatetime(since)
     admin.RevokeCertificate(request, timeout=30)
     crl = x509.load_der_x509_crl(admin.GetCRL(ca_pb2.GetCRLRequest(), timeout=30).crl)

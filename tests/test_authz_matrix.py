@@ -29,6 +29,7 @@ from ca_server.core.store import AuditEvent, CertificateRecord
 from ca_server.datadir import init_ca, load_ca
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 from tests.conftest import CaServer, start_ca, stop_ca
+from tests.errdetails import details_of
 from tests.pki import TRUST_DOMAIN, key_pem, make_csr, make_key, spiffe
 
 # "TLS": the listener refuses the handshake, so no RPC is ever dispatched.
@@ -133,6 +134,7 @@ MATRIX: dict[str, dict[str, str]] = {
         "bootstrap token": OK,
     },
     "ListAuditEvents": _row(OK, DENIED, DENIED, DENIED),
+    "WatchRevocations": _row(OK, OK, OK, OK),
 }
 
 
@@ -154,6 +156,19 @@ def reason(rpc: str, column: str, outcome: str) -> str:
         "SignCertificate": "may request certificates only for its own identity",
         "RevokeCertificate": "may revoke only its own certificates",
     }.get(rpc, f"{rpc} needs the admin role")
+
+
+def error_reason(rpc: str, column: str, outcome: str) -> str | None:
+    """The ErrorInfo reason a refused cell carries (None: refused before any code of ours)."""
+    if outcome in (TLS, UNIMPLEMENTED):
+        return None
+    if outcome == UNAUTHENTICATED:
+        if rpc == "Enroll":
+            return "TOKEN_INVALID"
+        return {"revoked": "CALLER_REVOKED", "expired since handshake": "CALLER_EXPIRED"}[column]
+    if rpc == "SignCertificate":
+        return "NAME_NOT_ALLOWED" if COLUMNS[column].asks_as == "beyond" else "IDENTITY_NOT_OWN"
+    return "CERTIFICATE_NOT_OWN" if rpc == "RevokeCertificate" else "ADMIN_REQUIRED"
 
 
 ADMIN = spiffe("admin")
@@ -250,7 +265,9 @@ REQUESTS: dict[str, Callable[[World, str], list[Message]]] = {
     "CreateBootstrapToken": _token,
     "Enroll": _enroll,
     "ListAuditEvents": _audit,
+    "WatchRevocations": lambda w, asks_as: [ca_pb2.WatchRevocationsRequest()],
 }
+STREAMING = {"WatchRevocations"}  # its outcome is that of its first message
 
 
 def rpc_names() -> list[str]:
@@ -437,16 +454,20 @@ def channels(world: World) -> Iterator[Channels]:
 def _call(
     world: World, channels: Channels, column: str, rpc: str, request: Message
 ) -> tuple[str, str, Any]:
-    """One call: its outcome as the matrix writes it, the status message, and the reply."""
+    """One call: its outcome as the matrix writes it, the status message, and the reply (the
+    RpcError when refused)."""
     refused_at_tls = MATRIX[rpc][column] == TLS
     channel = channels.new(column) if refused_at_tls else channels.get(column)
     try:
         reply = getattr(ca_pb2_grpc.CertificateAuthorityStub(channel), rpc)(request, timeout=30)
+        if rpc in STREAMING:
+            stream, reply = reply, next(reply)
+            stream.cancel()
     except grpc.RpcError as exc:
         code, details = exc.code(), exc.details() or ""
         if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details:
-            return TLS, details, None
-        return code.name, details, None
+            return TLS, details, exc
+        return code.name, details, exc
     finally:
         if refused_at_tls:
             channel.close()
@@ -493,6 +514,10 @@ def test_each_caller_gets_exactly_its_cells_outcome(
         assert outcome == expected, details
         if outcome != OK:
             assert re.search(reason(rpc, column, outcome), details), details
+            why = error_reason(rpc, column, outcome)
+            if why is not None:
+                assert details_of(reply).reason == why, details
+
         elif isinstance(reply, ca_pb2.IssuedCertificate):
             _check_names(reply, rpc, column)
 

@@ -26,6 +26,7 @@ from ca_client.files import read_credentials
 from ca_client.serial import serial_hex
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 from tests.conftest import CaServer, start_ca, stop_ca
+from tests.errdetails import assert_refused
 from tests.pki import make_csr, spiffe
 
 
@@ -111,8 +112,10 @@ def test_wrong_and_reused_tokens_are_unauthenticated_and_audited(
     for bad in (token, "sgt_" + "A" * 43):
         with pytest.raises(grpc.RpcError) as info:
             _enroll(own_ca, bad)
-        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "already used or expired" in (info.value.details() or "")
+        # The token is the field at fault; its value is named nowhere in the details.
+        got = assert_refused(info.value, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID", "token")
+        assert bad not in repr(got)
     refused = [e for e in own_ca.store.audit_events(200) if e.action == "enroll-refused"]
     assert refused and refused[0].peer.startswith("ipv4:127.0.0.1")
     assert refused[0].outcome == "bad token"
@@ -122,7 +125,7 @@ def test_a_bad_csr_does_not_burn_the_token(ca: CaServer, admin) -> None:
     token = _token(admin, "web/careful").token
     with pytest.raises(grpc.RpcError) as info:
         _enroll(ca, token, "not a csr")
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert_refused(info.value, grpc.StatusCode.INVALID_ARGUMENT, "CSR_NOT_PEM", "csr_pem")
     assert _enroll(ca, token).serial_number
 
 
@@ -130,12 +133,15 @@ def test_only_admins_mint_tokens_and_only_for_the_trust_domain(ca: CaServer, adm
     creds = ca.issue("web/not-admin")
     with ca.channel(creds.fullchain, creds.key_pem) as ch, pytest.raises(grpc.RpcError) as info:
         _token(ca.stub(ch), "web/x")
-    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert_refused(info.value, grpc.StatusCode.PERMISSION_DENIED, "ADMIN_REQUIRED")
     with pytest.raises(grpc.RpcError) as info:
         admin.CreateBootstrapToken(
             ca_pb2.CreateBootstrapTokenRequest(identity="spiffe://elsewhere/x"), timeout=30
         )
-    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    got = assert_refused(
+        info.value, grpc.StatusCode.PERMISSION_DENIED, "IDENTITY_OUTSIDE_TRUST_DOMAIN"
+    )
+    assert got.metadata["identity"] == "spiffe://elsewhere/x"
 
 
 def test_tokens_are_stored_only_as_hashes(own_ca: CaServer, own_admin) -> None:
@@ -154,13 +160,17 @@ def test_the_bootstrap_listener_serves_enroll_and_nothing_else(ca: CaServer) -> 
 
 
 def test_a_burst_of_bad_tokens_from_one_peer_is_rate_limited(own_ca: CaServer) -> None:
-    codes = []
+    codes, last = [], None
     for _ in range(12):
         with pytest.raises(grpc.RpcError) as info:
             _enroll(own_ca, "sgt_wrong")
         codes.append(info.value.code())
+        last = info.value
     assert codes[:10] == [grpc.StatusCode.UNAUTHENTICATED] * 10
     assert codes[10:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+    assert last is not None
+    got = assert_refused(last, grpc.StatusCode.RESOURCE_EXHAUSTED, "ENROLL_RATE_LIMITED")
+    assert got.retry_seconds is not None and 1 <= got.retry_seconds <= 60
 
 
 def test_the_limit_is_exact_under_concurrent_attempts(own_ca: CaServer) -> None:
@@ -344,7 +354,9 @@ def test_enroll_with_bad_output_options_does_not_spend_the_token(
 def test_a_zero_token_ttl_is_invalid_argument_not_fifteen_minutes(admin) -> None:
     with pytest.raises(grpc.RpcError) as info:
         _token(admin, "web/zero-ttl", token_ttl=duration_pb2.Duration(seconds=0))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert_refused(
+        info.value, grpc.StatusCode.INVALID_ARGUMENT, "TOKEN_TTL_OUT_OF_RANGE", "token_ttl"
+    )
     assert "token_ttl 0s is out of range" in (info.value.details() or "")
 
 
@@ -352,7 +364,11 @@ def test_a_token_with_too_many_names_is_resource_exhausted(admin) -> None:
     names = [f"h{i}.web.internal" for i in range(101)]
     with pytest.raises(grpc.RpcError) as info:
         _token(admin, "web/many", dns_names=names)
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    got = assert_refused(
+        info.value, grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_NAMES", "dns_names"
+    )
+    assert got.metadata["limit"] == "100" and got.retry_seconds is None
+
     assert "at most 100" in (info.value.details() or "")
 
 

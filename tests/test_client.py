@@ -201,8 +201,14 @@ def test_ca_client_status_revoke_and_crl_for_scripts(
     assert json.loads(capsys.readouterr().out)["serial_number"] == issued.serial
     # The identity is now revoked: the CA refuses it, and the command says so.
     assert main(["status", *base, issued.serial]) == 1
-    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    assert "error: UNAUTHENTICATED (CALLER_REVOKED): the client certificate" in (
+        capsys.readouterr().err
+    )
     admin = ["--server", ca.address, "--out", str(ca.admin_dir), "--json"]
+    assert main(["revoke", *admin, "0123456789abcdef0123456789abcdef"]) == 1
+    assert "error: NOT_FOUND (CERTIFICATE_NOT_FOUND): no certificate with serial" in (
+        capsys.readouterr().err
+    )
     crl_file = tmp_path / "ca.crl"
     assert main(["crl", *admin, "--output", str(crl_file)]) == 0
     assert int(json.loads(capsys.readouterr().out)["crl_number"]) >= 1

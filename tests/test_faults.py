@@ -19,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
+from tests.errdetails import assert_refused
 from tests.pki import make_csr, spiffe
 from tests.test_cli import _serve_refused
 from tests.test_crash import DEADLINE, Served, init_data_dir, served
@@ -39,7 +40,8 @@ def refused(stub: ca_pb2_grpc.CertificateAuthorityStub, name: str) -> grpc.RpcEr
     with pytest.raises(grpc.RpcError) as caught:
         sign(stub, name)
     error: grpc.RpcError = caught.value
-    assert error.code() is grpc.StatusCode.UNAVAILABLE, error.details()
+    got = assert_refused(error, grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
+    assert got.retry_seconds == 1  # nothing was written: the same call, a moment later
     return error
 
 
@@ -179,8 +181,9 @@ def test_a_full_filesystem_is_unavailable_keeps_nothing_half_written_and_recover
                 error = err
                 break
         assert error is not None, "500 certificates issued on a full filesystem"
-        assert error.code() is grpc.StatusCode.UNAVAILABLE, error.details()
+        assert_refused(error, grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
         assert "disk is full" in str(error.details())
+
         filler.unlink()
         until(lambda: signs_again(stub, "space", answered), "issuing again once there is room")
     with closing(sqlite3.connect(data / "ca.db")) as db:

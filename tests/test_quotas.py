@@ -12,8 +12,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from ca_server.core.authority import CertificateAuthority
 from ca_server.core.clock import FakeClock
@@ -23,6 +21,7 @@ from ca_server.core.store import Quota, QuotaExceeded, Store
 from ca_server.maintenance import Maintenance
 from ca_server.store.sqlite import SqliteStore
 from tests.conftest import start_ca, stop_ca
+from tests.errdetails import assert_refused
 from tests.pki import make_csr, spiffe
 from tests.test_authority import ADMIN, START, WEB_ID, issue, make_pki
 from tests.test_responder import make
@@ -77,8 +76,9 @@ def test_an_identity_gets_at_most_the_rate_limit_per_window(pki, sqlite, clock) 
 def test_an_identity_holds_at_most_the_live_limit(pki, sqlite, clock) -> None:  # type: ignore[no-untyped-def]
     ca = _ca(pki, sqlite, clock, identity_live_limit=2, identity_rate_limit=0)
     first, _ = issue(ca), issue(ca)
-    with pytest.raises(LimitExceeded, match="holds 2 unrevoked, unexpired certificates"):
+    with pytest.raises(LimitExceeded, match="holds 2 unrevoked, unexpired certificates") as info:
         issue(ca)
+    assert info.value.reason == "IDENTITY_LIVE_LIMIT" and info.value.retry_after
     ca.revoke(ADMIN, first.serial, Reason.SUPERSEDED)
     issue(ca)  # a revoked one no longer counts
 
@@ -168,14 +168,13 @@ def test_over_the_rate_limit_is_resource_exhausted_with_retry_info(tmp_path: Pat
         ca.issue("web/limited")
         with pytest.raises(grpc.RpcError) as info:
             ca.issue("web/limited")
-        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "identity_rate_limit" in (info.value.details() or "")
-        status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
-        assert status is not None
-        [detail] = status.details
-        retry = error_details_pb2.RetryInfo()
-        assert detail.Unpack(retry)
-        assert 3000 < retry.retry_delay.seconds <= 3600
+        got = assert_refused(
+            info.value, grpc.StatusCode.RESOURCE_EXHAUSTED, "IDENTITY_RATE_LIMITED"
+        )
+        assert got.metadata["identity"] == "spiffe://signet.local/web/limited"
+        assert got.retry_seconds is not None and 3000 < got.retry_seconds <= 3600
+
     finally:
         stop_ca(ca)
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from ca_server.core.policy import Caller
 from ca_server.core.revocation import Reason
 from signet.ca.v1 import ca_pb2
 from tests.conftest import CaServer, start_ca, stop_ca
+from tests.errdetails import details_of
 from tests.pki import make_key, spiffe
 
 TIMEOUT = 30
@@ -101,6 +100,7 @@ def test_a_sequence_ahead_of_the_ca_is_out_of_range(own_ca: CaServer) -> None:
         next(_watch(own_ca, since=7))
     assert err.value.code() is grpc.StatusCode.OUT_OF_RANGE
     assert "watch again from 0" in str(err.value.details())
+    assert details_of(err.value).reason == "SEQUENCE_AHEAD"
 
 
 def test_a_watcher_revoked_meanwhile_is_cut_off(own_ca: CaServer) -> None:
@@ -126,10 +126,8 @@ def test_streams_beyond_max_watchers_are_refused_with_retry_info(tmp_path: Path)
             next(_watch(ca))
         assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_watchers" in str(err.value.details())
-        status = rpc_status.from_call(err.value)  # type: ignore[arg-type]
-        assert status is not None
-        retry = error_details_pb2.RetryInfo()
-        assert any(d.Unpack(retry) for d in status.details)
+        refused = details_of(err.value)
+        assert (refused.reason, refused.retry_seconds) == ("WATCHERS_EXHAUSTED", 5)
         stream.close()  # and once it is closed, another may open
         _wait_until(lambda: _opens(ca))
     finally:
@@ -204,6 +202,7 @@ def test_stopping_the_server_ends_open_streams_with_unavailable(tmp_path: Path) 
             next(stream)
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
         assert "shutting down" in str(err.value.details())
+        assert details_of(err.value).reason == "SHUTTING_DOWN"
     finally:
         ca.store.close()
 

@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,13 @@ class Grpcurl:
     def __init__(self, address: str, cacert: Path, cert: Path | None, key: Path | None) -> None:
         self.address, self.cacert, self.cert, self.key = address, cacert, cert, key
 
-    def run(self, *args: str, data: Any = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, data: Any = None, flags: Sequence[str] = ()
+    ) -> subprocess.CompletedProcess[str]:
+        """grpcurl [flags] ADDRESS args...; flags go before the address, as grpcurl wants."""
         # The CA's reserved name, as the printed command and the README use.
         cmd = [grpcurl_binary(), "-cacert", str(self.cacert), "-authority", CA_SERVER_NAME]
+        cmd += flags
         if self.cert and self.key:
             cmd += ["-cert", str(self.cert), "-key", str(self.key)]
         if data is not None:

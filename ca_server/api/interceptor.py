@@ -1,27 +1,29 @@
-"""Wraps every RPC of ours (unary and server-streaming): maps domain errors to statuses and writes
-one log line per call."""
+"""Wraps every RPC of ours (unary and server-streaming): maps domain errors to statuses (with
+their google.rpc.Status details, see errors.py) and writes one log line per call."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
-from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from ..core.errors import InvalidRequest, SignetError
+from ..core.errors import ErrorReason, InvalidRequest, LimitExceeded, SignetError
 from ..metrics import instruments
-from .errors import status_for
+from .errors import internal_status, rich_status, status_for
 
 log = structlog.get_logger("signet.rpc")
 
 _OUR_SERVICE = "/signet.ca.v1."
+
+# The largest request we read. It is checked here, not by gRPC's own limit, so that the
+# refusal carries its details; gRPC's limit (TRANSPORT_LIMIT, what servers are built with)
+# stays as a backstop against what is far larger, refused by gRPC's core without details.
+MAX_REQUEST_BYTES = 1024 * 1024
+TRANSPORT_LIMIT = 4 * MAX_REQUEST_BYTES
 
 if TYPE_CHECKING:  # generic only in grpc-stubs, not at run time
     _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
@@ -78,30 +80,20 @@ class RpcInterceptor(_ServerInterceptor):
         )
 
 
-def _with_retry_info(code: grpc.StatusCode, message: str, seconds: float) -> grpc.Status:
-    detail = any_pb2.Any()
-    delay = duration_pb2.Duration(seconds=max(1, math.ceil(seconds)))
-    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return rpc_status.to_status(status)
-
-
 def _parse(deserialize: Callable[[bytes], Any], raw: bytes) -> Any:
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise LimitExceeded(
+            f"the request is {len(raw)} bytes; the limit is {MAX_REQUEST_BYTES}",
+            reason=ErrorReason.REQUEST_TOO_LARGE,
+            metadata={"limit": str(MAX_REQUEST_BYTES)},
+        )
     try:
         return deserialize(raw)
     except DecodeError as exc:
-        raise InvalidRequest(f"the request is not a valid protobuf message: {exc}") from None
-
-
-def _abort(context: grpc.ServicerContext, exc: SignetError) -> None:
-    """End the call with the error's status (raises)."""
-    code, message = status_for(exc), str(exc)
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is None:
-        context.abort(code, message)
-    # google.rpc.Status with a RetryInfo: when the same call could succeed (clients and
-    # gRPC retry policies read it from the grpc-status-details-bin trailer).
-    context.abort_with_status(_with_retry_info(code, message, retry_after))
+        raise InvalidRequest(
+            f"the request is not a valid protobuf message: {exc}",
+            reason=ErrorReason.REQUEST_MALFORMED,
+        ) from None
 
 
 def _unexpected(method: str, context: grpc.ServicerContext) -> grpc.StatusCode:
@@ -119,18 +111,21 @@ def _log_call(
     method: str,
     context: grpc.ServicerContext,
     code: grpc.StatusCode,
-    message: str | None,
+    error: SignetError | None,
     seconds: float,
     **extra: Any,
 ) -> None:
     level = "info" if method.startswith(_OUR_SERVICE) else "debug"
+    if error is not None:
+        extra.update(error=str(error), reason=error.reason.value)
+    elif code is grpc.StatusCode.INTERNAL:
+        extra.update(reason=ErrorReason.INTERNAL.value)
     getattr(log, level)(
         "rpc",
         method=method,
         peer=context.peer(),
         code=code.name,
         duration_ms=round(seconds * 1000, 3),
-        **({"error": message} if message else {}),
         **extra,
     )
     instruments().rpc(method, code.name, seconds)
@@ -146,19 +141,19 @@ def _call(
     structlog.contextvars.clear_contextvars()
     start = time.perf_counter()
     code = grpc.StatusCode.OK
-    message = None
+    error = None
     try:
         return behavior(_parse(deserialize, raw), context)
     except SignetError as exc:
-        code, message = status_for(exc), str(exc)
-        _abort(context, exc)
+        code, error = status_for(exc), exc
+        context.abort_with_status(rich_status(exc))
     except Exception:
         code = _unexpected(method, context)
         if code is not grpc.StatusCode.INTERNAL:
             raise
-        context.abort(code, "internal error; the CA's log has the details")
+        context.abort_with_status(internal_status())
     finally:
-        _log_call(method, context, code, message, time.perf_counter() - start)
+        _log_call(method, context, code, error, time.perf_counter() - start)
 
 
 def _stream(
@@ -173,7 +168,7 @@ def _stream(
     structlog.contextvars.clear_contextvars()
     start = time.perf_counter()
     code = grpc.StatusCode.OK
-    message = None
+    error = None
     messages = 0
     try:
         for response in behavior(_parse(deserialize, raw), context):
@@ -183,12 +178,12 @@ def _stream(
         code = grpc.StatusCode.CANCELLED
         raise
     except SignetError as exc:
-        code, message = status_for(exc), str(exc)
-        _abort(context, exc)
+        code, error = status_for(exc), exc
+        context.abort_with_status(rich_status(exc))
     except Exception:
         code = _unexpected(method, context)
         if code is not grpc.StatusCode.INTERNAL:
             raise
-        context.abort(code, "internal error; the CA's log has the details")
+        context.abort_with_status(internal_status())
     finally:
-        _log_call(method, context, code, message, time.perf_counter() - start, messages=messages)
+        _log_call(method, context, code, error, time.perf_counter() - start, messages=messages)

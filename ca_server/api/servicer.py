@@ -15,7 +15,13 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
 from ..core.authority import CertificateAuthority, Issued
-from ..core.errors import InvalidRequest, OutOfRange, Unauthenticated, Unavailable
+from ..core.errors import (
+    ErrorReason,
+    InvalidRequest,
+    OutOfRange,
+    Unauthenticated,
+    Unavailable,
+)
 from ..core.ocsp import CertStatus
 from ..core.policy import Caller
 from ..core.profile import serial_hex
@@ -41,13 +47,19 @@ def _ts(when: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def _validity(has: bool, value: duration_pb2.Duration) -> dt.timedelta | None:
+def _validity(has: bool, value: duration_pb2.Duration, name: str) -> dt.timedelta | None:
+    """An optional Duration field (named `name` in the request) as a timedelta."""
     if not has:
         return None
     try:
         return value.ToTimedelta()
     except (OverflowError, ValueError):
-        raise InvalidRequest("validity is out of range") from None
+        reason = (
+            ErrorReason.TOKEN_TTL_OUT_OF_RANGE
+            if name == "token_ttl"
+            else ErrorReason.VALIDITY_OUT_OF_RANGE
+        )
+        raise InvalidRequest("validity is out of range", reason=reason, field=name) from None
 
 
 def _when(request: Any, name: str) -> dt.datetime | None:
@@ -58,7 +70,9 @@ def _when(request: Any, name: str) -> dt.datetime | None:
     try:
         when: dt.datetime = getattr(request, name).ToDatetime(dt.UTC)
     except (ValueError, OverflowError):
-        raise InvalidRequest(f"{name} is not a valid timestamp") from None
+        raise InvalidRequest(
+            f"{name} is not a valid timestamp", reason=ErrorReason.TIMESTAMP_INVALID, field=name
+        ) from None
     return when
 
 
@@ -138,7 +152,10 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         # grpc-stubs types auth_context values as ints; they are bytes.
         certs = cast(list[bytes], context.auth_context().get("x509_pem_cert"))
         if not certs:
-            raise Unauthenticated("a client certificate issued by this CA is required")
+            raise Unauthenticated(
+                "a client certificate issued by this CA is required",
+                reason=ErrorReason.CLIENT_CERTIFICATE_MISSING,
+            )
         caller = self._ca.authenticate(certs[0])  # cached per certificate, so the peer is added
         structlog.contextvars.bind_contextvars(caller=caller.identity)
         return dataclasses.replace(caller, peer=context.peer())
@@ -147,14 +164,14 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         self, request: ca_pb2.SignCertificateRequest, context: grpc.ServicerContext
     ) -> ca_pb2.IssuedCertificate:
         caller = self._caller(context)
-        validity = _validity(request.HasField("validity"), request.validity)
+        validity = _validity(request.HasField("validity"), request.validity, "validity")
         return _issued(self._ca.sign(caller, request.csr_pem, validity))
 
     def RenewCertificate(
         self, request: ca_pb2.RenewCertificateRequest, context: grpc.ServicerContext
     ) -> ca_pb2.IssuedCertificate:
         caller = self._caller(context)
-        validity = _validity(request.HasField("validity"), request.validity)
+        validity = _validity(request.HasField("validity"), request.validity, "validity")
         return _issued(self._ca.renew(caller, request.csr_pem, validity, request.revoke_previous))
 
     def RevokeCertificate(
@@ -165,7 +182,9 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             reason = Reason(request.reason)
         except ValueError:
             raise InvalidRequest(
-                f"reason {request.reason} is not an RFC 5280 reason code"
+                f"reason {request.reason} is not an RFC 5280 reason code",
+                reason=ErrorReason.REVOCATION_REASON_INVALID,
+                field="reason",
             ) from None
         invalidity_date = _when(request, "invalidity_date")
         serial, revoked_at = self._ca.revoke(caller, request.serial_number, reason, invalidity_date)
@@ -221,8 +240,10 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             request.identity,
             list(request.dns_names),
             list(request.ip_addresses),
-            _validity(request.HasField("token_ttl"), request.token_ttl),
-            _validity(request.HasField("certificate_ttl"), request.certificate_ttl),
+            _validity(request.HasField("token_ttl"), request.token_ttl, "token_ttl"),
+            _validity(
+                request.HasField("certificate_ttl"), request.certificate_ttl, "certificate_ttl"
+            ),
         )
         return ca_pb2.CreateBootstrapTokenResponse(
             token=token,
@@ -250,7 +271,12 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         elif request.status == ca_pb2.REVOKED:
             status = "revoked"
         else:
-            raise InvalidRequest("status filter must be GOOD or REVOKED (or unset for all)")
+            raise InvalidRequest(
+                "status filter must be GOOD or REVOKED (or unset for all)",
+                reason=ErrorReason.STATUS_FILTER_INVALID,
+                field="status",
+            )
+
         expiring_before = _when(request, "expiring_before")
         page = self._ca.list_certificates(
             caller, status, expiring_before, request.page_size, request.page_token
@@ -287,7 +313,9 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         if since > head:
             raise OutOfRange(
                 f"since_sequence {since} is ahead of this CA's newest revocation event "
-                f"({head}), e.g. after a restore from backup: watch again from 0"
+                f"({head}), e.g. after a restore from backup: watch again from 0",
+                reason=ErrorReason.SEQUENCE_AHEAD,
+                field="since_sequence",
             )
         with self._watch.stream(context) as stream:
             beat = -HEARTBEAT  # the first message goes out at once, events or not
@@ -295,7 +323,8 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
                 if feed.closed:
                     raise Unavailable(
                         "this CA server is shutting down: watch again, from the last "
-                        "sequence received"
+                        "sequence received",
+                        reason=ErrorReason.SHUTTING_DOWN,
                     )
                 # Asked each round (a cache hit): a caller revoked meanwhile is cut off, once
                 # it has been sent what happened so far (its own revocation among it).

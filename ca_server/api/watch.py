@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import grpc
 import structlog
 
-from ..core.errors import LimitExceeded
+from ..core.errors import ErrorReason, LimitExceeded
 
 log = structlog.get_logger("signet.watch")
 
@@ -46,6 +46,7 @@ class WatchGovernor:
                 raise LimitExceeded(
                     f"this server process already serves {self._limit} watch streams "
                     "(max_watchers); retry shortly or on another replica",
+                    reason=ErrorReason.WATCHERS_EXHAUSTED,
                     retry_after=5,
                 )
             stream = _Stream(context)

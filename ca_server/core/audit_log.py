@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import InvalidRequest
+from .errors import ErrorReason, InvalidRequest
 from .policy import Caller, check_is_admin
 from .profile import parse_serial
 from .store import AuditQuery, AuditRecord, Store
@@ -31,16 +31,24 @@ def _encode(last_id: int) -> str:
     return base64.urlsafe_b64encode(b"audit:%d" % last_id).decode().rstrip("=")
 
 
+def _bad_token() -> InvalidRequest:
+    return InvalidRequest(
+        "page_token is not one this server returned",
+        reason=ErrorReason.PAGE_TOKEN_INVALID,
+        field="page_token",
+    )
+
+
 def _decode(token: str) -> int:
     if len(token) > 64:
-        raise InvalidRequest("page_token is not one this server returned")
+        raise _bad_token()
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
-        raise InvalidRequest("page_token is not one this server returned") from None
+        raise _bad_token() from None
     match = _CURSOR.fullmatch(raw)
     if match is None:
-        raise InvalidRequest("page_token is not one this server returned")
+        raise _bad_token()
     return int(match.group(1))
 
 
@@ -62,12 +70,24 @@ class AuditTrail:
     ) -> AuditPage:
         check_is_admin(caller, "ListAuditEvents")
         if page_size < 0:
-            raise InvalidRequest("page_size must not be negative")
+            raise InvalidRequest(
+                "page_size must not be negative",
+                reason=ErrorReason.PAGE_SIZE_INVALID,
+                field="page_size",
+            )
         for name, value in (("action", action), ("identity", identity)):
             if len(value) > MAX_FILTER:
-                raise InvalidRequest(f"{name} is longer than {MAX_FILTER} characters")
+                raise InvalidRequest(
+                    f"{name} is longer than {MAX_FILTER} characters",
+                    reason=ErrorReason.FILTER_TOO_LONG,
+                    field=name,
+                    metadata={"limit": str(MAX_FILTER)},
+                )
         if since is not None and until is not None and until <= since:
-            raise InvalidRequest("until must be after since")
+            raise InvalidRequest(
+                "until must be after since", reason=ErrorReason.TIME_RANGE_INVALID, field="until"
+            )
+
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         records = self._store.audit_records(
             AuditQuery(

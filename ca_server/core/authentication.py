@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from .clock import Clock
-from .errors import Unauthenticated
+from .errors import ErrorReason, Unauthenticated
 from .issuance import IssuanceSettings
 from .policy import Caller, Policy
 from .profile import Issuer, certificate_names, fingerprint_sha256, serial_hex
@@ -74,23 +74,45 @@ class Authenticator:
         try:
             peer = _parse_peer(peer_certificate_pem)
         except ValueError:
-            raise Unauthenticated("the client certificate could not be parsed") from None
+            raise Unauthenticated(
+                "the client certificate could not be parsed",
+                reason=ErrorReason.CLIENT_CERTIFICATE_INVALID,
+            ) from None
         if peer.issuer != self._issuer.certificate.subject:
-            raise Unauthenticated("the client certificate was not issued by this CA")
+            raise Unauthenticated(
+                "the client certificate was not issued by this CA",
+                reason=ErrorReason.CALLER_UNKNOWN,
+            )
         if peer.identity is None:
-            raise Unauthenticated("the client certificate carries no SPIFFE ID (URI SAN)")
+            raise Unauthenticated(
+                "the client certificate carries no SPIFFE ID (URI SAN)",
+                reason=ErrorReason.CALLER_WITHOUT_IDENTITY,
+            )
         now = self._clock.now()
         if now > peer.not_after:  # RFC 5280: not_after itself is still within validity
-            raise Unauthenticated(f"the client certificate {peer.serial} has expired")
+            raise Unauthenticated(
+                f"the client certificate {peer.serial} has expired",
+                reason=ErrorReason.CALLER_EXPIRED,
+                metadata={"serial_number": peer.serial},
+            )
         if not self._recently_good(peer.fingerprint, now):
             with self._auth_lock:
                 generation = self._auth_generation
             record = self._store.get_certificate(peer.serial)
             # The very certificate we stored, not merely one with the same issuer name and serial.
             if record is None or record.fingerprint_sha256 != peer.fingerprint:
-                raise Unauthenticated(f"the client certificate {peer.serial} is unknown to this CA")
+                raise Unauthenticated(
+                    f"the client certificate {peer.serial} is unknown to this CA",
+                    reason=ErrorReason.CALLER_UNKNOWN,
+                    metadata={"serial_number": peer.serial},
+                )
             if record.status == "revoked":
-                raise Unauthenticated(f"the client certificate {peer.serial} has been revoked")
+                raise Unauthenticated(
+                    f"the client certificate {peer.serial} has been revoked",
+                    reason=ErrorReason.CALLER_REVOKED,
+                    metadata={"serial_number": peer.serial},
+                )
+
             with self._auth_lock:
                 if generation == self._auth_generation:  # no revocation raced our store read
                     if len(self._auth_ok) >= _AUTH_CACHE_MAX:

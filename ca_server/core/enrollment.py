@@ -9,8 +9,8 @@ import datetime as dt
 import ipaddress
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TypeVar
 
 from .bootstrap import (
     DEFAULT_TOKEN_TTL,
@@ -21,7 +21,7 @@ from .bootstrap import (
 from .clock import Clock, utc_seconds
 from .csr import parse_csr
 from .durations import format_duration
-from .errors import InvalidRequest, LimitExceeded, Unauthenticated
+from .errors import ErrorReason, InvalidRequest, LimitExceeded, Unauthenticated
 from .issuance import (
     Issuance,
     IssuanceSettings,
@@ -38,6 +38,8 @@ _NOBODY = "unauthenticated"  # the actor of a refused enrollment: its peer says 
 FAILURE_LIMIT = 10  # bad tokens per peer per window, answered UNAUTHENTICATED; then refused
 FAILURE_WINDOW = dt.timedelta(minutes=1)
 _OVER_LIMIT_MAX = 10_000
+_T = TypeVar("_T")
+
 _TOO_MANY = "too many failed enrollment attempts from this address; wait a minute"
 
 
@@ -72,19 +74,25 @@ class Enrollment:
         """A one-time token for `identity` and the names given; returns (token, expires_at).
         The token itself is never stored or logged."""
         check_is_admin(caller, "CreateBootstrapToken")
-        try:
-            sid = str(parse_spiffe_id(identity))
-            dns = tuple(dict.fromkeys(normalize_dns_name(n) for n in dns_names))
-            ips = tuple(dict.fromkeys(ipaddress.ip_address(i) for i in ip_addresses))
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
+        sid = str(_field_value("identity", parse_spiffe_id, identity))
+        dns = tuple(
+            dict.fromkeys(_field_value("dns_names", normalize_dns_name, n) for n in dns_names)
+        )
+        ips = tuple(
+            dict.fromkeys(
+                _field_value("ip_addresses", ipaddress.ip_address, i) for i in ip_addresses
+            )
+        )
         scoped = [str(ip) for ip in ips if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id]
         if scoped:  # a certificate's IP SAN has no zone: the token would promise what it cannot
             raise InvalidRequest(
-                f"IP address {scoped[0]} has a zone (%...): give the address alone"
+                f"IP address {scoped[0]} has a zone (%...): give the address alone",
+                reason=ErrorReason.NAME_INVALID,
+                field="ip_addresses",
+                metadata={"name": scoped[0]},
             )
         names = RequestedNames(sid, dns, ips)
-        check_name_count(self.settings, names, "the token")
+        check_name_count(self.settings, names, "the token", "dns_names")
         check_request(self._policy, caller, names)
         # Unset means the default; a zero (or negative) TTL is a mistake, not "the default".
         ttl = DEFAULT_TOKEN_TTL if token_ttl is None else token_ttl
@@ -92,9 +100,14 @@ class Enrollment:
             raise InvalidRequest(
                 f"token_ttl {format_duration(ttl)} is out of range: it must be more than 0s and "
                 f"at most {format_duration(MAX_TOKEN_TTL)} (leave it unset for "
-                f"{format_duration(DEFAULT_TOKEN_TTL)})"
+                f"{format_duration(DEFAULT_TOKEN_TTL)})",
+                reason=ErrorReason.TOKEN_TTL_OUT_OF_RANGE,
+                field="token_ttl",
+                metadata={"max": format_duration(MAX_TOKEN_TTL)},
             )
-        lifetime = checked_lifetime(self.settings, certificate_ttl, self.settings.default_validity)
+        lifetime = checked_lifetime(
+            self.settings, certificate_ttl, self.settings.default_validity, "certificate_ttl"
+        )
         now = utc_seconds(self._clock.now())
         token = new_token()
         record = TokenRecord(
@@ -153,7 +166,9 @@ class Enrollment:
         with self._lock:
             until = self._over_limit.get(peer)
         if until is not None and now < until:  # known over the limit here: no write per attempt
-            raise LimitExceeded(_TOO_MANY, (until - now).total_seconds())
+            raise LimitExceeded(
+                _TOO_MANY, (until - now).total_seconds(), reason=ErrorReason.ENROLL_RATE_LIMITED
+            )
         count, started = self._store.count_enroll_failure(peer, now, FAILURE_WINDOW)
         if count == 1:
             detail = "bad token; more from this address within a minute are only counted"
@@ -171,5 +186,25 @@ class Enrollment:
                 self._over_limit.move_to_end(peer)
                 while len(self._over_limit) > _OVER_LIMIT_MAX:
                     self._over_limit.popitem(last=False)
-            raise LimitExceeded(_TOO_MANY, (started + FAILURE_WINDOW - now).total_seconds())
-        raise Unauthenticated("the bootstrap token is unknown, already used or expired")
+            raise LimitExceeded(
+                _TOO_MANY,
+                (started + FAILURE_WINDOW - now).total_seconds(),
+                reason=ErrorReason.ENROLL_RATE_LIMITED,
+            )
+        # One answer for unknown, spent and expired alike, as the message says: the store's
+        # read does not tell them apart, and a guesser learns nothing from it.
+        raise Unauthenticated(
+            "the bootstrap token is unknown, already used or expired",
+            reason=ErrorReason.TOKEN_INVALID,
+            field="token",
+        )
+
+
+def _field_value(field: str, parse: Callable[[str], _T], text: str) -> _T:
+    """parse(text), or InvalidRequest naming the field and the name at fault."""
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise InvalidRequest(
+            str(exc), reason=ErrorReason.NAME_INVALID, field=field, metadata={"name": text[:256]}
+        ) from None

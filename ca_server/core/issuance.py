@@ -15,9 +15,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from .clock import Clock, utc_seconds
+from .csr import FIELD as CSR_FIELD
 from .csr import parse_csr
 from .durations import format_duration
-from .errors import InvalidRequest, LimitExceeded, Unauthenticated
+from .errors import ErrorReason, InvalidRequest, LimitExceeded, Unauthenticated
 from .names import IPAddress
 from .policy import Caller, Policy, RequestedNames, check_request, grantor
 from .profile import (
@@ -95,31 +96,47 @@ class Issued:
         return self.certificate.not_valid_after_utc
 
 
-def check_name_count(settings: IssuanceSettings, names: RequestedNames, what: str) -> None:
-    """LimitExceeded when `names` hold more DNS names and IPs than the CA's cap."""
+def check_name_count(
+    settings: IssuanceSettings, names: RequestedNames, what: str, field: str | None = None
+) -> None:
+    """LimitExceeded when `names` hold more DNS names and IPs than the CA's cap; field: the
+    request field they came in, if they did."""
     count = len(names.dns_names) + len(names.ip_addresses)
     if count > settings.max_names:
         raise LimitExceeded(
             f"{what} asks for {count} DNS names and IP addresses; this CA allows at most "
-            f"{settings.max_names} ([issuance] max_names)"
+            f"{settings.max_names} ([issuance] max_names)",
+            reason=ErrorReason.TOO_MANY_NAMES,
+            field=field,
+            metadata={"limit": str(settings.max_names)},
         )
 
 
 def checked_lifetime(
-    settings: IssuanceSettings, requested: dt.timedelta | None, default: dt.timedelta
+    settings: IssuanceSettings,
+    requested: dt.timedelta | None,
+    default: dt.timedelta,
+    field: str = "validity",
 ) -> dt.timedelta:
-    """The requested lifetime if within the CA's limits (else InvalidRequest), or the default."""
+    """The requested lifetime if within the CA's limits (else InvalidRequest naming `field`),
+    or the default."""
     if requested is None:
         return default
     if requested > settings.max_validity:
         raise InvalidRequest(
             f"validity {format_duration(requested)} is longer than this CA's cap of "
-            f"{format_duration(settings.max_validity)}"
+            f"{format_duration(settings.max_validity)}",
+            reason=ErrorReason.VALIDITY_OUT_OF_RANGE,
+            field=field,
+            metadata={"max": format_duration(settings.max_validity)},
         )
     if requested < settings.min_validity:
         raise InvalidRequest(
             f"validity {format_duration(requested)} is shorter than the minimum "
-            f"{format_duration(settings.min_validity)}"
+            f"{format_duration(settings.min_validity)}",
+            reason=ErrorReason.VALIDITY_OUT_OF_RANGE,
+            field=field,
+            metadata={"min": format_duration(settings.min_validity)},
         )
     return requested
 
@@ -154,10 +171,12 @@ class Issuance:
         if len(csr.uris) != 1:
             raise InvalidRequest(
                 "the CSR must carry exactly one URI SAN, the SPIFFE ID "
-                f"spiffe://{self._policy.trust_domain}/<path>; it has {len(csr.uris)}"
+                f"spiffe://{self._policy.trust_domain}/<path>; it has {len(csr.uris)}",
+                reason=ErrorReason.CSR_IDENTITY_COUNT,
+                field=CSR_FIELD,
             )
         names = RequestedNames(csr.uris[0], csr.dns_names, csr.ip_addresses)
-        check_name_count(self.settings, names, "the CSR")
+        check_name_count(self.settings, names, "the CSR", CSR_FIELD)
         check_request(self._policy, caller, names)
         lifetime = checked_lifetime(self.settings, validity, self.settings.default_validity)
         return self.issue(
@@ -175,14 +194,23 @@ class Issuance:
         csr = parse_csr(csr_pem)  # only its key counts: names come from the current certificate
         current = self._store.get_certificate(caller.serial)
         if current is None:
-            raise Unauthenticated("the certificate you authenticated with is not known to this CA")
+            raise Unauthenticated(
+                "the certificate you authenticated with is not known to this CA",
+                reason=ErrorReason.CALLER_UNKNOWN,
+            )
         if current.status == "revoked":
             raise Unauthenticated(
-                f"the certificate {caller.serial} you authenticated with is revoked"
+                f"the certificate {caller.serial} you authenticated with is revoked",
+                reason=ErrorReason.CALLER_REVOKED,
+                metadata={"serial_number": caller.serial},
             )
         old = x509.load_der_x509_certificate(current.der)
         if old.public_key() == csr.public_key:
-            raise InvalidRequest("renewal needs a new key: the CSR carries the current one")
+            raise InvalidRequest(
+                "renewal needs a new key: the CSR carries the current one",
+                reason=ErrorReason.RENEWAL_KEY_REUSED,
+                field=CSR_FIELD,
+            )
         names = RequestedNames(
             current.identity,
             current.dns_names,
@@ -291,7 +319,10 @@ class Issuance:
                 if spend_token is None:
                     self._store.add_certificate(record, audit, quota)
                 elif not self._store.add_enrolled_certificate(record, audit, *spend_token, quota):
-                    raise TokenSpent("the bootstrap token was used by a concurrent attempt")
+                    raise TokenSpent(
+                        "the bootstrap token was used by a concurrent attempt",
+                        reason=ErrorReason.TOKEN_INVALID,
+                    )
             except DuplicateSerial:
                 continue
             except QuotaExceeded as exc:
@@ -318,8 +349,16 @@ class Issuance:
                 f"{identity} holds {exc.count} unrevoked, unexpired certificates ([issuance] "
                 "identity_live_limit); revoke the ones no longer used"
             )
+        reason = (
+            ErrorReason.IDENTITY_RATE_LIMITED
+            if exc.kind == "rate"
+            else ErrorReason.IDENTITY_LIVE_LIMIT
+        )
         return LimitExceeded(
-            f"{what}; retry in {format_duration(dt.timedelta(seconds=round(wait)))}", wait
+            f"{what}; retry in {format_duration(dt.timedelta(seconds=round(wait)))}",
+            wait,
+            reason=reason,
+            metadata={"identity": identity},
         )
 
     def _issue_ocsp_signer(

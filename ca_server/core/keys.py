@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
 )
 
-from .errors import WeakKey
+from .errors import ErrorReason, WeakKey
 
 KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"]
 CA_KEY_TYPES: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa-3072", "ed25519")
@@ -46,24 +46,41 @@ def signature_hash(key: CertificateIssuerPrivateKeyTypes) -> SignatureHash:
     return hashes.SHA256()
 
 
-def check_subject_key(key: CertificatePublicKeyTypes) -> None:
-    """Refuse keys we will not certify: RSA < 2048, curves other than P-256/P-384, exotic types."""
+def check_subject_key(key: CertificatePublicKeyTypes, field: str | None = None) -> None:
+    """Refuse keys we will not certify: RSA < 2048, curves other than P-256/P-384, exotic types.
+    field: the request field that carried the key, named in the error."""
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             raise WeakKey(
-                f"RSA key of {key.key_size} bits is too weak: use at least {MIN_RSA_BITS}"
+                f"RSA key of {key.key_size} bits is too weak: use at least {MIN_RSA_BITS}",
+                reason=ErrorReason.KEY_NOT_ALLOWED,
+                field=field,
             )
         if key.key_size > MAX_RSA_BITS:
-            raise WeakKey(f"RSA key of {key.key_size} bits is larger than {MAX_RSA_BITS}")
+            raise WeakKey(
+                f"RSA key of {key.key_size} bits is larger than {MAX_RSA_BITS}",
+                reason=ErrorReason.KEY_NOT_ALLOWED,
+                field=field,
+            )
         if key.public_numbers().e != 65537:
-            raise WeakKey("RSA public exponent must be 65537")
+            raise WeakKey(
+                "RSA public exponent must be 65537",
+                reason=ErrorReason.KEY_NOT_ALLOWED,
+                field=field,
+            )
         return
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, _ALLOWED_CURVES):
-            raise WeakKey(f"EC curve {key.curve.name} is not allowed: use P-256 or P-384")
+            raise WeakKey(
+                f"EC curve {key.curve.name} is not allowed: use P-256 or P-384",
+                reason=ErrorReason.KEY_NOT_ALLOWED,
+                field=field,
+            )
         return
     if isinstance(key, ed25519.Ed25519PublicKey):
         return
     raise WeakKey(
-        f"key type {type(key).__name__} is not allowed: use EC P-256/P-384, RSA >= 2048 or Ed25519"
+        f"key type {type(key).__name__} is not allowed: use EC P-256/P-384, RSA >= 2048 or Ed25519",
+        reason=ErrorReason.KEY_NOT_ALLOWED,
+        field=field,
     )

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import InvalidRequest
+from .errors import ErrorReason, InvalidRequest
 from .policy import Caller, check_is_admin
 from .store import CertificateRecord, ListQuery, Status, Store
 
@@ -43,7 +43,11 @@ def _encode_cursor(record: CertificateRecord) -> str:
 
 
 def _decode_cursor(token: str) -> tuple[int, str]:
-    bad = InvalidRequest("page_token is not one this server returned")
+    bad = InvalidRequest(
+        "page_token is not one this server returned",
+        reason=ErrorReason.PAGE_TOKEN_INVALID,
+        field="page_token",
+    )
     if not _TOKEN.fullmatch(token):
         raise bad
     try:
@@ -77,7 +81,12 @@ class Listing:
     ) -> Page:
         check_is_admin(caller, "ListCertificates")
         if page_size < 0:
-            raise InvalidRequest("page_size must not be negative")
+            raise InvalidRequest(
+                "page_size must not be negative",
+                reason=ErrorReason.PAGE_SIZE_INVALID,
+                field="page_size",
+            )
+
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _decode_cursor(page_token) if page_token else None
         records = self._store.list_certificates(

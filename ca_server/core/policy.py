@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .errors import PolicyViolation
+from .errors import ErrorReason, PolicyViolation
 from .names import (
     IPAddress,
     IPNetwork,
@@ -77,7 +77,9 @@ Check = Callable[[Policy, Caller, RequestedNames], None]
 def identity_in_trust_domain(policy: Policy, caller: Caller, req: RequestedNames) -> None:
     if parse_spiffe_id(req.identity).trust_domain != policy.trust_domain:
         raise PolicyViolation(
-            f"identity {req.identity} is outside the trust domain {policy.trust_domain!r}"
+            f"identity {req.identity} is outside the trust domain {policy.trust_domain!r}",
+            reason=ErrorReason.IDENTITY_OUTSIDE_TRUST_DOMAIN,
+            metadata={"identity": req.identity, "trust_domain": policy.trust_domain},
         )
 
 
@@ -85,7 +87,9 @@ def identity_is_callers_own(policy: Policy, caller: Caller, req: RequestedNames)
     if not caller.is_admin and req.identity != caller.identity:
         raise PolicyViolation(
             f"{caller.identity} may request certificates only for its own identity, "
-            f"not {req.identity}"
+            f"not {req.identity}",
+            reason=ErrorReason.IDENTITY_NOT_OWN,
+            metadata={"identity": req.identity},
         )
 
 
@@ -102,7 +106,9 @@ def dns_names_allowed(policy: Policy, caller: Caller, req: RequestedNames) -> No
     if denied:
         raise PolicyViolation(
             f"DNS name(s) {', '.join(denied)} not allowed for {req.identity} by policy "
-            "(see [[policy.workloads]] in config.toml)"
+            "(see [[policy.workloads]] in config.toml)",
+            reason=ErrorReason.NAME_NOT_ALLOWED,
+            metadata={"names": ",".join(denied), "identity": req.identity},
         )
 
 
@@ -115,7 +121,9 @@ def ip_addresses_allowed(policy: Policy, caller: Caller, req: RequestedNames) ->
     if denied:
         raise PolicyViolation(
             f"IP address(es) {', '.join(denied)} not allowed for {req.identity} by policy "
-            "(see [[policy.workloads]] in config.toml)"
+            "(see [[policy.workloads]] in config.toml)",
+            reason=ErrorReason.NAME_NOT_ALLOWED,
+            metadata={"names": ",".join(denied), "identity": req.identity},
         )
 
 
@@ -123,7 +131,9 @@ def no_reserved_names(policy: Policy, caller: Caller, req: RequestedNames) -> No
     """Nobody, admins included, gets the CA's own names through the API."""
     if parse_spiffe_id(req.identity).path.startswith(RESERVED_PATH_PREFIX):
         raise PolicyViolation(
-            f"{req.identity} is reserved for the CA's own certificates (spiffe://<td>/signet/...)"
+            f"{req.identity} is reserved for the CA's own certificates (spiffe://<td>/signet/...)",
+            reason=ErrorReason.NAME_RESERVED,
+            metadata={"names": req.identity},
         )
     reserved = [
         n
@@ -131,7 +141,11 @@ def no_reserved_names(policy: Policy, caller: Caller, req: RequestedNames) -> No
         if n == RESERVED_DNS_SUFFIX or n.endswith("." + RESERVED_DNS_SUFFIX)
     ]
     if reserved:
-        raise PolicyViolation(f"DNS name(s) {', '.join(reserved)} are reserved for the CA itself")
+        raise PolicyViolation(
+            f"DNS name(s) {', '.join(reserved)} are reserved for the CA itself",
+            reason=ErrorReason.NAME_RESERVED,
+            metadata={"names": ",".join(reserved)},
+        )
 
 
 SIGN_CHECKS: tuple[Check, ...] = (
@@ -153,13 +167,18 @@ def check_may_revoke(caller: Caller, certificate_identity: str) -> None:
     if not caller.is_admin and caller.identity != certificate_identity:
         raise PolicyViolation(
             f"{caller.identity} may revoke only its own certificates, "
-            f"not one issued to {certificate_identity}"
+            f"not one issued to {certificate_identity}",
+            reason=ErrorReason.CERTIFICATE_NOT_OWN,
+            metadata={"identity": certificate_identity},
         )
 
 
 def check_is_admin(caller: Caller, what: str) -> None:
     if not caller.is_admin:
-        raise PolicyViolation(f"{what} needs the admin role; {caller.identity} is not an admin")
+        raise PolicyViolation(
+            f"{what} needs the admin role; {caller.identity} is not an admin",
+            reason=ErrorReason.ADMIN_REQUIRED,
+        )
 
 
 def grantor(policy: Policy, authorized_by: str) -> Caller:

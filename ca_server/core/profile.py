@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from .errors import InvalidRequest
+from .errors import ErrorReason, InvalidRequest
 from .keys import SigningKey, signature_hash
 from .names import IPAddress
 
@@ -101,15 +101,20 @@ def serial_hex(serial: int) -> str:
     return text if len(text) % 2 == 0 else "0" + text
 
 
+def _bad_serial(message: str) -> InvalidRequest:
+    return InvalidRequest(message, reason=ErrorReason.SERIAL_INVALID, field="serial_number")
+
+
 def parse_serial(text: str) -> str:
     """Accept hex in any case, with optional colons or 0x; return the canonical form."""
     cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
     if not cleaned:
-        raise InvalidRequest("serial_number is required (hex, as in the certificate)")
+        raise _bad_serial("serial_number is required (hex, as in the certificate)")
     if len(cleaned) > 40:
-        raise InvalidRequest("serial_number is longer than 20 octets (RFC 5280 allows at most 20)")
+        raise _bad_serial("serial_number is longer than 20 octets (RFC 5280 allows at most 20)")
     if not _HEX.fullmatch(cleaned):  # int(x, 16) alone would also take "-1" and "1_0"
-        raise InvalidRequest(f"serial_number {text!r} is not hexadecimal")
+        raise _bad_serial(f"serial_number {text!r} is not hexadecimal")
+
     return serial_hex(int(cleaned, 16))
 
 

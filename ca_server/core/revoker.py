@@ -9,7 +9,7 @@ from collections.abc import Callable
 from .authentication import Authenticator
 from .clock import Clock, utc_seconds
 from .crl_publisher import CrlPublisher
-from .errors import AlreadyRevoked, Conflict, InvalidRequest, NotFound
+from .errors import AlreadyRevoked, Conflict, ErrorReason, InvalidRequest, NotFound
 from .ocsp import CertStatus, StatusAnswer
 from .policy import Caller, check_is_admin, check_may_revoke
 from .profile import parse_serial
@@ -46,10 +46,14 @@ class Revoker:
         reason, or released with removeFromCRL (admins only), as RFC 5280 5.3.1 describes."""
         serial = parse_serial(serial_text)
         if invalidity_date is not None and invalidity_date > self._clock.now():
-            raise InvalidRequest("invalidity_date must not be in the future (RFC 5280 5.3.2)")
+            raise InvalidRequest(
+                "invalidity_date must not be in the future (RFC 5280 5.3.2)",
+                reason=ErrorReason.INVALIDITY_DATE_IN_FUTURE,
+                field="invalidity_date",
+            )
         record = self._store.get_certificate(serial)
         if record is None:
-            raise NotFound(f"no certificate with serial {serial} was issued by this CA")
+            raise _not_found(serial)
         check_may_revoke(caller, record.identity)
         now = utc_seconds(self._clock.now())
         if reason is Reason.REMOVE_FROM_CRL:
@@ -62,7 +66,9 @@ class Revoker:
             if outcome is RevokeOutcome.NOT_HELD:
                 raise Conflict(
                     f"certificate {serial} is not on certificateHold; removeFromCRL only "
-                    "releases a hold"
+                    "releases a hold",
+                    reason=ErrorReason.NOT_ON_HOLD,
+                    metadata={"serial_number": serial},
                 )
         else:
             outcome = self._store.revoke(
@@ -76,9 +82,14 @@ class Revoker:
                 utc_seconds(invalidity_date) if invalidity_date else None,
             )
             if outcome is RevokeOutcome.ALREADY_REVOKED:
-                raise AlreadyRevoked(f"certificate {serial} is already revoked")
+                raise AlreadyRevoked(
+                    f"certificate {serial} is already revoked",
+                    reason=ErrorReason.ALREADY_REVOKED,
+                    metadata={"serial_number": serial},
+                )
         if outcome is RevokeOutcome.NOT_FOUND:
-            raise NotFound(f"no certificate with serial {serial} was issued by this CA")
+            raise _not_found(serial)
+
         self._authenticator.revoked(record.fingerprint_sha256)
         self._responder.drop_signer(int(serial, 16))  # if it was our OCSP responder's
         self._crls.wanted.set()
@@ -89,3 +100,12 @@ class Revoker:
     def on_revocation(self, listener: Callable[[str], None]) -> None:
         """Call listener(serial) after each revocation this process makes (cache invalidation)."""
         self._revocation_listeners.append(listener)
+
+
+def _not_found(serial: str) -> NotFound:
+    return NotFound(
+        f"no certificate with serial {serial} was issued by this CA",
+        reason=ErrorReason.CERTIFICATE_NOT_FOUND,
+        field="serial_number",
+        metadata={"serial_number": serial},
+    )

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from ..core.errors import ConfigurationError, Unavailable
+from ..core.errors import ConfigurationError, ErrorReason, Unavailable
 from .sql import Cursor, SqlStore, Tx, backfill_revocation_events
 
 CONNECT_TIMEOUT = 3  # seconds to open a connection
@@ -44,7 +44,9 @@ class _PgDb:
 
 def _unavailable(exc: Exception) -> Unavailable:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return Unavailable(f"the database cannot be reached: {first}")
+    return Unavailable(
+        f"the database cannot be reached: {first}", reason=ErrorReason.STORE_UNAVAILABLE
+    )
 
 
 def _v1(db: _PgDb) -> None:

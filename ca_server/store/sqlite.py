@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
-from ..core.errors import ConfigurationError, Unavailable
+from ..core.errors import ConfigurationError, ErrorReason, Unavailable
 from .sql import SqlStore, Tx, backfill_revocation_events
 from .writer import GroupCommitWriter, describe
 
@@ -251,7 +251,7 @@ class SqliteStore(SqlStore):
             return self._db.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
             self.close_reader()  # e.g. opened while the file was read-only: reopen next time
-            raise Unavailable(describe(exc)) from None
+            raise Unavailable(describe(exc), reason=ErrorReason.STORE_UNAVAILABLE) from None
 
     def _enable_wal(self) -> None:
         """WAL is a property of the file, set once. Switching to it needs a moment with no other

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import Unavailable
+from ..core.errors import ErrorReason, Unavailable
 
 Job = Callable[[sqlite3.Connection], Any]
 MAX_BATCH = 512
@@ -98,12 +98,16 @@ class GroupCommitWriter:
             self._queue.put_nowait(slot)
         except queue.Full:
             raise Unavailable(
-                "the CA is busy: its database write queue is full; try again shortly"
+                "the CA is busy: its database write queue is full; try again shortly",
+                reason=ErrorReason.STORE_UNAVAILABLE,
             ) from None
         if not slot.done.acquire(timeout=self._timeout):
             # It may still commit later: then a row exists that nobody was handed, which is
             # safe; the reverse (handing out what is not stored) never happens.
-            raise Unavailable(f"the database did not commit within {self._timeout:g} s")
+            raise Unavailable(
+                f"the database did not commit within {self._timeout:g} s",
+                reason=ErrorReason.STORE_UNAVAILABLE,
+            )
         if slot.error is not None:
             raise slot.error
         return slot.result
@@ -145,7 +149,12 @@ class GroupCommitWriter:
                 self._commit(batch)
             except BaseException as exc:  # the thread must outlive any job: nobody left waiting
                 self._drop()
-                self._fail(batch, Unavailable(f"the database write failed: {exc!r}"))
+                self._fail(
+                    batch,
+                    Unavailable(
+                        f"the database write failed: {exc!r}", reason=ErrorReason.STORE_UNAVAILABLE
+                    ),
+                )
             if stop:
                 return
 
@@ -184,7 +193,7 @@ class GroupCommitWriter:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self._drop()
-            self._fail(batch, Unavailable(describe(exc)))
+            self._fail(batch, Unavailable(describe(exc), reason=ErrorReason.STORE_UNAVAILABLE))
             return
         try:
             for slot in batch:
@@ -198,7 +207,7 @@ class GroupCommitWriter:
             # And a new connection next time: one opened while the file was read-only (or
             # the disk full) stays that way after the fault is gone.
             self._drop()
-            self._fail(batch, Unavailable(describe(exc)))
+            self._fail(batch, Unavailable(describe(exc), reason=ErrorReason.STORE_UNAVAILABLE))
             return
         if self._on_batch is not None:
             self._on_batch(len(batch))
