@@ -215,3 +215,20 @@ def test_the_writer_outlives_a_job_that_raises_anything(store: SqliteStore) -> N
         store._write(fatal)
     store.add_certificate(record("0002"), issue_event("0002"))  # the thread still writes
     assert [e.serial for e in store.audit_events(limit=10)] == ["0002"]  # nothing half-done
+
+
+def test_a_job_that_breaks_the_writer_is_unavailable_without_quoting_the_failure(
+    store: SqliteStore,
+) -> None:
+    class Broken(BaseException):  # not an Exception: escapes the job's own error handling
+        pass
+
+    def job(conn: sqlite3.Connection) -> None:
+        conn.execute("SELECT 1")
+        raise Broken("row 'secret-ish' could not be written")
+
+    with pytest.raises(Unavailable) as err:
+        store._writer.submit(job)
+    assert str(err.value) == "the database write failed; the CA's log has the details"
+    store.add_certificate(record("b1"), issue_event("b1"))  # and the writer goes on
+    assert store.get_certificate("b1") is not None

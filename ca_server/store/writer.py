@@ -23,10 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from ..core.errors import ErrorReason, Unavailable
 
 Job = Callable[[sqlite3.Connection], Any]
 MAX_BATCH = 512
+log = structlog.get_logger("signet.store")
 # observer(batch size, seconds the write lock was held), after every commit: the metrics'.
 commit_observers: list[Callable[[int, float], None]] = []
 
@@ -148,11 +151,14 @@ class GroupCommitWriter:
             try:
                 self._commit(batch)
             except BaseException as exc:  # the thread must outlive any job: nobody left waiting
+                # What failed is for the CA's log, not for the caller (it may quote rows).
+                log.error("store_write_failed", error=repr(exc), batch=len(batch))
                 self._drop()
                 self._fail(
                     batch,
                     Unavailable(
-                        f"the database write failed: {exc!r}", reason=ErrorReason.STORE_UNAVAILABLE
+                        "the database write failed; the CA's log has the details",
+                        reason=ErrorReason.STORE_UNAVAILABLE,
                     ),
                 )
             if stop:
