@@ -514,6 +514,71 @@ def sustain(
 # --- CRL builds -------------------------------------------------------------------------------
 
 
+def issuance_cost(calls: int = 1000, repeats: int = 3) -> dict[str, float]:
+    """CPU µs per certificate of the issuance's own work, in this process on one thread, with
+    the code the server runs: the CSR parsed and its proof of possession verified
+    (parse_csr), the leaf built and signed (build_leaf), DER, fingerprint and PEM. With the
+    transport (the health row's server CPU per call) it bounds what SignCertificate can cost
+    below; median of `repeats`."""
+    from cryptography.hazmat.primitives import serialization
+
+    from ca_server.core.csr import parse_csr
+    from ca_server.core.keys import generate_key
+    from ca_server.core.profile import (
+        Issuer,
+        LeafRequest,
+        PublicUrls,
+        build_intermediate,
+        build_leaf,
+        build_root,
+        ca_name,
+        fingerprint_sha256,
+        pem,
+        random_serial,
+    )
+    from tests.pki import make_csr, spiffe
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    root_key, key = generate_key("ec-p256"), generate_key("ec-p256")
+    root = build_root(root_key, ca_name("bench", "root"), now, now + dt.timedelta(days=9))
+    inter = build_intermediate(
+        Issuer(root, root_key, ()), key.public_key(), ca_name("bench", "i"), now,
+        now + dt.timedelta(days=9),
+    )  # fmt: skip
+    issuer, urls = Issuer(inter, key, (inter,)), PublicUrls("http://127.0.0.1:8080")
+    csr = make_csr(uris=[spiffe("bench/cost")], dns=["cost.bench.internal"])[1]
+
+    def leaf() -> Any:
+        parsed = parse_csr(csr)
+        return build_leaf(
+            issuer,
+            LeafRequest(
+                public_key=parsed.public_key, identity=parsed.uris[0],
+                dns_names=parsed.dns_names, ip_addresses=(), common_name=None,
+                not_before=now, not_after=now + dt.timedelta(hours=24), serial=random_serial(),
+            ),
+            urls,
+        )  # fmt: skip
+
+    def issue() -> None:
+        cert = leaf()
+        cert.public_bytes(serialization.Encoding.DER)
+        fingerprint_sha256(cert)
+        pem(cert)
+
+    def per_call(fn: Callable[[], object]) -> float:
+        fn()
+        runs = []
+        for _ in range(repeats):
+            start = time.process_time()
+            for _ in range(calls):
+                fn()
+            runs.append((time.process_time() - start) / calls * 1e6)
+        return statistics.median(runs)
+
+    return {"issue_us": per_call(issue), "parse_csr_us": per_call(lambda: parse_csr(csr))}
+
+
 def crl_builds(repeats: int) -> list[dict[str, Any]]:
     """build_crl (what the server's publisher runs) at 1k/10k/100k entries: a cold build (a
     fresh process, every entry encoded) and a rebuild after one more revocation (what a
@@ -646,6 +711,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     results.update(rows=rows, server_command=shown, server_note=server.note, load=load)
     print("CRL builds (ca_server.core.crl.build_crl)", flush=True)
     results["crl"] = crl_builds(1 if args.quick else 3)
+    print("issuance's own CPU (parse_csr + build_leaf + DER/PEM, one thread)", flush=True)
+    results["issuance_cost"] = issuance_cost(200 if args.quick else 1000)
     results["cfssl"] = None
     if args.no_cfssl:
         results["cfssl_note"] = "skipped (--quick or --no-cfssl)"

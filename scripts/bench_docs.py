@@ -88,6 +88,17 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
             f"after one more revocation {c['rebuild_seconds']:.3f} s "
             f"(median of {c['repeats']}), {c['bytes'] / 1e6:.2f} MB DER"
         )
+    cost = results.get("issuance_cost")
+    health = _named(results, "gRPC Health/Check (floor)")
+    if cost and health:
+        bound = cost["issue_us"] + health.server_cpu_us
+        out.append(
+            f"issuance's own CPU, in process on one thread: {cost['issue_us']:,.0f} µs per "
+            f"certificate (of which parse_csr, the proof-of-possession check included, "
+            f"{cost['parse_csr_us']:,.0f} µs); with the transport (health's server CPU per call, "
+            f"{health.server_cpu_us:,.0f} µs) a SignCertificate cannot cost the server less than "
+            f"{bound:,.0f} µs, before the store write, the caller check and the log line"
+        )
     out += _cfssl_lines(results)
     out += _sustain_lines(results)
     return out
