@@ -19,7 +19,7 @@ import sqlite_utils
 
 from ..core.errors import ConfigurationError, ErrorReason, Unavailable
 from .sql import SqlStore, Tx, backfill_revocation_events
-from .writer import GroupCommitWriter, describe
+from .writer import GroupCommitWriter, SqliteWriteConnection, describe
 
 # How long a writer or reader waits for another process's lock before the request is
 # answered UNAVAILABLE (SQLite's own busy handler; our writer thread never contends in-process).
@@ -229,8 +229,11 @@ class SqliteStore(SqlStore):
     def _connect(self) -> sqlite_utils.Database:
         return sqlite_utils.Database(self._open())
 
-    def _connect_writer(self) -> sqlite3.Connection:
-        return self._open()
+    def _connect_writer(self) -> SqliteWriteConnection:
+        try:
+            return SqliteWriteConnection(self._open())
+        except sqlite3.Error as exc:
+            raise Unavailable(describe(exc), reason=ErrorReason.STORE_UNAVAILABLE) from None
 
     @property
     def _db(self) -> sqlite_utils.Database:

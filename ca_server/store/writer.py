@@ -8,6 +8,10 @@ update that finds nothing) is rolled back alone and the rest of the batch commit
 gets its result only after the COMMIT holding its rows has returned (synchronous=FULL: on
 disk). A full queue, or a database that cannot be written, is ``Unavailable`` at once or
 within ``timeout`` seconds, never a long wait.
+
+The database is reached through a ``WriteConnection``: SQLite's here, PostgreSQL's in
+``postgres`` (there, each replica's writer batches its own process's writes; a batch that
+PostgreSQL aborts for a deadlock with another replica's is retried one job per transaction).
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from ..core.errors import ErrorReason, Unavailable
 
-Job = Callable[[sqlite3.Connection], Any]
+Job = Callable[[Any], Any]  # job(db): db is the WriteConnection's handle
 MAX_BATCH = 512
 log = structlog.get_logger("signet.store")
 # observer(batch size, seconds the write lock was held), after every commit: the metrics'.
@@ -44,6 +48,42 @@ def describe(exc: sqlite3.Error) -> str:
     if "readonly" in text or "read-only" in text:
         return "the database is read-only"
     return f"the database cannot be written: {text}"
+
+
+class WriteConnection(Protocol):
+    """One database connection in autocommit mode, as the writer drives it."""
+
+    handle: Any  # what each job is given to run its statements on
+    database_error: tuple[type[BaseException], ...]  # any error of the driver
+    fatal_error: tuple[type[BaseException], ...]  # the database failed: the whole batch goes
+    # the batch lost to a concurrent transaction (a deadlock): its jobs are run again alone
+    retry_alone: tuple[type[BaseException], ...]
+
+    def execute(self, sql: str) -> None: ...
+
+    def describe(self, exc: BaseException) -> str:
+        """What a person should be told about a failed database operation."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SqliteWriteConnection:
+    database_error: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    fatal_error: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
+    retry_alone: tuple[type[BaseException], ...] = ()  # one writer at a time: no deadlocks
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.handle: Any = conn
+
+    def execute(self, sql: str) -> None:
+        self.handle.execute("BEGIN IMMEDIATE" if sql == "BEGIN" else sql)
+
+    def describe(self, exc: BaseException) -> str:
+        return describe(exc)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.handle.close()
 
 
 class _Slot:
@@ -63,22 +103,23 @@ class _Slot:
 class GroupCommitWriter:
     def __init__(
         self,
-        connect: Callable[[], sqlite3.Connection],
+        connect: Callable[[], WriteConnection],
         *,
         max_queue: int = 4096,
         timeout: float = 8.0,
         on_batch: Callable[[int], None] | None = None,
         lock_path: Path | None = None,
     ) -> None:
-        """connect() opens the write connection (in autocommit mode, busy_timeout set); it is
-        called again after a failure, so a database that becomes writable again recovers.
+        """connect() opens the write connection (in autocommit mode; SQLite's with busy_timeout
+        set), raising Unavailable when it cannot; it is called again after a failure, so a
+        database that becomes writable again recovers.
 
         lock_path: a file other processes' writers lock too (workers sharing the database).
         SQLite makes a writer that finds the database locked sleep and retry in growing steps
         (1, 2, 5, 10... ms), so two busy processes spent much of their time asleep; waiting
         on an flock instead wakes the next writer the moment the lock is released."""
         self._connect = connect
-        self._conn: sqlite3.Connection | None = None
+        self._conn: WriteConnection | None = None
         self._queue: queue.Queue[_Slot | None] = queue.Queue(max_queue)
         self._timeout = timeout
         self._on_batch = on_batch
@@ -194,26 +235,41 @@ class GroupCommitWriter:
     def _transaction(self, batch: list[_Slot]) -> None:
         try:
             if self._conn is None:
-                self._conn = self._connect()
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+                self._conn = self._connect()  # raises Unavailable when it cannot
+        except Unavailable as exc:
+            self._fail(batch, exc)
+            return
+        conn = self._conn
+        try:
+            conn.execute("BEGIN")
+        except conn.database_error as exc:
             self._drop()
-            self._fail(batch, Unavailable(describe(exc), reason=ErrorReason.STORE_UNAVAILABLE))
+            self._fail(batch, self._unavailable(conn, exc))
             return
         try:
             for slot in batch:
                 self._run_one(conn, slot)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            # A failure outside a job's own error handling (disk full, I/O error): nothing of
-            # this batch is kept, and every caller is told so.
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+        except conn.retry_alone as exc:
+            # Lost to another process's transaction (PostgreSQL broke a deadlock): nothing of
+            # the batch is kept; each job then runs in a transaction of its own, which holds
+            # one job's locks at a time and so cannot deadlock that way again.
+            self._rollback(conn)
+            if len(batch) == 1:
+                self._fail(batch, self._unavailable(conn, exc))
+                return
+            for slot in batch:
+                slot.result, slot.error = None, None
+                self._transaction([slot])
+            return
+        except conn.database_error as exc:
+            # A failure outside a job's own error handling (disk full, I/O error, a lost
+            # connection): nothing of this batch is kept, and every caller is told so.
+            self._rollback(conn)
             # And a new connection next time: one opened while the file was read-only (or
             # the disk full) stays that way after the fault is gone.
             self._drop()
-            self._fail(batch, Unavailable(describe(exc), reason=ErrorReason.STORE_UNAVAILABLE))
+            self._fail(batch, self._unavailable(conn, exc))
             return
         if self._on_batch is not None:
             self._on_batch(len(batch))
@@ -221,11 +277,22 @@ class GroupCommitWriter:
             slot.done.release()
 
     @staticmethod
-    def _run_one(conn: sqlite3.Connection, slot: _Slot) -> None:
+    def _unavailable(conn: WriteConnection, exc: BaseException) -> Unavailable:
+        return Unavailable(conn.describe(exc), reason=ErrorReason.STORE_UNAVAILABLE)
+
+    @staticmethod
+    def _rollback(conn: WriteConnection) -> None:
+        with contextlib.suppress(*conn.database_error):
+            conn.execute("ROLLBACK")
+
+    @staticmethod
+    def _run_one(conn: WriteConnection, slot: _Slot) -> None:
         conn.execute("SAVEPOINT job")
         try:
-            slot.result = slot.job(conn)
-        except sqlite3.OperationalError:
+            slot.result = slot.job(conn.handle)
+        except conn.retry_alone:
+            raise  # the whole batch is run again, one job at a time
+        except conn.fatal_error:
             raise  # the database itself failed: the whole batch goes
         except Exception as exc:
             slot.error = exc
