@@ -117,3 +117,61 @@ def _until(health: health_pb2_grpc.HealthStub, status: int, seconds: float = 20)
             return
         assert time.monotonic() < deadline, f"health stayed {seen}, wanted {status}"
         time.sleep(0.05)
+
+
+def test_batches_of_two_replicas_that_deadlock_are_run_again_one_job_each(pg_url: str) -> None:
+    """Each replica's writer batches its jobs into one transaction, so two batches can take
+    the same locks in opposite orders. PostgreSQL aborts one of them; its jobs run again, a
+    transaction each, and every job of both batches commits once."""
+    import threading
+
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    a1_locked, b1_locked = threading.Event(), threading.Event()
+
+    def job(name: str, lock: int, after: threading.Event | None, then: threading.Event | None):  # type: ignore[no-untyped-def]
+        def run(db):  # type: ignore[no-untyped-def]
+            if after is not None:
+                assert after.wait(30)
+            db.execute("SELECT pg_advisory_xact_lock(?)", [lock])
+            if then is not None:
+                then.set()
+            db.execute("INSERT INTO meta (key, value) VALUES (?, '1')", [name])
+            return name
+
+        return run
+
+    def batch(store: PostgresStore, first, second) -> list[str]:  # type: ignore[no-untyped-def]
+        """first and second queued behind a held writer, so they commit together."""
+        inside, release = threading.Event(), threading.Event()
+
+        def hold(db):  # type: ignore[no-untyped-def]
+            inside.set()
+            assert release.wait(30)
+
+        with ThreadPoolExecutor(3) as pool:
+            held = pool.submit(store._write, hold)
+            assert inside.wait(30)
+            jobs = [pool.submit(store._write, first), pool.submit(store._write, second)]
+            while store._writer._queue.qsize() < 2:
+                threading.Event().wait(0.001)
+            release.set()
+            held.result(30)
+            return [j.result(60) for j in jobs]
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            on_a = pool.submit(
+                batch, a, job("a1", 1, None, a1_locked), job("a2", 2, b1_locked, None)
+            )
+            on_b = pool.submit(
+                batch, b, job("b1", 2, a1_locked, b1_locked), job("b2", 1, None, None)
+            )
+            assert on_a.result(60) == ["a1", "a2"] and on_b.result(60) == ["b1", "b2"]
+        with psycopg.connect(pg_url) as check:
+            rows = check.execute(
+                "SELECT key FROM meta WHERE key IN ('a1', 'a2', 'b1', 'b2') ORDER BY key"
+            ).fetchall()
+        assert [r[0] for r in rows] == ["a1", "a2", "b1", "b2"]
+    finally:
+        a.close()
+        b.close()

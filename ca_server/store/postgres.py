@@ -2,8 +2,9 @@
 
 Every replica (and every worker of each) runs the same SQL as the SQLite store (see ``sql``);
 PostgreSQL's row locks and conditional UPDATEs make serials, one-time tokens, CRL numbers and
-leases hold across machines. Each write is one transaction, committed (fsynced by PostgreSQL)
-before the call returns; PostgreSQL groups concurrent commits itself. Migrations run once,
+leases hold across machines. Writes go through each process's group-commit writer (one
+connection, a batch of concurrent writes per transaction, see ``writer``), committed (fsynced by
+PostgreSQL) before the call returns; reads use a connection pool. Migrations run once,
 under an advisory lock, however many replicas start together; a schema newer than this
 Signet knows is refused. A database that cannot be reached is ``Unavailable`` within seconds.
 """
@@ -19,9 +20,11 @@ import psycopg_pool
 
 from ..core.errors import ConfigurationError, ErrorReason, Unavailable
 from .sql import Cursor, SqlStore, Tx, backfill_revocation_events
+from .writer import GroupCommitWriter
 
 CONNECT_TIMEOUT = 3  # seconds to open a connection
 POOL_TIMEOUT = 5.0  # seconds a call waits for a free connection before it is UNAVAILABLE
+LOCK_TIMEOUT_MS = 5000  # the writer's longest wait for a lock another replica holds
 SCHEMA_LOCK = 0x5167_6E65_7400  # pg_advisory_xact_lock key: "Signet" migrations
 QUOTA_LOCK = 0x5167  # with hashtext(identity): the (int4, int4) lock space of quota checks
 
@@ -150,6 +153,43 @@ MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+class _PgWriteConnection:
+    """The writer's own connection (see writer.GroupCommitWriter): this process's writes go
+    to PostgreSQL a batch per transaction, so a storm of issuances costs one commit (and one
+    WAL flush) per batch instead of one per certificate."""
+
+    database_error: tuple[type[BaseException], ...] = (psycopg.Error,)
+    fatal_error: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
+    # A deadlock with another replica's batch (each holds a lock the other waits for):
+    # PostgreSQL aborts one; its jobs are run again one per transaction.
+    retry_alone: tuple[type[BaseException], ...] = (
+        psycopg.errors.DeadlockDetected,  # (an OperationalError in psycopg, not a rollback's)
+        psycopg.errors.TransactionRollback,
+    )
+
+    def __init__(self, url: str) -> None:
+        try:
+            self._conn = psycopg.connect(
+                url,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                # A batch waiting long on another replica's lock holds every caller in it.
+                options=f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+            )
+        except psycopg.Error as exc:
+            raise _unavailable(exc) from None
+        self.handle: Any = _PgDb(self._conn)
+
+    def execute(self, sql: str) -> None:
+        self._conn.execute(sql)
+
+    def describe(self, exc: BaseException) -> str:
+        return str(_unavailable(exc))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class PostgresStore(SqlStore):
     insertion_order = "seq"  # a BIGSERIAL (v5): PostgreSQL rows have no rowid
 
@@ -190,13 +230,12 @@ class PostgresStore(SqlStore):
         except BaseException:
             self._pool.close()
             raise
+        self._writer = GroupCommitWriter(lambda: _PgWriteConnection(url))
 
     def _write(self, fn: Tx) -> Any:
-        try:
-            with self._pool.connection() as conn, conn.transaction():
-                return fn(_PgDb(conn))
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            raise _unavailable(exc) from None
+        """Run fn in this process's writer's next group transaction; its result once
+        committed (see writer)."""
+        return self._writer.submit(fn)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
@@ -239,6 +278,7 @@ class PostgresStore(SqlStore):
                 db.execute("UPDATE signet_schema SET version = ?", [SCHEMA_VERSION])
 
     def close(self) -> None:
+        self._writer.close()
         self._pool.close()
 
 
