@@ -12,8 +12,9 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
-from ..core.authority import CertificateAuthority, Issued
+from ..core.authority import CertificateAuthority, Issued, Preview
 from ..core.errors import InvalidRequest, Unauthenticated
+from ..core.idempotency import parse_request_id
 from ..core.ocsp import CertStatus
 from ..core.policy import Caller
 from ..core.profile import serial_hex
@@ -61,7 +62,22 @@ def _reason(reason: Reason | None) -> ca_pb2.RevocationReason.ValueType:
     return ca_pb2.RevocationReason.ValueType(int(reason) if reason is not None else 0)
 
 
-def _issued(issued: Issued) -> ca_pb2.IssuedCertificate:
+def _request_id(request: Any) -> str | None:
+    request_id = parse_request_id(request.request_id)
+    if request_id is not None:
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+    return request_id
+
+
+def _issued(issued: Issued | Preview) -> ca_pb2.IssuedCertificate:
+    if isinstance(issued, Preview):
+        return ca_pb2.IssuedCertificate(
+            not_before=_ts(issued.not_before),
+            not_after=_ts(issued.not_after),
+            identity=issued.identity,
+            dns_names=issued.dns_names,
+            ip_addresses=issued.ip_addresses,
+        )
     structlog.contextvars.bind_contextvars(serial=issued.serial)
     return ca_pb2.IssuedCertificate(
         certificate_pem=issued.certificate_pem,
@@ -70,6 +86,9 @@ def _issued(issued: Issued) -> ca_pb2.IssuedCertificate:
         not_before=_ts(issued.not_before),
         not_after=_ts(issued.not_after),
         fingerprint_sha256=issued.fingerprint_sha256,
+        identity=issued.identity,
+        dns_names=issued.dns_names,
+        ip_addresses=issued.ip_addresses,
     )
 
 
@@ -122,14 +141,26 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
     ) -> ca_pb2.IssuedCertificate:
         caller = self._caller(context)
         validity = _validity(request.HasField("validity"), request.validity)
-        return _issued(self._ca.sign(caller, request.csr_pem, validity))
+        return _issued(
+            self._ca.sign(
+                caller, request.csr_pem, validity, _request_id(request), request.validate_only
+            )
+        )
 
     def RenewCertificate(
         self, request: ca_pb2.RenewCertificateRequest, context: grpc.ServicerContext
     ) -> ca_pb2.IssuedCertificate:
         caller = self._caller(context)
         validity = _validity(request.HasField("validity"), request.validity)
-        return _issued(self._ca.renew(caller, request.csr_pem, validity, request.revoke_previous))
+        renewed = self._ca.renew(
+            caller,
+            request.csr_pem,
+            validity,
+            request.revoke_previous,
+            _request_id(request),
+            request.validate_only,
+        )
+        return _issued(renewed)
 
     def RevokeCertificate(
         self, request: ca_pb2.RevokeCertificateRequest, context: grpc.ServicerContext
@@ -142,7 +173,9 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
                 f"reason {request.reason} is not an RFC 5280 reason code"
             ) from None
         invalidity_date = _when(request, "invalidity_date")
-        serial, revoked_at = self._ca.revoke(caller, request.serial_number, reason, invalidity_date)
+        serial, revoked_at = self._ca.revoke(
+            caller, request.serial_number, reason, invalidity_date, _request_id(request)
+        )
         structlog.contextvars.bind_contextvars(serial=serial)
         instruments().revocation(reason.name)
         return ca_pb2.RevokeCertificateResponse(serial_number=serial, revoked_at=_ts(revoked_at))
@@ -197,6 +230,7 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             list(request.ip_addresses),
             _validity(request.HasField("token_ttl"), request.token_ttl),
             _validity(request.HasField("certificate_ttl"), request.certificate_ttl),
+            _request_id(request),
         )
         return ca_pb2.CreateBootstrapTokenResponse(
             token=token,
@@ -210,7 +244,7 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         # The peer's address (without its port) is what failed attempts are counted by.
         peer = context.peer().rsplit(":", 1)[0]
         structlog.contextvars.bind_contextvars(caller=f"bootstrap:{peer}")
-        return _issued(self._ca.enroll(request.token, request.csr_pem, peer))
+        return _issued(self._ca.enroll(request.token, request.csr_pem, peer, _request_id(request)))
 
     def ListCertificates(
         self, request: ca_pb2.ListCertificatesRequest, context: grpc.ServicerContext

@@ -8,6 +8,8 @@ SignetError
 ├── NotFound              no such certificate
 ├── Conflict              the certificate's state does not allow it
 │   └── AlreadyRevoked    revoking a certificate that is already revoked
+├── RequestIdReused       a request_id already used for another request (or whose answer,
+│                         a token, is not kept to be given again)
 ├── LimitExceeded         a size or rate limit
 ├── Unavailable           a dependency (the database) cannot serve now: retry shortly
 └── ConfigurationError    the CA's own files or settings are unusable (start-up only)
@@ -45,6 +47,10 @@ class Conflict(SignetError):
 
 
 class AlreadyRevoked(Conflict):
+    pass
+
+
+class RequestIdReused(SignetError):
     pass
 
 
