@@ -25,7 +25,7 @@ import structlog
 
 from signet.ca.v1 import ca_pb2
 
-from .client import CaClient, NotSaved, save_or_revoke
+from .client import TIMEOUT, CaClient, NotSaved, Pending, save_or_revoke
 from .clock import Clock, SystemClock
 from .enroll import PinMismatch, enroll, fetch_pinned_root, normalize_fingerprint
 from .files import (
@@ -69,6 +69,7 @@ class AgentConfig:
     signal_number: int = signal.SIGHUP
     signal_pid: int | None = None
     pid_file: Path | None = None
+    rpc_timeout: float = TIMEOUT  # seconds an RPC may take before it is retried (backoff)
 
     def __post_init__(self) -> None:
         check_timing(self.fraction, self.renewal_jitter)  # here, not after a token is spent
@@ -94,6 +95,14 @@ class Agent:
         # In-process users (ca_client.Identity) hear about renewals and failures here.
         self.renewed: list[Callable[[Credentials], None]] = []
         self.failed: list[Callable[[Exception], None]] = []
+        # The call being retried (what for, its key and request_id): kept across backoff so
+        # that a retry after a lost answer is answered with the certificate already issued.
+        self._pending: tuple[str, Pending] | None = None
+
+    def _pending_for(self, purpose: str) -> Pending:
+        if self._pending is None or self._pending[0] != purpose:
+            self._pending = (purpose, Pending.new())
+        return self._pending[1]
 
     def _now(self) -> dt.datetime:
         return self.clock.now()
@@ -149,7 +158,9 @@ class Agent:
             root = fetch_pinned_root(server, normalize_fingerprint(self.config.root_fingerprint))
         except (PinMismatch, WrongListener) as exc:
             raise AgentGaveUp(str(exc)) from None
-        creds = enroll(server, token, root)
+        pending = self._pending_for("enroll")
+        creds = enroll(server, token, root, pending=pending, timeout=self.config.rpc_timeout)
+        self._pending = None  # answered: the next call is a new one
         try:
             self._publish(creds)
         except NotSaved as exc:  # the token is spent: nothing more to try
@@ -166,12 +177,15 @@ class Agent:
         try:
             return self._renew(creds, revoke_previous=True)
         except grpc.RpcError as exc:
+            self._forget_refused(exc)
             log.warning("validity_not_applied", error=exc.details(), **describe(creds))
             return creds
 
     def _renew(self, creds: Credentials, revoke_previous: bool = False) -> Credentials:
-        with CaClient(self.config.server, creds) as client:
-            fresh = client.renew(self.config.validity, revoke_previous)
+        pending = self._pending_for("renew, revoking" if revoke_previous else "renew")
+        with CaClient(self.config.server, creds, timeout=self.config.rpc_timeout) as client:
+            fresh = client.renew(self.config.validity, revoke_previous, pending)
+        self._pending = None  # answered: the next renewal is a new call
         self._publish(fresh)
         self.renewals += 1
         log.info("renewed", **self._received(fresh, self._now()), renewals=self.renewals)
@@ -276,6 +290,7 @@ class Agent:
             except AgentGaveUp:
                 raise
             except grpc.RpcError as exc:
+                self._forget_refused(exc)
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # a wrong address: no retry helps
                     raise AgentGaveUp(
                         explain(self.config.server, exc, probe=False) or exc.details()
@@ -299,6 +314,13 @@ class Agent:
                 backoff = self._wait_backoff(stop, backoff, creds, exc)
             except (OSError, NotSaved) as exc:  # the CA unreachable at first contact, a full disk
                 backoff = self._wait_backoff(stop, backoff, creds, exc)
+
+    def _forget_refused(self, exc: grpc.RpcError) -> None:
+        """The request_id is answered ALREADY_EXISTS (used for another request): the retry
+        becomes a new call. Other refusals are not remembered by the CA, so keeping the id
+        is harmless, and after a transient failure it is what makes the retry safe."""
+        if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+            self._pending = None
 
     def _wait_backoff(
         self,

@@ -27,7 +27,7 @@ from ca_server.logs import configure_logging
 from signet.ca.v1 import ca_pb2
 
 from .agent import Agent, AgentConfig, AgentGaveUp
-from .client import CaClient, NotSaved, save_or_revoke
+from .client import CaClient, NotSaved, Retry, save_or_revoke
 from .clock import Clock
 from .enroll import PinMismatch, enroll, fetch_pinned_root, normalize_fingerprint
 from .errors import describe_error
@@ -195,7 +195,8 @@ def _client(args: argparse.Namespace) -> CaClient:
     creds = read_credentials(Path(args.out))
     if creds is None:
         raise UsageError(f"no cert.pem and key.pem in {args.out}: enroll first")
-    return CaClient(args.server, creds)
+    # Transient failures are retried with the same request (so the same request_id).
+    return CaClient(args.server, creds, retry=Retry())
 
 
 def _duration(text: str) -> dt.timedelta:
@@ -258,7 +259,7 @@ def _enroll(args: argparse.Namespace) -> int:
     api_server = args.api_server or _sibling(args.server, 50051)
     split_address(api_server)
     root = fetch_pinned_root(args.server, fingerprint)
-    creds = enroll(args.server, args.token, root)
+    creds = enroll(args.server, args.token, root, retry=Retry())
     _report(args, "enrolled", creds, save_or_revoke(api_server, out, creds, outputs, password))
     return 0
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -22,6 +27,41 @@ TIMEOUT = 30.0
 # Only the CA's serving certificate carries this name (the CA refuses it to everyone else),
 # so a workload certificate from the same CA cannot pose as the CA.
 CA_CHANNEL_OPTIONS = [("grpc.ssl_target_name_override", CA_SERVER_NAME)]
+
+
+# What a retry can cure: the CA unreachable, or no answer in time (which may be an answer lost
+# after the CA acted: the request_id makes the retry safe).
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How one logical call is retried after a transient failure: the same request message
+    again, so the same request_id, and the CA answers a retry of what it already did with
+    its first answer (the same certificate), never by doing it twice."""
+
+    attempts: int = 3
+    delay: float = 0.5  # seconds before the second attempt, doubled for each one after
+    sleep: Callable[[float], None] = time.sleep
+
+    def call(self, method: Callable[..., Any], request: Any, timeout: float) -> Any:
+        delay = self.delay
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return method(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                if attempt >= self.attempts or exc.code() not in RETRYABLE:
+                    raise
+            self.sleep(delay)
+            delay *= 2
+        raise ValueError("Retry.attempts must be at least 1")
+
+
+ONCE = Retry(attempts=1)  # for callers with a retry loop of their own (the agent)
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
 
 
 class NotSaved(Exception):
@@ -69,14 +109,34 @@ def csr_for(key: ec.EllipticCurvePrivateKey) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
+@dataclass(frozen=True)
+class Pending:
+    """One logical call that asks for a certificate: a new key, its CSR and the request_id,
+    kept for every retry of that call (also across the agent's backoff), so that a retry after
+    a lost answer gets the certificate already issued for this key, not a second one."""
+
+    key: ec.EllipticCurvePrivateKey
+    csr_pem: str
+    request_id: str
+
+    @classmethod
+    def new(cls) -> Pending:
+        key = new_key()
+        return cls(key, csr_for(key), new_request_id())
+
+
 class CaClient:
     """Calls the CA as the holder of `creds` (its mTLS identity), trusting `creds.roots`."""
 
-    def __init__(self, server: str, creds: Credentials) -> None:
+    def __init__(
+        self, server: str, creds: Credentials, *, retry: Retry = ONCE, timeout: float = TIMEOUT
+    ) -> None:
         if not creds.roots:
             raise ValueError("no CA certificate (ca.pem) to trust the server with")
         self.server = server
         self.creds = creds
+        self.retry = retry
+        self.timeout = timeout
         key_pem, chain, roots = pem_parts(creds)
         self._channel = grpc.secure_channel(
             server, grpc.ssl_channel_credentials(roots, key_pem, chain), options=CA_CHANNEL_OPTIONS
@@ -93,16 +153,23 @@ class CaClient:
         self.close()
 
     def renew(
-        self, validity: dt.timedelta | None = None, revoke_previous: bool = False
+        self,
+        validity: dt.timedelta | None = None,
+        revoke_previous: bool = False,
+        pending: Pending | None = None,
     ) -> Credentials:
-        """A new certificate for a new key, with the current identity."""
-        key = new_key()
+        """A new certificate for a new key, with the current identity. `pending`: the key and
+        request_id of a call already tried (a retry), else new ones."""
+        pending = pending or Pending.new()
         request = ca_pb2.RenewCertificateRequest(
-            csr_pem=csr_for(key), revoke_previous=revoke_previous
+            csr_pem=pending.csr_pem,
+            revoke_previous=revoke_previous,
+            request_id=pending.request_id,
         )
         if validity is not None:
             request.validity.FromTimedelta(validity)
-        reply = self.stub.RenewCertificate(request, timeout=TIMEOUT)
+        reply = self.retry.call(self.stub.RenewCertificate, request, self.timeout)
+        key = pending.key
         creds = Credentials(
             key,
             x509.load_pem_x509_certificate(reply.certificate_pem.encode()),
@@ -114,14 +181,29 @@ class CaClient:
 
     def status(self, serial: str) -> ca_pb2.GetCertificateStatusResponse:
         request = ca_pb2.GetCertificateStatusRequest(serial_number=serial)
-        return self.stub.GetCertificateStatus(request, timeout=TIMEOUT)
+        reply: ca_pb2.GetCertificateStatusResponse = self.retry.call(
+            self.stub.GetCertificateStatus, request, self.timeout
+        )
+        return reply
 
-    def revoke(self, serial: str, reason: int = 0) -> ca_pb2.RevokeCertificateResponse:
-        request = ca_pb2.RevokeCertificateRequest(serial_number=serial, reason=reason)  # type: ignore[arg-type]
-        return self.stub.RevokeCertificate(request, timeout=TIMEOUT)
+    def revoke(
+        self, serial: str, reason: int = 0, request_id: str | None = None
+    ) -> ca_pb2.RevokeCertificateResponse:
+        request = ca_pb2.RevokeCertificateRequest(
+            serial_number=serial,
+            reason=reason,  # type: ignore[arg-type]
+            request_id=request_id or new_request_id(),
+        )
+        reply: ca_pb2.RevokeCertificateResponse = self.retry.call(
+            self.stub.RevokeCertificate, request, self.timeout
+        )
+        return reply
 
     def crl(self) -> ca_pb2.GetCRLResponse:
-        return self.stub.GetCRL(ca_pb2.GetCRLRequest(), timeout=TIMEOUT)
+        reply: ca_pb2.GetCRLResponse = self.retry.call(
+            self.stub.GetCRL, ca_pb2.GetCRLRequest(), self.timeout
+        )
+        return reply
 
 
 def save_or_revoke(
@@ -144,7 +226,7 @@ def save_or_revoke(
 def _revoke_unsaved(api_server: str, out_dir: Path, creds: Credentials, error: Exception) -> str:
     serial = serial_hex(creds.certificate.serial_number)
     try:
-        with CaClient(api_server, creds) as client:
+        with CaClient(api_server, creds, retry=Retry()) as client:
             client.revoke(serial, ca_pb2.CESSATION_OF_OPERATION)
     except (grpc.RpcError, ValueError) as exc:
         detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
-from .client import CA_CHANNEL_OPTIONS, TIMEOUT, check_issued, csr_for, new_key
+from .client import CA_CHANNEL_OPTIONS, ONCE, TIMEOUT, Pending, Retry, check_issued
 from .files import Credentials
 from .listeners import (
     API,
@@ -83,16 +83,28 @@ def _wants_client_certificate(tls: ssl.SSLSocket) -> bool:
         return True
 
 
-def enroll(server: str, token: str, root: x509.Certificate) -> Credentials:
-    """A new key made here, and a certificate for it in exchange for the token."""
-    key = new_key()
+def enroll(
+    server: str,
+    token: str,
+    root: x509.Certificate,
+    *,
+    pending: Pending | None = None,
+    retry: Retry = ONCE,
+    timeout: float = TIMEOUT,
+) -> Credentials:
+    """A new key made here (or `pending`'s, for a retry of an earlier attempt), and a
+    certificate for it in exchange for the token. A retry carries the same request_id, so an
+    answer lost after the token was spent is given again rather than refused."""
+    pending = pending or Pending.new()
     root_pem = root.public_bytes(serialization.Encoding.PEM)
     credentials = grpc.ssl_channel_credentials(root_pem)
+    request = ca_pb2.EnrollRequest(
+        token=token, csr_pem=pending.csr_pem, request_id=pending.request_id
+    )
     with grpc.secure_channel(server, credentials, options=CA_CHANNEL_OPTIONS) as channel:
         stub = ca_pb2_grpc.CertificateAuthorityStub(channel)
-        reply = stub.Enroll(
-            ca_pb2.EnrollRequest(token=token, csr_pem=csr_for(key)), timeout=TIMEOUT
-        )
+        reply = retry.call(stub.Enroll, request, timeout)
+    key = pending.key
     creds = Credentials(
         key,
         x509.load_pem_x509_certificate(reply.certificate_pem.encode()),

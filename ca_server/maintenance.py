@@ -100,6 +100,18 @@ class Maintenance:
         if total:
             log.info("certificates_pruned", certificates=total, expired_before=str(keep))
 
+    def _prune_requests(self) -> None:
+        """Answers kept for retries of idempotent calls leave the store once expired (lookups
+        already ignore them), a batch per transaction."""
+        total = 0
+        while not self._stop.is_set():
+            n = self._ca.store.prune_requests(self._ca.clock.now(), PRUNE_BATCH)
+            total += n
+            if n < PRUNE_BATCH or self._ca.crls.wanted.is_set():
+                break
+        if total:
+            log.info("request_ids_pruned", records=total)
+
     def _root_documents(self) -> None:
         """Take up the root's CRL and OCSP answer from the store; the lease holder re-signs them
         when due if it has the root key, and otherwise warns (hourly) from then on, while
@@ -207,6 +219,7 @@ class Maintenance:
                         log.info("ocsp_refreshed", responses=total)
                     self._ca.store.prune_enroll_failures(self._ca.clock.now() - FAILURE_WINDOW)
                     self._prune_expired()
+                    self._prune_requests()
                     self._job_done("ocsp_refresh")
                 except Exception:
                     log.exception("ocsp_refresh_failed")

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from .core.errors import ConfigurationError
 from .store.sql import Db, SqlStore
 
-# (table, key column its rows are read in order of, columns)
+# (table, key column(s) its rows are read in order of, columns)
 TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "certificates",
@@ -51,6 +51,14 @@ TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "revocation_events",
         "sequence",
         ("sequence", "serial", "kind", "at", "reason", "revoked_at", "not_after"),
+    ),
+    (
+        "request_ids",
+        "scope, request_id",
+        (
+            "scope", "request_id", "method", "fingerprint", "result", "created_at",
+            "expires_at",
+        ),
     ),
 )  # fmt: skip
 COUNTERS = ("crl_number", "revocations")
@@ -132,13 +140,15 @@ def migrate(
             f"ON CONFLICT ({key}) DO NOTHING"
         )
         copied[table] = 0
-        last: Any = None
+        width_of_key = read_key.count(",") + 1  # a composite key is compared as a row value
+        last: list[Any] | None = None
         while True:
-            where = f"WHERE {read_key} > ? " if last is not None else ""
+            marks_of_key = ", ".join("?" * width_of_key)
+            where = f"WHERE ({read_key}) > ({marks_of_key}) " if last is not None else ""
             rows = source._read(
                 f"SELECT {names}, {read_key} FROM {table} {where}"  # noqa: S608 - constants
                 f"ORDER BY {read_key} LIMIT ?",
-                [*([last] if last is not None else []), batch],
+                [*(last or []), batch],
             )
             if not rows:
                 break
@@ -150,7 +160,7 @@ def migrate(
                     db.execute(insert, list(row)[:width])
 
             target._write(copy)
-            last = rows[-1][-1]
+            last = list(rows[-1][-width_of_key:])
             copied[table] += len(rows)
             done += len(rows)
             if progress is not None:

@@ -28,9 +28,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def sign(stub: ca_pb2_grpc.CertificateAuthorityStub, name: str) -> ca_pb2.SignCertificateResponse:
+def sign(stub: ca_pb2_grpc.CertificateAuthorityStub, name: str) -> ca_pb2.IssuedCertificate:
     _, csr = make_csr(uris=[spiffe(f"faults/{name}")])
-    reply: ca_pb2.SignCertificateResponse = stub.SignCertificate(
+    reply: ca_pb2.IssuedCertificate = stub.SignCertificate(
         ca_pb2.SignCertificateRequest(csr_pem=csr), timeout=DEADLINE
     )
     return reply

@@ -5,6 +5,7 @@ non-empty target is refused, and the CA then serves from the new database as bef
 from __future__ import annotations
 
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ ADMIN = Caller(spiffe("admin"), "", is_admin=True)
 
 @pytest.fixture
 def history(tmp_path: Path) -> Path:
-    """A CA with certificates (some revoked, one on hold), tokens, audit events and CRLs."""
+    """A CA with certificates (some revoked, one on hold), tokens, audit events, CRLs and
+    the records of idempotent calls."""
     data = tmp_path / "ca-data"
     init = subprocess.run(
         [*_ca_server(), "init", "--data-dir", str(data)], capture_output=True, text=True, timeout=60
@@ -35,12 +37,14 @@ def history(tmp_path: Path) -> Path:
     ca = load_ca(load_config(data, env={}), None, FakeClock())
     try:
         serials = [
-            ca.authority.sign(ADMIN, make_csr(uris=[spiffe(f"m/{i}")])[1], None).serial
+            ca.authority.sign(
+                ADMIN, make_csr(uris=[spiffe(f"m/{i}")])[1], None, str(uuid.uuid4())
+            ).serial
             for i in range(30)
         ]
         for i, serial in enumerate(serials[:6]):
             reason = Reason.CERTIFICATE_HOLD if i == 0 else Reason.KEY_COMPROMISE
-            ca.authority.revoke(ADMIN, serial, reason)
+            ca.authority.revoke(ADMIN, serial, reason, request_id=str(uuid.uuid4()))
         ca.authority.create_token(ADMIN, spiffe("m/token"), ["m.internal"], [], None, None)
         for _ in range(3):
             ca.authority.crls.build()
@@ -55,6 +59,7 @@ def _everything(store: SqliteStore | PostgresStore) -> tuple[object, ...]:
         store.list_certificates(ListQuery(limit=10_000)),
         store.audit_events(limit=10_000),
         store._read("SELECT * FROM bootstrap_tokens ORDER BY token_hash"),
+        store._read("SELECT * FROM request_ids ORDER BY scope, request_id"),
         store.latest_crl(),
         store.revocation_epoch(),
     )

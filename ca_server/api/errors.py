@@ -33,6 +33,7 @@ STATUS_FOR: dict[type[errors.SignetError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.RequestIdReused: grpc.StatusCode.ALREADY_EXISTS,
     errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.ConfigurationError: grpc.StatusCode.FAILED_PRECONDITION,

@@ -14,7 +14,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
-from ..core.authority import CertificateAuthority, Issued
+from ..core.authority import CertificateAuthority, Issued, Preview
 from ..core.errors import (
     ErrorReason,
     InvalidRequest,
@@ -22,6 +22,7 @@ from ..core.errors import (
     Unauthenticated,
     Unavailable,
 )
+from ..core.idempotency import parse_request_id
 from ..core.ocsp import CertStatus
 from ..core.policy import Caller
 from ..core.profile import serial_hex
@@ -80,7 +81,22 @@ def _reason(reason: Reason | None) -> ca_pb2.RevocationReason.ValueType:
     return ca_pb2.RevocationReason.ValueType(int(reason) if reason is not None else 0)
 
 
-def _issued(issued: Issued) -> ca_pb2.IssuedCertificate:
+def _request_id(request: Any) -> str | None:
+    request_id = parse_request_id(request.request_id)
+    if request_id is not None:
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+    return request_id
+
+
+def _issued(issued: Issued | Preview) -> ca_pb2.IssuedCertificate:
+    if isinstance(issued, Preview):
+        return ca_pb2.IssuedCertificate(
+            not_before=_ts(issued.not_before),
+            not_after=_ts(issued.not_after),
+            identity=issued.identity,
+            dns_names=issued.dns_names,
+            ip_addresses=issued.ip_addresses,
+        )
     structlog.contextvars.bind_contextvars(serial=issued.serial)
     return ca_pb2.IssuedCertificate(
         certificate_pem=issued.certificate_pem,
@@ -89,6 +105,9 @@ def _issued(issued: Issued) -> ca_pb2.IssuedCertificate:
         not_before=_ts(issued.not_before),
         not_after=_ts(issued.not_after),
         fingerprint_sha256=issued.fingerprint_sha256,
+        identity=issued.identity,
+        dns_names=issued.dns_names,
+        ip_addresses=issued.ip_addresses,
     )
 
 
@@ -165,14 +184,26 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
     ) -> ca_pb2.IssuedCertificate:
         caller = self._caller(context)
         validity = _validity(request.HasField("validity"), request.validity, "validity")
-        return _issued(self._ca.sign(caller, request.csr_pem, validity))
+        return _issued(
+            self._ca.sign(
+                caller, request.csr_pem, validity, _request_id(request), request.validate_only
+            )
+        )
 
     def RenewCertificate(
         self, request: ca_pb2.RenewCertificateRequest, context: grpc.ServicerContext
     ) -> ca_pb2.IssuedCertificate:
         caller = self._caller(context)
         validity = _validity(request.HasField("validity"), request.validity, "validity")
-        return _issued(self._ca.renew(caller, request.csr_pem, validity, request.revoke_previous))
+        renewed = self._ca.renew(
+            caller,
+            request.csr_pem,
+            validity,
+            request.revoke_previous,
+            _request_id(request),
+            request.validate_only,
+        )
+        return _issued(renewed)
 
     def RevokeCertificate(
         self, request: ca_pb2.RevokeCertificateRequest, context: grpc.ServicerContext
@@ -187,7 +218,9 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
                 field="reason",
             ) from None
         invalidity_date = _when(request, "invalidity_date")
-        serial, revoked_at = self._ca.revoke(caller, request.serial_number, reason, invalidity_date)
+        serial, revoked_at = self._ca.revoke(
+            caller, request.serial_number, reason, invalidity_date, _request_id(request)
+        )
         structlog.contextvars.bind_contextvars(serial=serial)
         instruments().revocation(reason.name)
         return ca_pb2.RevokeCertificateResponse(serial_number=serial, revoked_at=_ts(revoked_at))
@@ -244,6 +277,7 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             _validity(
                 request.HasField("certificate_ttl"), request.certificate_ttl, "certificate_ttl"
             ),
+            _request_id(request),
         )
         return ca_pb2.CreateBootstrapTokenResponse(
             token=token,
@@ -257,7 +291,7 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         # The peer's address (without its port) is what failed attempts are counted by.
         peer = context.peer().rsplit(":", 1)[0]
         structlog.contextvars.bind_contextvars(caller=f"bootstrap:{peer}")
-        return _issued(self._ca.enroll(request.token, request.csr_pem, peer))
+        return _issued(self._ca.enroll(request.token, request.csr_pem, peer, _request_id(request)))
 
     def ListCertificates(
         self, request: ca_pb2.ListCertificatesRequest, context: grpc.ServicerContext

@@ -17,7 +17,7 @@ from .clock import Clock
 from .crl_publisher import CrlPublisher, CrlResult
 from .enrollment import Enrollment
 from .errors import AlreadyRevoked
-from .issuance import Issuance, IssuanceSettings, Issued
+from .issuance import Issuance, IssuanceSettings, Issued, Preview
 from .keys import SigningKey
 from .listing import Listing, Page
 from .policy import Caller, Policy
@@ -35,6 +35,7 @@ __all__ = [
     "IssuanceSettings",
     "Issued",
     "Page",
+    "Preview",
     "StatusResult",
     "parse_serial",
 ]
@@ -139,11 +140,17 @@ class CertificateAuthority:
         csr_pem: str,
         validity: dt.timedelta | None,
         revoke_previous: bool = False,
-    ) -> Issued:
+        request_id: str | None = None,
+        validate_only: bool = False,
+    ) -> Issued | Preview:
         """A new certificate for the caller's identity and names, for the CSR's (new) key;
-        with revoke_previous, the caller's certificate is then revoked as superseded."""
-        issued = self._issuance.renew(caller, csr_pem, validity)
-        if revoke_previous:
+        with revoke_previous, the caller's certificate is then revoked as superseded (also
+        when a retry is answered with the certificate already issued: the caller is still
+        authenticated by the previous one, so the first call did not get that far)."""
+        issued = self._issuance.renew(
+            caller, csr_pem, validity, request_id, validate_only, revoke_previous
+        )
+        if revoke_previous and isinstance(issued, Issued):
             # A concurrent revocation may get there first: the outcome is the same.
             with contextlib.suppress(AlreadyRevoked):
                 self.revoke(caller, caller.serial, Reason.SUPERSEDED)

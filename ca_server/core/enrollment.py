@@ -21,7 +21,8 @@ from .bootstrap import (
 from .clock import Clock, utc_seconds
 from .csr import parse_csr
 from .durations import format_duration
-from .errors import ErrorReason, InvalidRequest, LimitExceeded, Unauthenticated
+from .errors import ErrorReason, InvalidRequest, LimitExceeded, RequestIdReused, Unauthenticated
+from .idempotency import Call, result
 from .issuance import (
     Issuance,
     IssuanceSettings,
@@ -32,7 +33,7 @@ from .issuance import (
 )
 from .names import normalize_dns_name, parse_spiffe_id
 from .policy import Caller, Policy, RequestedNames, check_is_admin, check_request, grantor
-from .store import AuditEvent, Store, TokenRecord
+from .store import AuditEvent, DuplicateRequest, RequestRecord, Store, TokenRecord
 
 _NOBODY = "unauthenticated"  # the actor of a refused enrollment: its peer says where from
 FAILURE_LIMIT = 10  # bad tokens per peer per window, answered UNAUTHENTICATED; then refused
@@ -70,10 +71,24 @@ class Enrollment:
         ip_addresses: Sequence[str],
         token_ttl: dt.timedelta | None,
         certificate_ttl: dt.timedelta | None,
+        request_id: str | None = None,
     ) -> tuple[str, dt.datetime]:
         """A one-time token for `identity` and the names given; returns (token, expires_at).
-        The token itself is never stored or logged."""
+        The token itself is never stored or logged, so a retry with the request_id of a call
+        that made one is refused (see _not_again), never answered with a second token."""
         check_is_admin(caller, "CreateBootstrapToken")
+        call = Call.of(
+            caller.identity,
+            request_id,
+            "CreateBootstrapToken",
+            identity,
+            list(dns_names),
+            list(ip_addresses),
+            None if token_ttl is None else token_ttl.total_seconds(),
+            None if certificate_ttl is None else certificate_ttl.total_seconds(),
+        )
+        if (prior := self._issuance.requests.prior(call)) is not None:
+            _not_again(prior)
         sid = str(_field_value("identity", parse_spiffe_id, identity))
         dns = tuple(
             dict.fromkeys(_field_value("dns_names", normalize_dns_name, n) for n in dns_names)
@@ -121,21 +136,33 @@ class Enrollment:
             now,
         )
         detail = f"token for {sid} ({record.token_hash[:12]}), expires {record.expires_at}"
-        self._store.add_token(
-            record, AuditEvent(now, "token-create", caller.identity, None, detail, caller.peer)
-        )
+        answer = {"token": record.token_hash[:12], "expires_at": record.expires_at.isoformat()}
+        try:
+            self._store.add_token(
+                record,
+                AuditEvent(now, "token-create", caller.identity, None, detail, caller.peer),
+                call.record(answer, now) if call else None,
+            )
+        except DuplicateRequest:
+            assert call is not None
+            _not_again(self._issuance.requests.winner(call))
         return token, record.expires_at
 
-    def enroll(self, token: str, csr_pem: str, peer: str) -> Issued:
+    def enroll(self, token: str, csr_pem: str, peer: str, request_id: str | None = None) -> Issued:
         """A first certificate for whoever holds a valid, unused token; the names are the
         token's, the key the CSR's. A valid token always works, however many bad ones came
         from the same address (behind NAT that is everyone); bad ones are counted per peer
         for every process sharing the store and, past FAILURE_LIMIT a window, refused with
         LimitExceeded. The audit trail gets a row when a peer's window of refusals opens and
-        when it goes over the limit, not one per attempt."""
+        when it goes over the limit, not one per attempt. A retry with the request_id of a call
+        that enrolled is answered with its certificate (the token is spent by then): the
+        answer is scoped by the token, which only its holder knows."""
+        digest = token_hash(token)
+        once = Call.of(f"token:{digest}", request_id, "Enroll", csr_pem) if token else None
+        if (prior := self._issuance.requests.prior(once)) is not None:
+            return self._issuance.replay(prior)
         csr = parse_csr(csr_pem)  # a bad CSR must not burn the token
         now = utc_seconds(self._clock.now())
-        digest = token_hash(token)
         record = self._store.usable_token(digest, now) if token else None
         if record is None:
             self._refused(peer, now)
@@ -158,6 +185,7 @@ class Enrollment:
                 action="enroll",
                 peer=peer,
                 spend_token=(digest, now),  # spent with the certificate stored, or not at all
+                call=once,
             )
         except TokenSpent:
             self._refused(peer, now)
@@ -208,3 +236,17 @@ def _field_value(field: str, parse: Callable[[str], _T], text: str) -> _T:
         raise InvalidRequest(
             str(exc), reason=ErrorReason.NAME_INVALID, field=field, metadata={"name": text[:256]}
         ) from None
+
+
+def _not_again(prior: RequestRecord) -> NoReturn:
+    """A token is shown once: the CA keeps only its hash, so it cannot give the same answer
+    again, and minting a second token for a retry would leave two live where one was meant."""
+    answer = result(prior)
+    raise RequestIdReused(
+        f"request_id {prior.request_id} already created a bootstrap token ({answer['token']}..., "
+        f"expires {answer['expires_at']}) at {prior.created_at.isoformat()}; a token is shown "
+        "only once and not kept, so that answer cannot be given again: if it was lost, create "
+        "another with a new request_id (the first expires unused)",
+        reason=ErrorReason.ANSWER_NOT_KEPT,
+        field="request_id",
+    )

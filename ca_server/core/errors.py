@@ -11,6 +11,8 @@ SignetError
 ├── NotFound              no such certificate
 ├── Conflict              the certificate's state does not allow it
 │   └── AlreadyRevoked    revoking a certificate that is already revoked
+├── RequestIdReused       a request_id already used for another request (or whose answer,
+│                         a token, is not kept to be given again)
 ├── LimitExceeded         a size or rate limit
 ├── Unavailable           a dependency (the database) cannot serve now: retry shortly
 └── ConfigurationError    the CA's own files or settings are unusable (start-up only)
@@ -92,6 +94,11 @@ class ErrorReason(enum.StrEnum):
     SEQUENCE_AHEAD = enum.auto()
     WATCHERS_EXHAUSTED = enum.auto()
     SHUTTING_DOWN = enum.auto()
+    # Retries (request_id)
+    REQUEST_ID_INVALID = enum.auto()
+    REQUEST_ID_REUSED = enum.auto()
+    ANSWER_NOT_KEPT = enum.auto()
+    REQUEST_IN_PROGRESS = enum.auto()
 
 
 class SignetError(Exception):
@@ -147,6 +154,10 @@ class Conflict(SignetError):
 
 class AlreadyRevoked(Conflict):
     default_reason = ErrorReason.ALREADY_REVOKED
+
+
+class RequestIdReused(SignetError):
+    default_reason = ErrorReason.REQUEST_ID_REUSED
 
 
 class LimitExceeded(SignetError):

@@ -18,7 +18,14 @@ from .clock import Clock, utc_seconds
 from .csr import FIELD as CSR_FIELD
 from .csr import parse_csr
 from .durations import format_duration
-from .errors import ErrorReason, InvalidRequest, LimitExceeded, Unauthenticated
+from .errors import (
+    ErrorReason,
+    InvalidRequest,
+    LimitExceeded,
+    RequestIdReused,
+    Unauthenticated,
+)
+from .idempotency import Call, RequestIds, result
 from .names import IPAddress
 from .policy import Caller, Policy, RequestedNames, check_request, grantor
 from .profile import (
@@ -27,13 +34,23 @@ from .profile import (
     PublicUrls,
     build_leaf,
     build_ocsp_responder,
+    capped_not_after,
     fingerprint_sha256,
     pem,
     random_serial,
     serial_hex,
 )
 from .responder import OcspResponder
-from .store import AuditEvent, CertificateRecord, DuplicateSerial, Quota, QuotaExceeded, Store
+from .store import (
+    AuditEvent,
+    CertificateRecord,
+    DuplicateRequest,
+    DuplicateSerial,
+    Quota,
+    QuotaExceeded,
+    RequestRecord,
+    Store,
+)
 
 _CA_ACTOR = "signet:ca"
 
@@ -82,6 +99,9 @@ class Issued:
     chain_pem: str
     serial: str
     fingerprint_sha256: str
+    identity: str = ""
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
 
     @property
     def certificate_pem(self) -> str:
@@ -94,6 +114,21 @@ class Issued:
     @property
     def not_after(self) -> dt.datetime:
         return self.certificate.not_valid_after_utc
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """What a call would issue (validate_only): every check passed; nothing signed or stored."""
+
+    identity: str
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+def _seconds(lifetime: dt.timedelta | None) -> float | None:
+    return None if lifetime is None else lifetime.total_seconds()
 
 
 def check_name_count(
@@ -156,6 +191,7 @@ class Issuance:
         self._issuer = issuer
         self._policy = policy
         self.settings = settings
+        self.requests = RequestIds(store=store, clock=clock)
         # Built here because each needs the other: the responder asks for its delegated
         # certificate, and each certificate issued gets a response the responder signs.
         self.responder = OcspResponder(
@@ -166,7 +202,24 @@ class Issuance:
             signer_validity=settings.ocsp_signer_validity,
         )
 
-    def sign(self, caller: Caller, csr_pem: str, validity: dt.timedelta | None) -> Issued:
+    def sign(
+        self,
+        caller: Caller,
+        csr_pem: str,
+        validity: dt.timedelta | None,
+        request_id: str | None = None,
+        validate_only: bool = False,
+    ) -> Issued | Preview:
+        """validate_only: every check, nothing signed or stored (nor a request_id recorded)."""
+        once = (
+            None
+            if validate_only
+            else Call.of(
+                caller.identity, request_id, "SignCertificate", csr_pem, _seconds(validity)
+            )
+        )
+        if (prior := self.requests.prior(once)) is not None:
+            return self.replay(prior)
         csr = parse_csr(csr_pem)
         if len(csr.uris) != 1:
             raise InvalidRequest(
@@ -179,6 +232,8 @@ class Issuance:
         check_name_count(self.settings, names, "the CSR", CSR_FIELD)
         check_request(self._policy, caller, names)
         lifetime = checked_lifetime(self.settings, validity, self.settings.default_validity)
+        if validate_only:
+            return self.preview(names, lifetime)
         return self.issue(
             public_key=csr.public_key,
             names=names,
@@ -187,10 +242,34 @@ class Issuance:
             actor=caller.identity,
             action="issue",
             peer=caller.peer,
+            call=once,
         )
 
-    def renew(self, caller: Caller, csr_pem: str, validity: dt.timedelta | None) -> Issued:
-        """A new certificate for the caller's identity and names, for the CSR's (new) key."""
+    def renew(
+        self,
+        caller: Caller,
+        csr_pem: str,
+        validity: dt.timedelta | None,
+        request_id: str | None = None,
+        validate_only: bool = False,
+        revoke_previous: bool = False,
+    ) -> Issued | Preview:
+        """A new certificate for the caller's identity and names, for the CSR's (new) key.
+        revoke_previous only tells calls apart (the authority revokes)."""
+        once = (
+            None
+            if validate_only
+            else Call.of(
+                caller.identity,
+                request_id,
+                "RenewCertificate",
+                csr_pem,
+                _seconds(validity),
+                revoke_previous,
+            )
+        )
+        if (prior := self.requests.prior(once)) is not None:
+            return self.replay(prior)
         csr = parse_csr(csr_pem)  # only its key counts: names come from the current certificate
         current = self._store.get_certificate(caller.serial)
         if current is None:
@@ -223,16 +302,60 @@ class Issuance:
         cns = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         old_lifetime = current.not_after - current.not_before - self.settings.backdate
         default = min(max(old_lifetime, self.settings.min_validity), self.settings.max_validity)
+        lifetime = checked_lifetime(self.settings, validity, default)
+        if validate_only:
+            return self.preview(names, lifetime)
         return self.issue(
             public_key=csr.public_key,
             names=names,
             common_name=str(cns[0].value) if cns else None,
-            lifetime=checked_lifetime(self.settings, validity, default),
+            lifetime=lifetime,
             actor=caller.identity,
             authorized_by=current.authorized_by,
             action="renew",
             detail=f"renews {caller.serial}",
             peer=caller.peer,
+            call=once,
+        )
+
+    def preview(self, names: RequestedNames, lifetime: dt.timedelta) -> Preview:
+        """What issue() would make of these (checked) names, after the quota check it would
+        run: the same times, the same refusal, and nothing signed or written."""
+        now = utc_seconds(self._clock.now())
+        try:
+            self._store.check_quota(names.identity, self._quota(now))
+        except QuotaExceeded as exc:
+            raise self._over_quota(names.identity, exc, now) from None
+        return Preview(
+            names.identity,
+            names.dns_names,
+            tuple(str(ip) for ip in names.ip_addresses),
+            now - self.settings.backdate,
+            capped_not_after(self._issuer, now + lifetime),
+        )
+
+    def replay(self, prior: RequestRecord) -> Issued:
+        """The certificate an earlier call with the same request_id was answered with."""
+        serial = str(result(prior)["serial"])
+        record = self._store.get_certificate(serial)
+        if record is None:  # pruned: only if retain_expired is shorter than RETENTION
+            raise RequestIdReused(
+                f"request_id {prior.request_id} was answered with certificate {serial}, which "
+                "is no longer stored; send the request with a new request_id",
+                reason=ErrorReason.ANSWER_NOT_KEPT,
+                field="request_id",
+            )
+        return self._issued(x509.load_der_x509_certificate(record.der), record)
+
+    def _issued(self, cert: x509.Certificate, record: CertificateRecord) -> Issued:
+        return Issued(
+            cert,
+            self._issuer.chain_pem,
+            record.serial,
+            record.fingerprint_sha256,
+            record.identity,
+            record.dns_names,
+            record.ip_addresses,
         )
 
     def issue_for(
@@ -274,10 +397,13 @@ class Issuance:
         spend_token: tuple[str, dt.datetime] | None = None,
         peer: str = "",
         limited: bool = True,
+        call: Call | None = None,
     ) -> Issued:
         """Build, record and return a leaf for names already checked against policy. With
         spend_token (hash, now), the bootstrap token is spent in the transaction that stores
-        the certificate: never a token spent without a certificate, nor the reverse."""
+        the certificate: never a token spent without a certificate, nor the reverse. With
+        call, its request record is stored in that transaction too; if a concurrent call with
+        the same id stored first, its certificate is the answer (and this one is dropped)."""
         now = utc_seconds(self._clock.now())
         for _ in range(5):  # a 128-bit collision is as good as impossible; a loop costs nothing
             serial = random_serial()
@@ -314,20 +440,26 @@ class Issuance:
             )
             audit = AuditEvent(now, action, actor, record.serial, detail, peer)
             quota = self._quota(now) if limited else None
+            request = call.record({"serial": record.serial}, now) if call else None
             try:
                 # Stored (durably) before anyone sees it: nothing is handed out unrecorded.
                 if spend_token is None:
-                    self._store.add_certificate(record, audit, quota)
-                elif not self._store.add_enrolled_certificate(record, audit, *spend_token, quota):
+                    self._store.add_certificate(record, audit, quota, request)
+                elif not self._store.add_enrolled_certificate(
+                    record, audit, *spend_token, quota, request
+                ):
                     raise TokenSpent(
                         "the bootstrap token was used by a concurrent attempt",
                         reason=ErrorReason.TOKEN_INVALID,
                     )
             except DuplicateSerial:
                 continue
+            except DuplicateRequest:
+                assert call is not None
+                return self.replay(self.requests.winner(call))
             except QuotaExceeded as exc:
                 raise self._over_quota(names.identity, exc, now) from None
-            return Issued(cert, self._issuer.chain_pem, record.serial, record.fingerprint_sha256)
+            return self._issued(cert, record)
         raise RuntimeError("could not find an unused serial number")
 
     def _quota(self, now: dt.datetime) -> Quota:

@@ -256,6 +256,11 @@ def leaf_subject(
     return x509.Name([])
 
 
+def capped_not_after(issuer: Issuer, not_after: dt.datetime) -> dt.datetime:
+    """A leaf never outlives its issuer."""
+    return min(not_after, issuer.certificate.not_valid_after_utc)
+
+
 def build_leaf(
     issuer: Issuer, req: LeafRequest, urls: PublicUrls | None = None
 ) -> x509.Certificate:
@@ -270,7 +275,7 @@ def build_leaf(
         .public_key(req.public_key)
         .serial_number(req.serial)
         .not_valid_before(req.not_before)
-        .not_valid_after(min(req.not_after, issuer.certificate.not_valid_after_utc))
+        .not_valid_after(capped_not_after(issuer, req.not_after))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_key_usage(req.public_key), critical=True)
         .add_extension(

@@ -21,6 +21,11 @@ class DuplicateSerial(Exception):
     """A certificate with this serial is already stored (the caller picks a new serial)."""
 
 
+class DuplicateRequest(Exception):
+    """A live record of this caller's request_id is already stored (by a concurrent call):
+    nothing was written; the caller answers with that record's result."""
+
+
 @dataclass(frozen=True, slots=True)
 class CertificateRecord:
     serial: str  # canonical lowercase hex
@@ -145,6 +150,22 @@ class TokenRecord:
     created_at: dt.datetime
 
 
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """The answer given to one idempotent call (see core.idempotency), written in the same
+    transaction as the change it answers. (scope, request_id) is unique while the record lives:
+    scope is the caller (its identity, or for Enroll its token's hash); fingerprint a hash of
+    the call's method and fields; result what the answer is rebuilt from (JSON)."""
+
+    scope: str
+    request_id: str
+    method: str
+    fingerprint: str
+    result: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+
+
 class RevokeOutcome(enum.Enum):
     REVOKED = "revoked"
     ALREADY_REVOKED = "already_revoked"
@@ -206,11 +227,29 @@ class QuotaExceeded(Exception):
 
 class Store(Protocol):
     def add_certificate(
-        self, record: CertificateRecord, audit: AuditEvent, quota: Quota | None = None
+        self,
+        record: CertificateRecord,
+        audit: AuditEvent,
+        quota: Quota | None = None,
+        request: RequestRecord | None = None,
     ) -> None:
-        """Store a new certificate and its audit event in one transaction, durably.
-        Raise DuplicateSerial if the serial exists, QuotaExceeded if its identity is at a
-        limit of `quota`."""
+        """Store a new certificate and its audit event in one transaction, durably, with the
+        record of the request it answers if given. Raise DuplicateSerial if the serial exists,
+        QuotaExceeded if its identity is at a limit of `quota`, DuplicateRequest if a live
+        record of `request`'s scope and id exists (each writes nothing)."""
+        ...
+
+    def check_quota(self, identity: str, quota: Quota) -> None:
+        """Raise QuotaExceeded if `identity` is at a limit of `quota` now (a read: what
+        add_certificate would refuse, for validate_only)."""
+        ...
+
+    def get_request(self, scope: str, request_id: str, now: dt.datetime) -> RequestRecord | None:
+        """The live (unexpired at `now`) record of this caller's request_id."""
+        ...
+
+    def prune_requests(self, now: dt.datetime, limit: int) -> int:
+        """Delete up to `limit` request records expired at `now`; return how many."""
         ...
 
     def get_certificate(self, serial: str) -> CertificateRecord | None: ...
@@ -225,15 +264,23 @@ class Store(Protocol):
         audit: AuditEvent,
         ocsp: SignedStatus | None = None,
         invalidity_date: dt.datetime | None = None,
+        request: RequestRecord | None = None,
     ) -> RevokeOutcome:
         """Mark a certificate revoked, with its audit event, atomically: a good one, or one on
-        certificateHold whose revocation becomes final (any reason but hold)."""
+        certificateHold whose revocation becomes final (any reason but hold). The request
+        record, if given, is stored only with a revocation (else DuplicateRequest as
+        add_certificate)."""
         ...
 
     def release_hold(
-        self, serial: str, audit: AuditEvent, ocsp: SignedStatus | None = None
+        self,
+        serial: str,
+        audit: AuditEvent,
+        ocsp: SignedStatus | None = None,
+        request: RequestRecord | None = None,
     ) -> RevokeOutcome:
-        """Make a certificate on certificateHold good again (RELEASED), atomically."""
+        """Make a certificate on certificateHold good again (RELEASED), atomically; the
+        request record as revoke."""
         ...
 
     def update_ocsp(self, updates: Sequence[OcspUpdate]) -> int:
@@ -269,8 +316,11 @@ class Store(Protocol):
         """Atomically increment and return the persisted CRL number (monotonic, from 1)."""
         ...
 
-    def add_token(self, token: TokenRecord, audit: AuditEvent) -> None:
-        """Store a new bootstrap token (its hash) with its audit event."""
+    def add_token(
+        self, token: TokenRecord, audit: AuditEvent, request: RequestRecord | None = None
+    ) -> None:
+        """Store a new bootstrap token (its hash) with its audit event, and the request record
+        (DuplicateRequest as add_certificate)."""
         ...
 
     def usable_token(self, token_hash: str, now: dt.datetime) -> TokenRecord | None:
@@ -284,10 +334,12 @@ class Store(Protocol):
         token_hash: str,
         now: dt.datetime,
         quota: Quota | None = None,
+        request: RequestRecord | None = None,
     ) -> bool:
         """Spend the token and store the certificate it bought, in one transaction: of
         concurrent attempts with one token exactly one stores its certificate. False (nothing
-        written) if the token is no longer usable; DuplicateSerial as add_certificate."""
+        written) if the token is no longer usable; DuplicateSerial, DuplicateRequest as
+        add_certificate."""
         ...
 
     def count_enroll_failure(

@@ -148,8 +148,19 @@ def _v7(db: _PgDb) -> None:
     backfill_revocation_events(db)
 
 
+def _v8(db: _PgDb) -> None:
+    # As SQLite's v14: the answers of idempotent calls (request_id), kept an hour.
+    db.execute(
+        "CREATE TABLE request_ids (scope TEXT NOT NULL, request_id TEXT NOT NULL, "
+        "method TEXT NOT NULL, fingerprint TEXT NOT NULL, result TEXT NOT NULL, "
+        "created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, "
+        "PRIMARY KEY (scope, request_id))"
+    )
+    db.execute("CREATE INDEX request_ids_expiry ON request_ids (expires_at)")
+
+
 # Append only: the index is the schema version a migration produces (signet_schema.version).
-MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

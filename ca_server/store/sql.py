@@ -22,11 +22,13 @@ from ..core.store import (
     AuditQuery,
     AuditRecord,
     CertificateRecord,
+    DuplicateRequest,
     DuplicateSerial,
     ListQuery,
     OcspUpdate,
     Quota,
     QuotaExceeded,
+    RequestRecord,
     RevocationEvent,
     RevokeOutcome,
     Seal,
@@ -89,6 +91,44 @@ class _Resealed(Exception):
     """A row to seal was sealed meanwhile: the whole batch is rolled back."""
 
 
+class _Unchanged(Exception):
+    """A conditional change found nothing to change: its transaction is rolled back (with the
+    request record written first in it) and `outcome` returned."""
+
+    def __init__(self, outcome: Any) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+def _claim_request(db: Db, request: RequestRecord | None) -> None:
+    """Write the request record first in its transaction: a concurrent call with the same id
+    waits here for that transaction (PostgreSQL's unique index) or follows it (SQLite's single
+    writer), then finds the record and raises DuplicateRequest, so its quota check and
+    certificate never happen. An expired record not yet pruned is replaced."""
+    if request is None:
+        return
+    created = _epoch(request.created_at)
+    cursor = db.execute(
+        "INSERT INTO request_ids (scope, request_id, method, fingerprint, result, created_at, "
+        "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, request_id) DO UPDATE SET "
+        "method = excluded.method, fingerprint = excluded.fingerprint, "
+        "result = excluded.result, created_at = excluded.created_at, "
+        "expires_at = excluded.expires_at WHERE request_ids.expires_at <= ?",
+        [
+            request.scope,
+            request.request_id,
+            request.method,
+            request.fingerprint,
+            request.result,
+            created,
+            _epoch(request.expires_at),
+            created,
+        ],
+    )
+    if cursor.rowcount != 1:
+        raise DuplicateRequest(request.request_id)
+
+
 def _audit_record(row: Sequence[Any]) -> AuditRecord:
     id_, at, action, actor, serial, detail, peer, outcome, seq, prev_hash, digest = row
     return AuditRecord(
@@ -124,6 +164,31 @@ def _certificate_row(record: CertificateRecord) -> dict[str, Any]:
         "authorized_by": record.authorized_by,
         **_ocsp_columns(record.ocsp),
     }
+
+
+def _quota_counts(
+    first_row: Callable[[str, Sequence[Any]], Any], identity: str, quota: Quota
+) -> None:
+    """Raise QuotaExceeded if `identity` is at a limit. Each count stops at its limit,
+    over an (identity, time) index: a check costs at most the limit's rows."""
+    if quota.max_issued:
+        n, oldest = first_row(
+            "SELECT COUNT(*), MIN(issued_at) FROM (SELECT issued_at FROM certificates "
+            "WHERE identity = ? AND issued_at > ? ORDER BY issued_at LIMIT ?) w",
+            [identity, _epoch(quota.since), quota.max_issued],
+        )
+        if n >= quota.max_issued:
+            window = quota.now - quota.since
+            raise QuotaExceeded("rate", n, _from_epoch(oldest) + window)
+    if quota.max_live:
+        n, soonest = first_row(
+            "SELECT COUNT(*), MIN(not_after) FROM (SELECT not_after FROM certificates "
+            "WHERE identity = ? AND not_after > ? AND status = 'good' "
+            "ORDER BY not_after LIMIT ?) live",
+            [identity, _epoch(quota.now), quota.max_live],
+        )
+        if n >= quota.max_live:
+            raise QuotaExceeded("live", n, _from_epoch(soonest))
 
 
 # Selected by name so that migrations adding columns never shift _record's unpacking.
@@ -162,11 +227,16 @@ class SqlStore:
 
     # -- certificates ------------------------------------------------------------------------
     def add_certificate(
-        self, record: CertificateRecord, audit: AuditEvent, quota: Quota | None = None
+        self,
+        record: CertificateRecord,
+        audit: AuditEvent,
+        quota: Quota | None = None,
+        request: RequestRecord | None = None,
     ) -> None:
         row = _certificate_row(record)
 
         def tx(db: Db) -> None:
+            _claim_request(db, request)
             if quota is not None:
                 self._check_quota(db, record.identity, quota)
             _insert(db, "certificates", row)
@@ -179,27 +249,11 @@ class SqlStore:
         single writer already does; PostgreSQL overrides this)."""
 
     def _check_quota(self, db: Db, identity: str, quota: Quota) -> None:
-        """Raise QuotaExceeded if `identity` is at a limit. Each count stops at its limit,
-        over an (identity, time) index: a check costs at most the limit's rows."""
         self._lock_identity(db, identity)
-        if quota.max_issued:
-            n, oldest = db.execute(
-                "SELECT COUNT(*), MIN(issued_at) FROM (SELECT issued_at FROM certificates "
-                "WHERE identity = ? AND issued_at > ? ORDER BY issued_at LIMIT ?) w",
-                [identity, _epoch(quota.since), quota.max_issued],
-            ).fetchone()
-            if n >= quota.max_issued:
-                window = quota.now - quota.since
-                raise QuotaExceeded("rate", n, _from_epoch(oldest) + window)
-        if quota.max_live:
-            n, soonest = db.execute(
-                "SELECT COUNT(*), MIN(not_after) FROM (SELECT not_after FROM certificates "
-                "WHERE identity = ? AND not_after > ? AND status = 'good' "
-                "ORDER BY not_after LIMIT ?) live",
-                [identity, _epoch(quota.now), quota.max_live],
-            ).fetchone()
-            if n >= quota.max_live:
-                raise QuotaExceeded("live", n, _from_epoch(soonest))
+        _quota_counts(lambda sql, params: db.execute(sql, params).fetchone(), identity, quota)
+
+    def check_quota(self, identity: str, quota: Quota) -> None:
+        _quota_counts(self._read_one, identity, quota)
 
     def _write_certificate(self, serial: str, tx: Tx) -> Any:
         try:
@@ -243,12 +297,14 @@ class SqlStore:
         audit: AuditEvent,
         ocsp: SignedStatus | None = None,
         invalidity_date: dt.datetime | None = None,
+        request: RequestRecord | None = None,
     ) -> RevokeOutcome:
         hold = int(Reason.CERTIFICATE_HOLD)
         o = _ocsp_columns(ocsp)
         invalid = _epoch(invalidity_date) if invalidity_date else None
 
         def tx(db: Db) -> RevokeOutcome:
+            _claim_request(db, request)
             cursor = db.execute(
                 "UPDATE certificates SET status = 'revoked', revoked_at = ?, reason = ?, "
                 "ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ?, invalidity_date = ? "
@@ -268,15 +324,19 @@ class SqlStore:
                 db, cursor, serial, audit, RevokeOutcome.REVOKED, RevokeOutcome.ALREADY_REVOKED
             )
 
-        outcome: RevokeOutcome = self._write(tx)
-        return outcome
+        return self._write_revocation(tx)
 
     def release_hold(
-        self, serial: str, audit: AuditEvent, ocsp: SignedStatus | None = None
+        self,
+        serial: str,
+        audit: AuditEvent,
+        ocsp: SignedStatus | None = None,
+        request: RequestRecord | None = None,
     ) -> RevokeOutcome:
         o = _ocsp_columns(ocsp)
 
         def tx(db: Db) -> RevokeOutcome:
+            _claim_request(db, request)
             cursor = db.execute(
                 "UPDATE certificates SET status = 'good', revoked_at = NULL, reason = NULL, "
                 "invalidity_date = NULL, ocsp_der = ?, ocsp_this_update = ?, ocsp_next_update = ? "
@@ -287,7 +347,13 @@ class SqlStore:
                 db, cursor, serial, audit, RevokeOutcome.RELEASED, RevokeOutcome.NOT_HELD
             )
 
-        outcome: RevokeOutcome = self._write(tx)
+        return self._write_revocation(tx)
+
+    def _write_revocation(self, tx: Tx) -> RevokeOutcome:
+        try:
+            outcome: RevokeOutcome = self._write(tx)
+        except _Unchanged as exc:
+            return exc.outcome  # type: ignore[no-any-return]
         return outcome
 
     def update_ocsp(self, updates: Sequence[OcspUpdate]) -> int:
@@ -343,12 +409,13 @@ class SqlStore:
         refused: RevokeOutcome,
     ) -> RevokeOutcome:
         """After a conditional status UPDATE: `done` (audited, epoch bumped) if it changed the
-        row, else `refused` if the certificate exists, else NOT_FOUND."""
+        row, else `refused` if the certificate exists, else NOT_FOUND; those two roll the
+        transaction back (_Unchanged), so a request record is kept only with a change."""
         if cursor.rowcount == 1:
             self._changed_revocations(db, audit, serial)
             return done
         exists = db.execute("SELECT 1 FROM certificates WHERE serial = ?", [serial]).fetchone()
-        return refused if exists else RevokeOutcome.NOT_FOUND
+        raise _Unchanged(refused if exists else RevokeOutcome.NOT_FOUND)
 
     def _changed_revocations(self, db: Db, audit: AuditEvent, serial: str) -> None:
         """The epoch moves and the change becomes the event of that number: the meta row is
@@ -530,7 +597,9 @@ class SqlStore:
             ],
         )
 
-    def add_token(self, token: TokenRecord, audit: AuditEvent) -> None:
+    def add_token(
+        self, token: TokenRecord, audit: AuditEvent, request: RequestRecord | None = None
+    ) -> None:
         row = {
             "token_hash": token.token_hash,
             "identity": token.identity,
@@ -544,6 +613,7 @@ class SqlStore:
         }
 
         def tx(db: Db) -> None:
+            _claim_request(db, request)
             _insert(db, "bootstrap_tokens", row)
             self._append_audit(db, audit)
 
@@ -577,10 +647,12 @@ class SqlStore:
         token_hash: str,
         now: dt.datetime,
         quota: Quota | None = None,
+        request: RequestRecord | None = None,
     ) -> bool:
         row = _certificate_row(record)
 
         def tx(db: Db) -> bool:
+            _claim_request(db, request)
             if quota is not None:  # before the token is spent: a refusal leaves it usable
                 self._check_quota(db, record.identity, quota)
             spent = db.execute(
@@ -589,12 +661,15 @@ class SqlStore:
                 [_epoch(now), token_hash, _epoch(now)],
             )
             if spent.rowcount != 1:
-                return False
+                raise _Unchanged(False)  # and the request record with it
             _insert(db, "certificates", row)
             self._append_audit(db, audit)
             return True
 
-        stored: bool = self._write_certificate(record.serial, tx)
+        try:
+            stored: bool = self._write_certificate(record.serial, tx)
+        except _Unchanged:
+            return False
         return stored
 
     def count_enroll_failure(
@@ -650,6 +725,38 @@ class SqlStore:
                 "DELETE FROM enroll_failures WHERE window_start < ?", [before.timestamp()]
             )
         )
+
+    # -- idempotent calls' answers ---------------------------------------------------------
+    def get_request(self, scope: str, request_id: str, now: dt.datetime) -> RequestRecord | None:
+        row = self._read_one(
+            "SELECT method, fingerprint, result, created_at, expires_at FROM request_ids "
+            "WHERE scope = ? AND request_id = ? AND expires_at > ?",
+            [scope, request_id, _epoch(now)],
+        )
+        if row is None:
+            return None
+        method, fingerprint, result, created_at, expires_at = row
+        return RequestRecord(
+            scope,
+            request_id,
+            method,
+            fingerprint,
+            result,
+            _from_epoch(created_at),
+            _from_epoch(expires_at),
+        )
+
+    def prune_requests(self, now: dt.datetime, limit: int) -> int:
+        def tx(db: Db) -> int:
+            cursor = db.execute(
+                "DELETE FROM request_ids WHERE (scope, request_id) IN (SELECT scope, request_id "
+                "FROM request_ids WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+                [_epoch(now), limit],
+            )
+            return int(cursor.rowcount)
+
+        pruned: int = self._write(tx)
+        return pruned
 
     def append_audit(self, event: AuditEvent) -> None:
         self._write(lambda db: self._append_audit(db, event))

@@ -181,6 +181,17 @@ def _v14(db: sqlite_utils.Database) -> None:
     backfill_revocation_events(db)
 
 
+def _v15(db: sqlite_utils.Database) -> None:
+    # The answers of idempotent calls (request_id), kept an hour, written with what they answer.
+    db.execute(
+        "CREATE TABLE request_ids (scope TEXT NOT NULL, request_id TEXT NOT NULL, "
+        "method TEXT NOT NULL, fingerprint TEXT NOT NULL, result TEXT NOT NULL, "
+        "created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, "
+        "PRIMARY KEY (scope, request_id))"
+    )
+    db.execute("CREATE INDEX request_ids_expiry ON request_ids (expires_at)")
+
+
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1,
@@ -197,6 +208,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v12,
     _v13,
     _v14,
+    _v15,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

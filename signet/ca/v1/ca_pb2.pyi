@@ -87,8 +87,24 @@ class SignCertificateRequest(_message.Message):
 
     CSR_PEM_FIELD_NUMBER: _builtins.int
     VALIDITY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     csr_pem: _builtins.str
     """PEM-encoded PKCS#10 certificate signing request."""
+    request_id: _builtins.str
+    """Idempotency (AIP-155). A UUID naming this call, the same for each retry of it, or
+    unset. A retry with the same request_id and the same request, by the same caller, within
+    an hour and through any worker or replica, is answered with the original response (the same
+    certificate, not a second one);
+    the same request_id with a different request is ALREADY_EXISTS. The nil UUID is refused.
+    Refused calls are not remembered: their retry is tried afresh.
+    """
+    validate_only: _builtins.bool
+    """Dry run (AIP-163): every check a real call makes (CSR, policy, lifetime, quotas) runs
+    and refuses what it would refuse; nothing is signed or written, and the response holds
+    the names and not_before/not_after that would be issued, without a certificate. A
+    request_id is not looked up or remembered for a dry run.
+    """
     @_builtins.property
     def validity(self) -> _duration_pb2.Duration:
         """Requested lifetime; the CA's default when unset, refused above its cap."""
@@ -98,10 +114,12 @@ class SignCertificateRequest(_message.Message):
         *,
         csr_pem: _builtins.str = ...,
         validity: _duration_pb2.Duration | None = ...,
+        request_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["validity", b"validity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "validity", b"validity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "request_id", b"request_id", "validate_only", b"validate_only", "validity", b"validity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -114,12 +132,26 @@ class RenewCertificateRequest(_message.Message):
     CSR_PEM_FIELD_NUMBER: _builtins.int
     VALIDITY_FIELD_NUMBER: _builtins.int
     REVOKE_PREVIOUS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     csr_pem: _builtins.str
     """CSR for the new key; its subject and SANs are ignored."""
     revoke_previous: _builtins.bool
     """Revoke the certificate the caller authenticated with (reason SUPERSEDED) once the new
     one is stored: for workloads that switch over at once and want no overlap.
     """
+    request_id: _builtins.str
+    """Idempotency (AIP-155). A UUID naming this call, the same for each retry of it, or
+    unset. A retry with the same request_id and the same request, by the same caller, within
+    an hour and through any worker or replica, is answered with the original response (the same
+    certificate);
+    the same request_id with a different request is ALREADY_EXISTS. The nil UUID is refused.
+    Refused calls are not remembered: their retry is tried afresh.
+    With revoke_previous, a retry after the first call revoked the previous certificate is
+    refused UNAUTHENTICATED: that certificate was the caller's identity.
+    """
+    validate_only: _builtins.bool
+    """Dry run, as in SignCertificateRequest (nothing is revoked either)."""
     @_builtins.property
     def validity(self) -> _duration_pb2.Duration:
         """Requested lifetime; the renewed certificate's own lifetime when unset."""
@@ -130,10 +162,12 @@ class RenewCertificateRequest(_message.Message):
         csr_pem: _builtins.str = ...,
         validity: _duration_pb2.Duration | None = ...,
         revoke_previous: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["validity", b"validity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "revoke_previous", b"revoke_previous", "validity", b"validity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "request_id", b"request_id", "revoke_previous", b"revoke_previous", "validate_only", b"validate_only", "validity", b"validity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -149,16 +183,30 @@ class IssuedCertificate(_message.Message):
     NOT_BEFORE_FIELD_NUMBER: _builtins.int
     NOT_AFTER_FIELD_NUMBER: _builtins.int
     FINGERPRINT_SHA256_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    DNS_NAMES_FIELD_NUMBER: _builtins.int
+    IP_ADDRESSES_FIELD_NUMBER: _builtins.int
     certificate_pem: _builtins.str
+    """Empty for a validate_only request (as are chain_pem, serial_number and
+    fingerprint_sha256): nothing was issued.
+    """
     chain_pem: _builtins.str
     """Issuer chain up to, not including, the root."""
     serial_number: _builtins.str
     fingerprint_sha256: _builtins.str
     """Lowercase hex SHA-256 of the certificate's DER."""
+    identity: _builtins.str
+    """The names the certificate carries (or, for validate_only, would carry): the SPIFFE ID,
+    then its DNS names and IP addresses.
+    """
     @_builtins.property
     def not_before(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def not_after(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def dns_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def ip_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -168,10 +216,13 @@ class IssuedCertificate(_message.Message):
         not_before: _timestamp_pb2.Timestamp | None = ...,
         not_after: _timestamp_pb2.Timestamp | None = ...,
         fingerprint_sha256: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        dns_names: _abc.Iterable[_builtins.str] | None = ...,
+        ip_addresses: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "chain_pem", b"chain_pem", "fingerprint_sha256", b"fingerprint_sha256", "not_after", b"not_after", "not_before", b"not_before", "serial_number", b"serial_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "chain_pem", b"chain_pem", "dns_names", b"dns_names", "fingerprint_sha256", b"fingerprint_sha256", "identity", b"identity", "ip_addresses", b"ip_addresses", "not_after", b"not_after", "not_before", b"not_before", "serial_number", b"serial_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -184,8 +235,18 @@ class RevokeCertificateRequest(_message.Message):
     SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     INVALIDITY_DATE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     serial_number: _builtins.str
     reason: Global___RevocationReason.ValueType
+    request_id: _builtins.str
+    """Idempotency (AIP-155). A UUID naming this call, the same for each retry of it, or
+    unset. A retry with the same request_id and the same request, by the same caller, within
+    an hour and through any worker or replica, is answered with the original response (the same
+    serial_number and revoked_at), where a plain retry would be FAILED_PRECONDITION (already
+    revoked);
+    the same request_id with a different request is ALREADY_EXISTS. The nil UUID is refused.
+    Refused calls are not remembered: their retry is tried afresh.
+    """
     @_builtins.property
     def invalidity_date(self) -> _timestamp_pb2.Timestamp:
         """When the key is known or suspected to have been compromised, or the certificate
@@ -198,10 +259,11 @@ class RevokeCertificateRequest(_message.Message):
         serial_number: _builtins.str = ...,
         reason: Global___RevocationReason.ValueType = ...,
         invalidity_date: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["invalidity_date", b"invalidity_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["invalidity_date", b"invalidity_date", "reason", b"reason", "serial_number", b"serial_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invalidity_date", b"invalidity_date", "reason", b"reason", "request_id", b"request_id", "serial_number", b"serial_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -475,8 +537,18 @@ class CreateBootstrapTokenRequest(_message.Message):
     IP_ADDRESSES_FIELD_NUMBER: _builtins.int
     TOKEN_TTL_FIELD_NUMBER: _builtins.int
     CERTIFICATE_TTL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     identity: _builtins.str
     """The SPIFFE ID the enrolled certificate will carry."""
+    request_id: _builtins.str
+    """Idempotency (AIP-155): a UUID naming this call, the same for each retry of it. The
+    response holds a secret the CA keeps only as a hash, so it is never given twice: a retry
+    of a call that created a token is ALREADY_EXISTS, saying which token (its hash prefix)
+    and when it expires, and creates no second token. If that answer was lost, create a new
+    token with a new request_id; the first expires unused. (Keeping the token to replay it,
+    even encrypted, would put a usable credential in the database for an hour.) The same
+    request_id with a different request is ALREADY_EXISTS too; the nil UUID is refused.
+    """
     @_builtins.property
     def dns_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -497,10 +569,11 @@ class CreateBootstrapTokenRequest(_message.Message):
         ip_addresses: _abc.Iterable[_builtins.str] | None = ...,
         token_ttl: _duration_pb2.Duration | None = ...,
         certificate_ttl: _duration_pb2.Duration | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_ttl", b"certificate_ttl", "token_ttl", b"token_ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_ttl", b"certificate_ttl", "dns_names", b"dns_names", "identity", b"identity", "ip_addresses", b"ip_addresses", "token_ttl", b"token_ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_ttl", b"certificate_ttl", "dns_names", b"dns_names", "identity", b"identity", "ip_addresses", b"ip_addresses", "request_id", b"request_id", "token_ttl", b"token_ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -539,18 +612,29 @@ class EnrollRequest(_message.Message):
 
     TOKEN_FIELD_NUMBER: _builtins.int
     CSR_PEM_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     csr_pem: _builtins.str
     """CSR for the workload's key (made on the workload); its names are ignored."""
+    request_id: _builtins.str
+    """Idempotency (AIP-155). A UUID naming this call, the same for each retry of it, or
+    unset. A retry with the same request_id and the same request, by the same caller, within
+    an hour and through any worker or replica, is answered with the original response (the same
+    certificate, although the token is spent by then);
+    the same request_id with a different request is ALREADY_EXISTS. The nil UUID is refused.
+    Refused calls are not remembered: their retry is tried afresh.
+    Scoped by the token: only its holder can be answered.
+    """
     def __init__(
         self,
         *,
         token: _builtins.str = ...,
         csr_pem: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "request_id", b"request_id", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

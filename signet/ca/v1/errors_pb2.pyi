@@ -169,6 +169,21 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: the server is shutting down; watch again, from the last sequence received,
     on another server.
     """
+    REQUEST_ID_INVALID: _ErrorReason.ValueType  # 53
+    """-- retries (request_id) --
+    INVALID_ARGUMENT: request_id is not a UUID, or is the nil UUID ("request_id").
+    """
+    REQUEST_ID_REUSED: _ErrorReason.ValueType  # 54
+    """ALREADY_EXISTS: request_id was already used, within the hour, for a different request or
+    another method; a retry must repeat the request exactly ("request_id").
+    """
+    ANSWER_NOT_KEPT: _ErrorReason.ValueType  # 55
+    """ALREADY_EXISTS: the call with this request_id was answered, but its
+    answer is not kept to be given again (a bootstrap token is shown once; a certificate
+    since pruned): send a new request_id ("request_id").
+    """
+    REQUEST_IN_PROGRESS: _ErrorReason.ValueType  # 56
+    """UNAVAILABLE: a concurrent call with the same request_id is being answered; retry shortly."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper): ...
 
@@ -306,4 +321,19 @@ SHUTTING_DOWN: ErrorReason.ValueType  # 52
 """UNAVAILABLE: the server is shutting down; watch again, from the last sequence received,
 on another server.
 """
+REQUEST_ID_INVALID: ErrorReason.ValueType  # 53
+"""-- retries (request_id) --
+INVALID_ARGUMENT: request_id is not a UUID, or is the nil UUID ("request_id").
+"""
+REQUEST_ID_REUSED: ErrorReason.ValueType  # 54
+"""ALREADY_EXISTS: request_id was already used, within the hour, for a different request or
+another method; a retry must repeat the request exactly ("request_id").
+"""
+ANSWER_NOT_KEPT: ErrorReason.ValueType  # 55
+"""ALREADY_EXISTS: the call with this request_id was answered, but its
+answer is not kept to be given again (a bootstrap token is shown once; a certificate
+since pruned): send a new request_id ("request_id").
+"""
+REQUEST_IN_PROGRESS: ErrorReason.ValueType  # 56
+"""UNAVAILABLE: a concurrent call with the same request_id is being answered; retry shortly."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
