@@ -135,6 +135,7 @@ MATRIX: dict[str, dict[str, str]] = {
     },
     "ListAuditEvents": _row(OK, DENIED, DENIED, DENIED),
     "WatchRevocations": _row(OK, OK, OK, OK),
+    "WatchTrustBundle": _row(OK, OK, OK, OK),
 }
 
 
@@ -266,8 +267,9 @@ REQUESTS: dict[str, Callable[[World, str], list[Message]]] = {
     "Enroll": _enroll,
     "ListAuditEvents": _audit,
     "WatchRevocations": lambda w, asks_as: [ca_pb2.WatchRevocationsRequest()],
+    "WatchTrustBundle": lambda w, asks_as: [ca_pb2.WatchTrustBundleRequest()],
 }
-STREAMING = {"WatchRevocations"}  # its outcome is that of its first message
+STREAMING = {"WatchRevocations", "WatchTrustBundle"}  # its outcome is that of its first message
 
 
 def rpc_names() -> list[str]:

@@ -256,6 +256,7 @@ def test_grpcurl_describe_service_shows_every_rpc(ca: CaServer) -> None:
         "CreateBootstrapToken",
         "ListAuditEvents",
         "WatchRevocations",
+        "WatchTrustBundle",
         "Enroll",
     }
 

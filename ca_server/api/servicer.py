@@ -257,12 +257,39 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         self, request: ca_pb2.GetTrustBundleRequest, context: grpc.ServicerContext
     ) -> ca_pb2.GetTrustBundleResponse:
         self._caller(context)
-        root, intermediates = self._ca.trust_bundle()
+        return self._trust_bundle(self._ca.trust_bundle())
+
+    def _trust_bundle(self, pems: tuple[str, str]) -> ca_pb2.GetTrustBundleResponse:
+        root, intermediates = pems
         return ca_pb2.GetTrustBundleResponse(
             root_certificates_pem=root,
             intermediate_certificates_pem=intermediates,
             spiffe_bundle_json=self._ca.spiffe_bundle(),
         )
+
+    def WatchTrustBundle(
+        self, request: ca_pb2.WatchTrustBundleRequest, context: grpc.ServicerContext
+    ) -> Iterator[ca_pb2.GetTrustBundleResponse]:
+        self._caller(context)
+        wakes = self._ca.revocation_feed  # its pause ends at once at shutdown
+        with self._watch.stream(context) as stream:
+            sent: tuple[str, str] | None = None
+            while context.is_active():
+                if wakes.closed:
+                    raise Unavailable(
+                        "this CA server is shutting down: watch again",
+                        reason=ErrorReason.SHUTTING_DOWN,
+                    )
+                self._caller(context)  # a caller revoked meanwhile is cut off
+                current = self._ca.trust_bundle()  # in memory: a look a second is nothing
+                if current == sent:
+                    wakes.pause(1.0)
+                    continue
+                message = self._trust_bundle(current)
+                self._watch.sending(stream)
+                yield message
+                self._watch.sent(stream)
+                sent = current
 
     def CreateBootstrapToken(
         self, request: ca_pb2.CreateBootstrapTokenRequest, context: grpc.ServicerContext

@@ -37,6 +37,12 @@ class RevocationFeed:
     def closed(self) -> bool:
         return self._closed
 
+    def pause(self, seconds: float) -> None:
+        """Wait up to `seconds`, or less: until a change here, or shutdown."""
+        with self._changed:
+            if not self._closed:
+                self._changed.wait(seconds)
+
     def after(self, sequence: int, wait: float) -> tuple[int, Sequence[RevocationEvent]]:
         """(head, events): events after `sequence` (at most PAGE), and the newest sequence
         read before them, so that with no events the reader has everything up to head. When

@@ -89,6 +89,11 @@ class CertificateAuthorityStub:
                 request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.WatchRevocationsRequest.SerializeToString,
                 response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.WatchRevocationsResponse.FromString,
                 _registered_method=True)
+        self.WatchTrustBundle = channel.unary_stream(
+                '/signet.ca.v1.CertificateAuthority/WatchTrustBundle',
+                request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.WatchTrustBundleRequest.SerializeToString,
+                response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.GetTrustBundleResponse.FromString,
+                _registered_method=True)
 
 
 class CertificateAuthorityServicer:
@@ -184,6 +189,15 @@ class CertificateAuthorityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTrustBundle(self, request, context):
+        """The trust bundle (as GetTrustBundle answers it) at once, then again each time it changes
+        (a new intermediate, a root added or removed in a rollover), within about a second; any
+        authenticated caller. Shares WatchRevocations' limits (max_watchers, watch_stall_timeout).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CertificateAuthorityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +255,11 @@ def add_CertificateAuthorityServicer_to_server(servicer, server):
                     servicer.WatchRevocations,
                     request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.WatchRevocationsRequest.FromString,
                     response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.WatchRevocationsResponse.SerializeToString,
+            ),
+            'WatchTrustBundle': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTrustBundle,
+                    request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.WatchTrustBundleRequest.FromString,
+                    response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.GetTrustBundleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -540,6 +559,33 @@ class CertificateAuthority:
             '/signet.ca.v1.CertificateAuthority/WatchRevocations',
             signet_dot_ca_dot_v1_dot_ca__pb2.WatchRevocationsRequest.SerializeToString,
             signet_dot_ca_dot_v1_dot_ca__pb2.WatchRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTrustBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/signet.ca.v1.CertificateAuthority/WatchTrustBundle',
+            signet_dot_ca_dot_v1_dot_ca__pb2.WatchTrustBundleRequest.SerializeToString,
+            signet_dot_ca_dot_v1_dot_ca__pb2.GetTrustBundleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,11 @@ class CertificateAuthorityStub:
     watch_stall_timeout (30 s) is cut off; too many streams on one server process are
     RESOURCE_EXHAUSTED (retry on another, or later).
     """
+    WatchTrustBundle: _grpc.UnaryStreamMultiCallable[_ca_pb2.WatchTrustBundleRequest, _ca_pb2.GetTrustBundleResponse]
+    """The trust bundle (as GetTrustBundle answers it) at once, then again each time it changes
+    (a new intermediate, a root added or removed in a rollover), within about a second; any
+    authenticated caller. Shares WatchRevocations' limits (max_watchers, watch_stall_timeout).
+    """
 
 @_typing.type_check_only
 class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
@@ -123,6 +128,11 @@ class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
     after a reconnect from the last sequence received (see head_sequence): no gap. A reader that leaves a message untaken for
     watch_stall_timeout (30 s) is cut off; too many streams on one server process are
     RESOURCE_EXHAUSTED (retry on another, or later).
+    """
+    WatchTrustBundle: _aio.UnaryStreamMultiCallable[_ca_pb2.WatchTrustBundleRequest, _ca_pb2.GetTrustBundleResponse]  # type: ignore[assignment]
+    """The trust bundle (as GetTrustBundle answers it) at once, then again each time it changes
+    (a new intermediate, a root added or removed in a rollover), within about a second; any
+    authenticated caller. Shares WatchRevocations' limits (max_watchers, watch_stall_timeout).
     """
 
 class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
@@ -232,6 +242,17 @@ class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
         after a reconnect from the last sequence received (see head_sequence): no gap. A reader that leaves a message untaken for
         watch_stall_timeout (30 s) is cut off; too many streams on one server process are
         RESOURCE_EXHAUSTED (retry on another, or later).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchTrustBundle(
+        self,
+        request: _ca_pb2.WatchTrustBundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_ca_pb2.GetTrustBundleResponse], _abc.AsyncIterator[_ca_pb2.GetTrustBundleResponse]]:
+        """The trust bundle (as GetTrustBundle answers it) at once, then again each time it changes
+        (a new intermediate, a root added or removed in a rollover), within about a second; any
+        authenticated caller. Shares WatchRevocations' limits (max_watchers, watch_stall_timeout).
         """
 
 def add_CertificateAuthorityServicer_to_server(servicer: CertificateAuthorityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
