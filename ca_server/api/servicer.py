@@ -12,11 +12,12 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
-from ..core.authority import CertificateAuthority, Issued
+from ..core.authority import CertificateAuthority, Issued, RenewalInfo, RenewalSelector
 from ..core.errors import InvalidRequest, Unauthenticated
 from ..core.ocsp import CertStatus
 from ..core.policy import Caller
 from ..core.profile import serial_hex
+from ..core.renewal_window import RenewalWindow
 from ..core.revocation import Reason
 from ..core.store import AuditRecord, CertificateRecord
 from ..metrics import instruments
@@ -61,9 +62,19 @@ def _reason(reason: Reason | None) -> ca_pb2.RevocationReason.ValueType:
     return ca_pb2.RevocationReason.ValueType(int(reason) if reason is not None else 0)
 
 
+def _window(window: RenewalWindow) -> ca_pb2.RenewalWindow:
+    return ca_pb2.RenewalWindow(start=_ts(window.start), end=_ts(window.end))
+
+
+def _duration(delta: dt.timedelta) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromTimedelta(delta)
+    return d
+
+
 def _issued(issued: Issued) -> ca_pb2.IssuedCertificate:
     structlog.contextvars.bind_contextvars(serial=issued.serial)
-    return ca_pb2.IssuedCertificate(
+    reply = ca_pb2.IssuedCertificate(
         certificate_pem=issued.certificate_pem,
         chain_pem=issued.chain_pem,
         serial_number=issued.serial,
@@ -71,6 +82,17 @@ def _issued(issued: Issued) -> ca_pb2.IssuedCertificate:
         not_after=_ts(issued.not_after),
         fingerprint_sha256=issued.fingerprint_sha256,
     )
+    if issued.renewal is not None:
+        _renewal_fields(reply, issued.renewal)
+    return reply
+
+
+def _renewal_fields(
+    reply: ca_pb2.IssuedCertificate | ca_pb2.GetRenewalInfoResponse, info: RenewalInfo
+) -> None:
+    reply.renewal_window.CopyFrom(_window(info.window))
+    reply.explanation_url = info.explanation_url
+    reply.retry_after.CopyFrom(_duration(info.retry_after))
 
 
 def _event(r: AuditRecord) -> ca_pb2.AuditEvent:
@@ -249,4 +271,30 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
         )
         return ca_pb2.ListAuditEventsResponse(
             events=[_event(r) for r in page.events], next_page_token=page.next_page_token
+        )
+
+    def GetRenewalInfo(
+        self, request: ca_pb2.GetRenewalInfoRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.GetRenewalInfoResponse:
+        self._caller(context)
+        info = self._ca.renewal_info(request.serial_number)
+        structlog.contextvars.bind_contextvars(serial=request.serial_number)
+        reply = ca_pb2.GetRenewalInfoResponse()
+        _renewal_fields(reply, info)
+        return reply
+
+    def RenewNow(
+        self, request: ca_pb2.RenewNowRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.RenewNowResponse:
+        caller = self._caller(context)
+        selector = RenewalSelector(
+            serial=request.serial_number,
+            identity=request.identity,
+            issued_before=_when(request, "issued_before"),
+            issuer_fingerprint=request.issuer_fingerprint_sha256,
+            explanation_url=request.explanation_url,
+        )
+        result = self._ca.renew_now(caller, selector)
+        return ca_pb2.RenewNowResponse(
+            certificates=result.count, renewal_window=_window(result.window)
         )

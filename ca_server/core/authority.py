@@ -22,6 +22,8 @@ from .keys import SigningKey
 from .listing import Listing, Page
 from .policy import Caller, Policy
 from .profile import Issuer, fingerprint_sha256, parse_serial, pem, serial_hex
+from .renewal import Renewals, RenewalSelector, RenewNowResult
+from .renewal_window import RenewalInfo
 from .revocation import Reason
 from .revoker import Revoker
 from .root_documents import RootPublisher
@@ -34,6 +36,9 @@ __all__ = [
     "IssuanceSettings",
     "Issued",
     "Page",
+    "RenewNowResult",
+    "RenewalInfo",
+    "RenewalSelector",
     "StatusResult",
     "parse_serial",
 ]
@@ -97,6 +102,9 @@ class CertificateAuthority:
         )
         self._listing = Listing(store=store)
         self._audit = AuditTrail(store=store)
+        self._renewals = Renewals(
+            store=store, clock=clock, ca_certificates=[issuer.certificate, root]
+        )
         self._elsewhere: list[Callable[[], None]] = []
 
         # The calls answered by one part alone are that part's methods.
@@ -114,6 +122,8 @@ class CertificateAuthority:
         self.list_certificates = self._listing.list_certificates
         self.list_audit_events = self._audit.list_events
         self.authenticate = self._authenticator.authenticate
+        self.renewal_info = self._renewals.info
+        self.renew_now = self._renewals.renew_now
 
     @property
     def settings(self) -> IssuanceSettings:

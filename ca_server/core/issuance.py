@@ -31,6 +31,7 @@ from .profile import (
     random_serial,
     serial_hex,
 )
+from .renewal_window import RenewalInfo, renewal_info
 from .responder import OcspResponder
 from .store import AuditEvent, CertificateRecord, DuplicateSerial, Quota, QuotaExceeded, Store
 
@@ -81,6 +82,8 @@ class Issued:
     chain_pem: str
     serial: str
     fingerprint_sha256: str
+    # When to renew it (see renewal_window): issuing responses carry it, as GetRenewalInfo.
+    renewal: RenewalInfo | None = None
 
     @property
     def certificate_pem(self) -> str:
@@ -296,7 +299,10 @@ class Issuance:
                 continue
             except QuotaExceeded as exc:
                 raise self._over_quota(names.identity, exc, now) from None
-            return Issued(cert, self._issuer.chain_pem, record.serial, record.fingerprint_sha256)
+            renewal = renewal_info(serial=record.serial, issued_at=now, not_after=record.not_after)
+            return Issued(
+                cert, self._issuer.chain_pem, record.serial, record.fingerprint_sha256, renewal
+            )
         raise RuntimeError("could not find an unused serial number")
 
     def _quota(self, now: dt.datetime) -> Quota:

@@ -132,8 +132,16 @@ def _v6(db: _PgDb) -> None:
     db.execute("CREATE INDEX certificates_expiry ON certificates (not_after)")
 
 
+def _v7(db: _PgDb) -> None:
+    # As SQLite's v14: a renewal window an operator pulled forward (renew-now).
+    db.execute(
+        "ALTER TABLE certificates ADD COLUMN renewal_start BIGINT, "
+        "ADD COLUMN renewal_end BIGINT, ADD COLUMN renewal_explanation_url TEXT"
+    )
+
+
 # Append only: the index is the schema version a migration produces (signet_schema.version).
-MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -170,6 +170,13 @@ def _v13(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX certificates_expiry ON certificates (not_after)")
 
 
+def _v14(db: sqlite_utils.Database) -> None:
+    # A renewal window an operator pulled forward (renew-now); NULL: the default one.
+    db.execute("ALTER TABLE certificates ADD COLUMN renewal_start INTEGER")
+    db.execute("ALTER TABLE certificates ADD COLUMN renewal_end INTEGER")
+    db.execute("ALTER TABLE certificates ADD COLUMN renewal_explanation_url TEXT")
+
+
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1,
@@ -185,6 +192,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v11,
     _v12,
     _v13,
+    _v14,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -84,6 +84,16 @@ class CertificateAuthorityStub:
                 request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.GetRenewalInfo = channel.unary_unary(
+                '/signet.ca.v1.CertificateAuthority/GetRenewalInfo',
+                request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.GetRenewalInfoRequest.SerializeToString,
+                response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.GetRenewalInfoResponse.FromString,
+                _registered_method=True)
+        self.RenewNow = channel.unary_unary(
+                '/signet.ca.v1.CertificateAuthority/RenewNow',
+                request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.RenewNowRequest.SerializeToString,
+                response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.RenewNowResponse.FromString,
+                _registered_method=True)
 
 
 class CertificateAuthorityServicer:
@@ -166,6 +176,27 @@ class CertificateAuthorityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRenewalInfo(self, request, context):
+        """-- Renewal windows the CA steers (the idea of ACME Renewal Information, RFC 9773) --
+
+        When to renew a certificate (any authenticated caller): a window to renew in, at a
+        uniformly random instant of it (at once when it is over), and when to ask again. By
+        default it lies from 2/3 of the lifetime on, placed by the serial so that a fleet issued
+        together does not renew together; an operator's RenewNow moves it into the past.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewNow(self, request, context):
+        """Moves the renewal window of every good, unexpired certificate matching all the criteria
+        given into the past (admin only), so that their holders renew when they next ask
+        (within retry_after): for a key compromise, a mis-issued batch or a rollover. Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CertificateAuthorityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +249,16 @@ def add_CertificateAuthorityServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'GetRenewalInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRenewalInfo,
+                    request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.GetRenewalInfoRequest.FromString,
+                    response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.GetRenewalInfoResponse.SerializeToString,
+            ),
+            'RenewNow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewNow,
+                    request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.RenewNowRequest.FromString,
+                    response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.RenewNowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -490,6 +531,60 @@ class CertificateAuthority:
             '/signet.ca.v1.CertificateAuthority/ListAuditEvents',
             signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsRequest.SerializeToString,
             signet_dot_ca_dot_v1_dot_ca__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRenewalInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signet.ca.v1.CertificateAuthority/GetRenewalInfo',
+            signet_dot_ca_dot_v1_dot_ca__pb2.GetRenewalInfoRequest.SerializeToString,
+            signet_dot_ca_dot_v1_dot_ca__pb2.GetRenewalInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewNow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signet.ca.v1.CertificateAuthority/RenewNow',
+            signet_dot_ca_dot_v1_dot_ca__pb2.RenewNowRequest.SerializeToString,
+            signet_dot_ca_dot_v1_dot_ca__pb2.RenewNowResponse.FromString,
             options,
             channel_credentials,
             insecure,

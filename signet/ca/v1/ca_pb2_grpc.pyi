@@ -69,6 +69,19 @@ class CertificateAuthorityStub:
     """Pages through the audit trail, oldest first (admin only). Each event is sealed into a
     hash chain within a second of being written; `ca-server audit verify` checks the chain.
     """
+    GetRenewalInfo: _grpc.UnaryUnaryMultiCallable[_ca_pb2.GetRenewalInfoRequest, _ca_pb2.GetRenewalInfoResponse]
+    """-- Renewal windows the CA steers (the idea of ACME Renewal Information, RFC 9773) --
+
+    When to renew a certificate (any authenticated caller): a window to renew in, at a
+    uniformly random instant of it (at once when it is over), and when to ask again. By
+    default it lies from 2/3 of the lifetime on, placed by the serial so that a fleet issued
+    together does not renew together; an operator's RenewNow moves it into the past.
+    """
+    RenewNow: _grpc.UnaryUnaryMultiCallable[_ca_pb2.RenewNowRequest, _ca_pb2.RenewNowResponse]
+    """Moves the renewal window of every good, unexpired certificate matching all the criteria
+    given into the past (admin only), so that their holders renew when they next ask
+    (within retry_after): for a key compromise, a mis-issued batch or a rollover. Audited.
+    """
 
 @_typing.type_check_only
 class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
@@ -105,6 +118,19 @@ class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_ca_pb2.ListAuditEventsRequest, _ca_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Pages through the audit trail, oldest first (admin only). Each event is sealed into a
     hash chain within a second of being written; `ca-server audit verify` checks the chain.
+    """
+    GetRenewalInfo: _aio.UnaryUnaryMultiCallable[_ca_pb2.GetRenewalInfoRequest, _ca_pb2.GetRenewalInfoResponse]  # type: ignore[assignment]
+    """-- Renewal windows the CA steers (the idea of ACME Renewal Information, RFC 9773) --
+
+    When to renew a certificate (any authenticated caller): a window to renew in, at a
+    uniformly random instant of it (at once when it is over), and when to ask again. By
+    default it lies from 2/3 of the lifetime on, placed by the serial so that a fleet issued
+    together does not renew together; an operator's RenewNow moves it into the past.
+    """
+    RenewNow: _aio.UnaryUnaryMultiCallable[_ca_pb2.RenewNowRequest, _ca_pb2.RenewNowResponse]  # type: ignore[assignment]
+    """Moves the renewal window of every good, unexpired certificate matching all the criteria
+    given into the past (admin only), so that their holders renew when they next ask
+    (within retry_after): for a key compromise, a mis-issued batch or a rollover. Audited.
     """
 
 class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
@@ -199,6 +225,31 @@ class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ca_pb2.ListAuditEventsResponse, _abc.Awaitable[_ca_pb2.ListAuditEventsResponse]]:
         """Pages through the audit trail, oldest first (admin only). Each event is sealed into a
         hash chain within a second of being written; `ca-server audit verify` checks the chain.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRenewalInfo(
+        self,
+        request: _ca_pb2.GetRenewalInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ca_pb2.GetRenewalInfoResponse, _abc.Awaitable[_ca_pb2.GetRenewalInfoResponse]]:
+        """-- Renewal windows the CA steers (the idea of ACME Renewal Information, RFC 9773) --
+
+        When to renew a certificate (any authenticated caller): a window to renew in, at a
+        uniformly random instant of it (at once when it is over), and when to ask again. By
+        default it lies from 2/3 of the lifetime on, placed by the serial so that a fleet issued
+        together does not renew together; an operator's RenewNow moves it into the past.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewNow(
+        self,
+        request: _ca_pb2.RenewNowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ca_pb2.RenewNowResponse, _abc.Awaitable[_ca_pb2.RenewNowResponse]]:
+        """Moves the renewal window of every good, unexpired certificate matching all the criteria
+        given into the past (admin only), so that their holders renew when they next ask
+        (within retry_after): for a key compromise, a mis-issued batch or a rollover. Audited.
         """
 
 def add_CertificateAuthorityServicer_to_server(servicer: CertificateAuthorityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
