@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
-from .client import CA_CHANNEL_OPTIONS, TIMEOUT, check_issued, csr_for, new_key
+from .client import CA_CHANNEL_OPTIONS, TIMEOUT, advice_from, check_issued, csr_for, new_key
 from .files import Credentials
 from .listeners import (
     API,
@@ -98,6 +98,7 @@ def enroll(server: str, token: str, root: x509.Certificate) -> Credentials:
         x509.load_pem_x509_certificate(reply.certificate_pem.encode()),
         tuple(x509.load_pem_x509_certificates(reply.chain_pem.encode())),
         (root,),
+        advice_from(reply),
     )
     check_issued(creds, key)
     return creds
