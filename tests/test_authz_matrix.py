@@ -133,6 +133,8 @@ MATRIX: dict[str, dict[str, str]] = {
         "bootstrap token": OK,
     },
     "ListAuditEvents": _row(OK, DENIED, DENIED, DENIED),
+    "GetRenewalInfo": _row(OK, OK, OK, OK),
+    "RenewNow": _row(OK, DENIED, DENIED, DENIED),
 }
 
 
@@ -237,6 +239,10 @@ def _audit(w: World, asks_as: str) -> list[Message]:
     return [ca_pb2.ListAuditEventsRequest(identity=TARGET[asks_as], page_size=10)]
 
 
+def _renew_now(w: World, asks_as: str) -> list[Message]:
+    return [ca_pb2.RenewNowRequest(serial_number=w.spare(TARGET[asks_as]))]
+
+
 # RPC -> the requests a caller makes (each must get the cell's outcome), given whose names it
 # asks for.
 REQUESTS: dict[str, Callable[[World, str], list[Message]]] = {
@@ -250,6 +256,10 @@ REQUESTS: dict[str, Callable[[World, str], list[Message]]] = {
     "CreateBootstrapToken": _token,
     "Enroll": _enroll,
     "ListAuditEvents": _audit,
+    "GetRenewalInfo": lambda w, asks_as: [
+        ca_pb2.GetRenewalInfoRequest(serial_number=_status(w, asks_as)[0].serial_number)  # type: ignore[attr-defined]
+    ],
+    "RenewNow": _renew_now,
 }
 
 
