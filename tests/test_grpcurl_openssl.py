@@ -255,6 +255,8 @@ def test_grpcurl_describe_service_shows_every_rpc(ca: CaServer) -> None:
         "ListCertificates",
         "CreateBootstrapToken",
         "ListAuditEvents",
+        "GetRenewalInfo",
+        "RenewNow",
         "Enroll",
     }
 
