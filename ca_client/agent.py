@@ -1,9 +1,11 @@
 """The sidecar agent: keep DIR's certificate valid for ever, for a process that cannot.
 
-Enroll if there is no usable certificate (and a token was given); then renew at 2/3 of the
-lifetime minus jitter, retry failures with capped, jittered backoff that never waits past
-expiry, re-enroll if the certificate expired or was revoked and a token is available, and after
-each renewal run --on-renew and/or signal the process that reads the files.
+Enroll if there is no usable certificate (and a token was given); then renew at a random
+instant of the renewal window the CA answers (asking again at its retry_after; at 2/3 of the
+lifetime minus jitter from a CA that answers none), retry failures with capped, jittered
+backoff that never waits past expiry, re-enroll if the certificate expired or was revoked and
+a token is available, and after each renewal run --on-renew and/or signal the process that
+reads the files.
 
 At start it says what it holds and asks the CA whether that certificate still stands, so a
 revoked one is replaced (or reported) at once, not at the next renewal."""
@@ -37,7 +39,7 @@ from .files import (
     resolve_outputs,
 )
 from .listeners import WrongListener, explain
-from .schedule import Backoff, check_timing, jitter_for, renewal_time
+from .schedule import DEFAULT_FRACTION, Backoff, RenewalPlan, check_timing, jitter_for
 from .serial import serial_hex
 
 log = structlog.get_logger("signet.agent")
@@ -62,7 +64,9 @@ class AgentConfig:
     p12_password: bytes | None = None
     p12_password_file: Path | None = None  # recorded in `out` (never the password itself)
     validity: dt.timedelta | None = None  # the first certificate's too (renewed at once)
-    fraction: float = 2 / 3
+    # None: in the CA's renewal window (2/3 from a CA that has none); a fraction renews there,
+    # or earlier when the CA's window says so (an operator's renew-now).
+    fraction: float | None = None
     jitter: float | None = None  # None: 1/20 of the lifetime, less for an early --renew-at
     backoff: Backoff = field(default_factory=Backoff)
     on_renew: str | None = None
@@ -72,11 +76,16 @@ class AgentConfig:
     rpc_timeout: float = TIMEOUT  # seconds an RPC may take before it is retried (backoff)
 
     def __post_init__(self) -> None:
-        check_timing(self.fraction, self.renewal_jitter)  # here, not after a token is spent
+        check_timing(self.renewal_fraction, self.renewal_jitter)  # not after a token is spent
+
+    @property
+    def renewal_fraction(self) -> float:
+        """The fraction of the lifetime the rule renews at (when the CA gives no window)."""
+        return DEFAULT_FRACTION if self.fraction is None else self.fraction
 
     @property
     def renewal_jitter(self) -> float:
-        return jitter_for(self.fraction) if self.jitter is None else self.jitter
+        return jitter_for(self.renewal_fraction) if self.jitter is None else self.jitter
 
 
 class Agent:
@@ -90,7 +99,7 @@ class Agent:
         # When we got the current certificate: the CA backdates not_before (for clock skew),
         # and that slack must not count as lifetime already used.
         self._received_at: dt.datetime | None = None
-        self._renew_at: dt.datetime | None = None
+        self._plan: RenewalPlan | None = None
         self._outputs: tuple[OutputSet, bytes | None] | None = None
         # In-process users (ca_client.Identity) hear about renewals and failures here.
         self.renewed: list[Callable[[Credentials], None]] = []
@@ -110,7 +119,7 @@ class Agent:
     @property
     def next_renewal(self) -> dt.datetime | None:
         """When the certificate held will be renewed (None before one is held)."""
-        return self._renew_at
+        return self._plan.renew_at if self._plan is not None else None
 
     def _token(self) -> str | None:
         if self.config.token_file and self.config.token_file.exists():
@@ -141,10 +150,57 @@ class Agent:
         self._received_at = received_at
         # The CA backdates not_before (for clock skew): that slack is no lifetime used.
         start = max(creds.not_before, received_at)
-        self._renew_at = renewal_time(
-            start, creds.not_after, self.rng, self.config.fraction, self.config.renewal_jitter
+        self._plan = RenewalPlan(
+            start=start,
+            not_after=creds.not_after,
+            now=received_at,
+            rng=self.rng,
+            fraction=self.config.fraction,
+            jitter=self.config.renewal_jitter,
+            advice=creds.advice,
         )
-        return {**describe(creds), "renew_at": self._renew_at.isoformat()}
+        return {**describe(creds), **self._schedule()}
+
+    def _schedule(self) -> dict[str, str]:
+        """The plan, for the log: when it renews and why (the CA's window, or the rule)."""
+        plan = self._plan
+        assert plan is not None
+        said: dict[str, str] = {"renew_at": plan.renew_at.isoformat()}
+        if plan.advice is not None:
+            said["window_end"] = plan.advice.end.isoformat()
+            if plan.advice.explanation_url:
+                said["explanation_url"] = plan.advice.explanation_url
+        return said
+
+    def _poll(self, creds: Credentials, client: CaClient | None = None) -> None:
+        """Ask the CA when to renew what we hold; the plan stands if it cannot say. A refusal
+        (revoked) is raised: the caller handles it like a refused renewal."""
+        plan = self._plan
+        assert plan is not None
+        serial = serial_hex(creds.certificate.serial_number)
+        try:
+            if client is None:
+                with CaClient(self.config.server, creds) as own:
+                    advice = own.renewal_info(serial)
+            else:
+                advice = client.renewal_info(serial)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # an older CA: the rule, as before
+                plan.unsupported()
+                log.info("renewal_info_unsupported", serial=serial)
+                return
+            plan.unanswered(self._now())
+            log.warning("renewal_info_failed", serial=serial, error=exc.details())
+            return
+        if advice is None:
+            plan.unanswered(self._now())
+            return
+        before = plan.renew_at
+        plan.advised(advice, self._now())
+        if plan.renew_at != before:
+            log.info("renewal_window", serial=serial, **self._schedule())
 
     def _enroll(self) -> Credentials:
         token = self._token()
@@ -245,6 +301,8 @@ class Agent:
         try:
             with CaClient(self.config.server, creds) as client:
                 reply = client.status(serial)
+                if reply.status != ca_pb2.REVOKED:
+                    self._poll(creds, client)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:  # how the CA refuses a revoked caller
                 self._lost(creds, exc.details() or "refused")
@@ -253,6 +311,8 @@ class Agent:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 raise AgentGaveUp(wrong or exc.details()) from None
             log.warning("status_unknown", serial=serial, error=wrong or exc.details())
+            if self._plan is not None:
+                self._plan.unanswered(self._now())  # ask about the window again later
             return creds
         status = ca_pb2.CertificateStatus.Name(reply.status)
         log.info("status", serial=serial, status=status)
@@ -282,9 +342,13 @@ class Agent:
                 if not self.usable(creds):
                     creds = self._enroll()
                     backoff = self.config.backoff
-                assert creds is not None and self._renew_at is not None
-                if self.clock.wait(stop, max(0.0, (self._renew_at - self._now()).total_seconds())):
+                assert creds is not None and self._plan is not None
+                at, event = self._plan.next_event()
+                if self.clock.wait(stop, max(0.0, (at - self._now()).total_seconds())):
                     return
+                if event == "poll":
+                    self._poll(creds)
+                    continue
                 creds = self._renew(creds)
                 backoff = self.config.backoff
             except AgentGaveUp:
@@ -330,9 +394,13 @@ class Agent:
         error: Exception,
     ) -> Backoff:
         now = self._now()
-        # An unusable certificate sets no deadline: back off normally until a new one comes.
-        not_after = creds.not_after if self.usable(creds) and creds else None
-        retry_at = backoff.retry_at(now, not_after, self.rng)
+        # With a usable certificate its plan decides (never past expiry, spread so that an
+        # outage's failures do not all come back at once); without one, plain backoff.
+        plan = self._plan if self.usable(creds) else None
+        if plan is not None:
+            attempt, retry_at = plan.attempt, plan.failed(now)
+        else:
+            attempt, retry_at = backoff.attempt, backoff.retry_at(now, None, self.rng)
         if isinstance(error, grpc.RpcError):
             detail = explain(self.config.server, error, probe=False) or error.details()
         else:
@@ -342,8 +410,8 @@ class Agent:
                 callback(error)
             except Exception:
                 log.exception("failure_listener_failed")
-        log.warning(
-            "renew_failed", error=detail, attempt=backoff.attempt, retry_at=retry_at.isoformat()
-        )
+        log.warning("renew_failed", error=detail, attempt=attempt, retry_at=retry_at.isoformat())
+        if plan is not None:  # the loop waits for the plan's next event (a retry, or a poll)
+            return backoff
         self.clock.wait(stop, max(0.0, (retry_at - now).total_seconds()))
         return backoff.next()

@@ -134,8 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--renew-at",
         type=_fraction,
-        default="2/3",
-        help="when to renew, as a fraction of the lifetime: 2/3, 0.5 or 75%% (default 2/3)",
+        help="renew at this fraction of the lifetime, e.g. 2/3, 0.5 or 75%%, or earlier when "
+        "the CA's renewal window says so (default: at a random instant of the CA's window; "
+        "2/3 with a CA that has none)",
     )
     agent.add_argument("--on-renew", help="shell command to run after each renewal")
     agent.add_argument(

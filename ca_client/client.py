@@ -21,6 +21,7 @@ from ca_server.core.policy import CA_SERVER_NAME
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
 from .files import Credentials, OutputSet, pem_parts, render, write_atomically
+from .schedule import MIN_POLL, Advice
 from .serial import serial_hex
 
 TIMEOUT = 30.0
@@ -92,6 +93,24 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
+
+
+def advice_from(
+    reply: ca_pb2.IssuedCertificate | ca_pb2.GetRenewalInfoResponse,
+) -> Advice | None:
+    """The renewal window a reply carries; None from a CA too old to send one."""
+    if not reply.HasField("renewal_window"):
+        return None
+    window = reply.renewal_window
+    try:
+        return Advice(
+            window.start.ToDatetime(dt.UTC),
+            window.end.ToDatetime(dt.UTC),
+            max(reply.retry_after.ToTimedelta(), MIN_POLL),  # never a busy loop of polls
+            reply.explanation_url,
+        )
+    except (ValueError, OverflowError):  # out of datetime's range: as if none were sent
+        return None
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -175,9 +194,15 @@ class CaClient:
             x509.load_pem_x509_certificate(reply.certificate_pem.encode()),
             tuple(x509.load_pem_x509_certificates(reply.chain_pem.encode())),
             self.creds.roots,  # the roots we already trust; a renewal does not change them
+            advice_from(reply),
         )
         check_issued(creds, key)
         return creds
+
+    def renewal_info(self, serial: str) -> Advice | None:
+        """When the CA wants this certificate renewed (UNIMPLEMENTED from an older CA)."""
+        request = ca_pb2.GetRenewalInfoRequest(serial_number=serial)
+        return advice_from(self.stub.GetRenewalInfo(request, timeout=TIMEOUT))
 
     def status(self, serial: str) -> ca_pb2.GetCertificateStatusResponse:
         request = ca_pb2.GetCertificateStatusRequest(serial_number=serial)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
-from .client import CA_CHANNEL_OPTIONS, ONCE, TIMEOUT, Pending, Retry, check_issued
+from .client import CA_CHANNEL_OPTIONS, ONCE, TIMEOUT, Pending, Retry, advice_from, check_issued
 from .files import Credentials
 from .listeners import (
     API,
@@ -110,6 +110,7 @@ def enroll(
         x509.load_pem_x509_certificate(reply.certificate_pem.encode()),
         tuple(x509.load_pem_x509_certificates(reply.chain_pem.encode())),
         (root,),
+        advice_from(reply),
     )
     check_issued(creds, key)
     return creds

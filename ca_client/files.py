@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from .schedule import Advice
 from .serial import serial_hex
 
 DATA_LINK = "..data"
@@ -48,6 +49,8 @@ class Credentials:
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]  # intermediates, issuer first
     roots: tuple[x509.Certificate, ...]
+    # What the CA said about renewing it, when it came from the CA (never on disk).
+    advice: Advice | None = field(default=None, compare=False)
 
     @property
     def not_before(self) -> dt.datetime:

@@ -20,6 +20,7 @@ from cryptography import x509
 
 from .config import DEFAULT_KEY_TYPE, DEFAULT_TRUST_DOMAIN, load_config, resolved_workers
 from .core.audit_chain import verify_store
+from .core.authority import RenewalSelector
 from .core.bootstrap import DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL
 from .core.clock import SystemClock
 from .core.durations import format_duration, parse_duration
@@ -99,6 +100,30 @@ def _parser() -> argparse.ArgumentParser:
         help="lifetime of the certificate it yields, e.g. 24h (default: the CA's default_validity)",
     )
     create.add_argument("--json", action="store_true", help="machine-readable output")
+
+    renew_now = sub.add_parser(
+        "renew-now",
+        help="pull the renewal window of matching certificates into the past, so that their "
+        "holders renew when they next ask (within retry_after); criteria combine (all must "
+        "match), at least one is needed",
+    )
+    common(renew_now, at_init=False)
+    renew_now.add_argument("--serial", default="", help="one certificate, by serial (hex)")
+    renew_now.add_argument(
+        "--identity", default="", help="SPIFFE ID pattern ('*' one segment, '**' one or more)"
+    )
+    renew_now.add_argument(
+        "--issued-before",
+        type=_instant,
+        help="certificates issued before this time (ISO 8601, e.g. 2026-01-31T12:00:00Z)",
+    )
+    renew_now.add_argument(
+        "--issuer", default="", help="SHA-256 fingerprint of the issuing CA certificate"
+    )
+    renew_now.add_argument(
+        "--explanation-url", default="", help="a page saying why, answered with the window"
+    )
+    renew_now.add_argument("--json", action="store_true", help="machine-readable output")
 
     root = sub.add_parser("root", help="what the root signs (run where the root key is kept)")
     root_sub = root.add_subparsers(dest="root_command", required=True)
@@ -188,6 +213,16 @@ def _hours(delta: dt.timedelta) -> str:
     """A duration as an operator writes a token's: whole hours as hours ("24h", not "1d")."""
     seconds = int(delta.total_seconds())
     return f"{seconds // 3600}h" if seconds and seconds % 3600 == 0 else format_duration(delta)
+
+
+def _instant(text: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time, e.g. 2026-01-31T12:00:00Z"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def _token_ttl(text: str | None) -> dt.timedelta | None:
@@ -372,6 +407,37 @@ def _token_create(data_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _renew_now(data_dir: Path, args: argparse.Namespace) -> int:
+    """Pull windows forward straight in the store, as the operator at this machine (an admin):
+    every worker and replica answers the new window at once."""
+    if not DataDir(data_dir).exists():
+        raise ConfigurationError(f"{data_dir} holds no Signet CA: run ca-server init first")
+    DataDir(data_dir).check_permissions()
+    ca = load_ca(load_config(data_dir, _overrides(args)), _passphrase(args))
+    try:
+        result = ca.authority.renew_now(
+            Caller(LOCAL_OPERATOR, "", is_admin=True),
+            RenewalSelector(
+                serial=args.serial,
+                identity=args.identity,
+                issued_before=args.issued_before,
+                issuer_fingerprint=args.issuer,
+                explanation_url=args.explanation_url,
+            ),
+        )
+    finally:
+        ca.store.close()
+    if args.json:
+        window = {"start": result.window.start.isoformat(), "end": result.window.end.isoformat()}
+        print(json.dumps({"certificates": result.count, "renewal_window": window}))
+    else:
+        print(
+            f"{result.count} certificates are due for renewal now (window ended "
+            f"{result.window.end.isoformat()}); their holders renew when they next ask"
+        )
+    return 0
+
+
 def _root_sign(data_dir: Path, args: argparse.Namespace) -> int:
     """Sign the root's long-lived documents with the root key from the data directory and
     keep them in the store, where every server process and replica takes them up."""
@@ -484,6 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "token":
             return _token_create(data_dir, args)
+        if args.command == "renew-now":
+            return _renew_now(data_dir, args)
         if args.command == "migrate":
             return _migrate(args)
         if args.command == "root":

@@ -26,7 +26,7 @@ TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "serial", "identity", "dns_names", "ip_addresses", "not_before", "not_after",
             "status", "revoked_at", "reason", "fingerprint_sha256", "der", "requested_by",
             "issued_at", "authorized_by", "ocsp_der", "ocsp_this_update", "ocsp_next_update",
-            "invalidity_date",
+            "invalidity_date", "renewal_start", "renewal_end", "renewal_explanation_url",
         ),
     ),
     (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import json
 import queue
 import random
@@ -27,6 +28,7 @@ from ca_client.agent import Agent, AgentConfig
 from ca_client.cli import main as ca_client
 from ca_client.schedule import parse_fraction
 from ca_client.serial import serial_hex
+from ca_server.core.renewal_window import START, default_window, retry_after
 from ca_server.logs import configure_logging
 from signet.ca.v1 import ca_pb2
 from tests.conftest import CaServer, start_ca, stop_ca
@@ -356,84 +358,117 @@ class Wait:
     held: x509.Certificate  # what the agent had just written to cert.pem
 
 
-class SteppingClock:
-    """Time stands still while the agent works, and each wait it asks for returns at once and
-    is recorded: the waits are its schedule, with no sleep. After a wait the clock reads the
-    wall time again, so that the certificates the real CA issues are current for it too."""
+class TravellingClock:
+    """One fake time for the agent and the CA: each wait the agent asks for returns at once,
+    is recorded, and moves the time on by as long (its schedule, with no sleep). The CA runs on
+    the same clock and backdates by a day, so that what it issues is valid by real time too
+    (what the TLS handshakes check). Stops the agent once it has renewed `certificates`."""
 
-    def __init__(self, out: Path, waits: int) -> None:
-        self.out, self.limit = out, waits
-        self.current = dt.datetime.now(dt.UTC)
+    def __init__(self, out: Path, certificates: int) -> None:
+        self.out, self.limit = out, certificates
+        self.current = dt.datetime.now(dt.UTC).replace(microsecond=0)
         self.waits: list[Wait] = []
+        self._lock = threading.Lock()
 
     def now(self) -> dt.datetime:
-        return self.current
+        with self._lock:
+            return self.current
 
     def wait(self, stop: threading.Event, seconds: float) -> bool:
         held = x509.load_pem_x509_certificate((self.out / "cert.pem").read_bytes())
-        self.waits.append(Wait(self.current, seconds, held))
-        if len(self.waits) >= self.limit:
+        self.waits.append(Wait(self.now(), seconds, held))
+        if len({w.held.serial_number for w in self.waits}) > self.limit:
             stop.set()
-        self.current = dt.datetime.now(dt.UTC)
+        else:
+            with self._lock:
+                self.current += dt.timedelta(seconds=seconds)
         return stop.is_set()
 
+    def renewals(self) -> list[tuple[x509.Certificate, dt.datetime, dt.datetime]]:
+        """(certificate, when the agent got it, when it renewed it) for each one renewed."""
+        spans: dict[int, list[Wait]] = {}
+        for w in self.waits:
+            spans.setdefault(w.held.serial_number, []).append(w)
+        done = list(spans.values())[:-1]  # the last one held was not renewed
+        return [
+            (ws[0].held, ws[0].at, ws[-1].at + dt.timedelta(seconds=ws[-1].seconds)) for ws in done
+        ]
 
-def _renewal_points(clock: SteppingClock) -> list[float]:
-    """For each wait, when it ends as a fraction of the lifetime the agent held: counted from
-    when the certificate came (not from the backdated not_before) to not_after."""
+
+@pytest.fixture
+def travelling_ca(tmp_path: Path) -> Iterator[tuple[CaServer, TravellingClock]]:
+    clock = TravellingClock(tmp_path / "tls", certificates=3)
+    server = start_ca(tmp_path / "ca-data", clock=clock, issuance={"backdate": "1d"})
+    yield server, clock
+    stop_ca(server)
+
+
+def _fractions(clock: TravellingClock) -> list[float]:
+    """When each certificate was renewed, as a fraction of its lifetime counted from when the
+    agent got it (not from the backdated not_before) to not_after."""
     points = []
-    for w in clock.waits:
-        start = max(w.held.not_valid_before_utc, w.at)
-        lifetime = (w.held.not_valid_after_utc - start).total_seconds()
-        points.append((w.at - start).total_seconds() / lifetime + w.seconds / lifetime)
+    for cert, got, renewed in clock.renewals():
+        lifetime = (cert.not_valid_after_utc - got).total_seconds()
+        points.append((renewed - got).total_seconds() / lifetime)
     return points
 
 
-def _assert_renews_at(clock: SteppingClock, fraction: float) -> None:
-    """At the fraction, less a jitter of at most 1/20 of the lifetime (half the fraction for
-    early ones): the bands of 2/3, 0.5 and 0.9 do not overlap, so each schedule is told apart."""
-    jitter = min(1 / 20, fraction / 2)
-    points = _renewal_points(clock)
-    assert len(points) == 3 and len({w.held.serial_number for w in clock.waits}) == 3
-    for point in points:
-        assert fraction - jitter - 1e-6 <= point <= fraction + 1e-6, (fraction, points)
+def _assert_renews_at(clock: TravellingClock, fraction: float | None) -> None:
+    """In the CA's window (the default, and an explicit fraction later than it), or at the
+    fraction less a jitter of at most 1/20 of the lifetime (half the fraction for early ones)."""
+    renewals = clock.renewals()
+    assert len(renewals) == 3  # stopped at the fourth certificate: three renewed
+    for (cert, got, renewed), point in zip(renewals, _fractions(clock), strict=True):
+        window = default_window(got, cert.not_valid_after_utc, serial_hex(cert.serial_number))
+        if fraction is None or fraction > START:
+            assert window.start <= renewed <= window.end, (fraction, point)
+        else:
+            jitter = min(1 / 20, fraction / 2)
+            assert fraction - jitter - 1e-6 <= point <= fraction + 1e-6, (fraction, point)
+
+
+def _assert_polls_at_retry_after(clock: TravellingClock) -> None:
+    """Between renewals the agent asks the CA again after retry_after (+ up to half of it): a
+    wait after which it still holds the same certificate ended in a poll."""
+    lifetime = dt.timedelta(seconds=HOUR)
+    ask = retry_after(clock.current, clock.current + lifetime).total_seconds()
+    polls = [
+        w.seconds
+        for w, after in itertools.pairwise(clock.waits)
+        if w.held.serial_number == after.held.serial_number
+    ]
+    assert len(polls) >= 3 * 10, polls  # 40 minutes of a certificate, a poll every 150-225 s
+    assert all(ask - 1e-3 <= s <= 1.5 * ask + 1e-3 for s in polls), (ask, polls)
 
 
 HOUR = 3600
 
 
 @pytest.mark.parametrize("fraction", [None, 0.5, 0.9])
-def test_the_agent_waits_until_its_fraction_of_each_lifetime(
-    ca: CaServer, tmp_path: Path, fraction: float | None
+def test_the_agent_renews_in_the_cas_window_or_at_an_earlier_fraction(
+    travelling_ca: tuple[CaServer, TravellingClock], tmp_path: Path, fraction: float | None
 ) -> None:
-    out = tmp_path / "tls"
+    ca, clock = travelling_ca
     minted = _token(ca, "web/scheduled", seconds=HOUR)
     config = AgentConfig(
         server=ca.address, bootstrap_server=ca.running.bootstrap_address, token=minted.token,
-        root_fingerprint=minted.root_fingerprint_sha256, out=out,
-        **({} if fraction is None else {"fraction": fraction}),
+        root_fingerprint=minted.root_fingerprint_sha256, out=clock.out, fraction=fraction,
     )  # fmt: skip
-    clock = SteppingClock(out, waits=3)
-    rng = random.Random(9)
-    Agent(config, rng=rng, clock=clock).run(threading.Event())
-    _assert_renews_at(clock, 2 / 3 if fraction is None else fraction)  # 2/3: the default
-    # Exactly: one draw of the seeded source per certificate sets its jitter.
-    draws = random.Random(9)
-    f = config.fraction
-    expected = [f - config.renewal_jitter * draws.random() for _ in clock.waits]
-    assert _renewal_points(clock) == pytest.approx(expected, abs=1e-6)
+    Agent(config, rng=random.Random(9), clock=clock).run(threading.Event())
+    _assert_renews_at(clock, fraction)
+    if fraction is None:
+        _assert_polls_at_retry_after(clock)
 
 
-@pytest.mark.parametrize(("renew_at", "fraction"), [(None, 2 / 3), ("0.5", 0.5), ("90%", 0.9)])
+@pytest.mark.parametrize(("renew_at", "fraction"), [(None, None), ("0.5", 0.5), ("90%", 0.9)])
 def test_ca_client_agent_renews_at_the_fraction_renew_at_gives(
-    ca: CaServer, tmp_path: Path, renew_at: str | None, fraction: float
+    travelling_ca: tuple[CaServer, TravellingClock], renew_at: str | None, fraction: float | None
 ) -> None:
-    out = tmp_path / "tls"
+    ca, clock = travelling_ca
     minted = _token(ca, "web/scheduled-cli", seconds=HOUR)
-    clock = SteppingClock(out, waits=3)
     extra = [] if renew_at is None else ["--renew-at", renew_at]
     try:
-        assert ca_client(["agent", *_agent_args(ca, minted, out), *extra], clock=clock) == 0
+        assert ca_client(["agent", *_agent_args(ca, minted, clock.out), *extra], clock=clock) == 0
     finally:
         configure_logging("info", json=True)  # as the session had it: the CLI set its own
     _assert_renews_at(clock, fraction)

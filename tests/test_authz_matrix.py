@@ -136,6 +136,8 @@ MATRIX: dict[str, dict[str, str]] = {
     "ListAuditEvents": _row(OK, DENIED, DENIED, DENIED),
     "WatchRevocations": _row(OK, OK, OK, OK),
     "WatchTrustBundle": _row(OK, OK, OK, OK),
+    "GetRenewalInfo": _row(OK, OK, OK, OK),
+    "RenewNow": _row(OK, DENIED, DENIED, DENIED),
 }
 
 
@@ -253,6 +255,10 @@ def _audit(w: World, asks_as: str) -> list[Message]:
     return [ca_pb2.ListAuditEventsRequest(identity=TARGET[asks_as], page_size=10)]
 
 
+def _renew_now(w: World, asks_as: str) -> list[Message]:
+    return [ca_pb2.RenewNowRequest(serial_number=w.spare(TARGET[asks_as]))]
+
+
 # RPC -> the requests a caller makes (each must get the cell's outcome), given whose names it
 # asks for.
 REQUESTS: dict[str, Callable[[World, str], list[Message]]] = {
@@ -268,6 +274,10 @@ REQUESTS: dict[str, Callable[[World, str], list[Message]]] = {
     "ListAuditEvents": _audit,
     "WatchRevocations": lambda w, asks_as: [ca_pb2.WatchRevocationsRequest()],
     "WatchTrustBundle": lambda w, asks_as: [ca_pb2.WatchTrustBundleRequest()],
+    "GetRenewalInfo": lambda w, asks_as: [
+        ca_pb2.GetRenewalInfoRequest(serial_number=_status(w, asks_as)[0].serial_number)  # type: ignore[attr-defined]
+    ],
+    "RenewNow": _renew_now,
 }
 STREAMING = {"WatchRevocations", "WatchTrustBundle"}  # its outcome is that of its first message
 

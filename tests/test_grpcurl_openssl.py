@@ -257,6 +257,8 @@ def test_grpcurl_describe_service_shows_every_rpc(ca: CaServer) -> None:
         "ListAuditEvents",
         "WatchRevocations",
         "WatchTrustBundle",
+        "GetRenewalInfo",
+        "RenewNow",
         "Enroll",
     }
 

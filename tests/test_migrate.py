@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ca_server.config import load_config
+from ca_server.core.authority import RenewalSelector
 from ca_server.core.clock import FakeClock
 from ca_server.core.policy import Caller
 from ca_server.core.revocation import Reason
@@ -46,6 +47,9 @@ def history(tmp_path: Path) -> Path:
             reason = Reason.CERTIFICATE_HOLD if i == 0 else Reason.KEY_COMPROMISE
             ca.authority.revoke(ADMIN, serial, reason, request_id=str(uuid.uuid4()))
         ca.authority.create_token(ADMIN, spiffe("m/token"), ["m.internal"], [], None, None)
+        ca.authority.renew_now(  # a renewal window pulled forward travels too
+            ADMIN, RenewalSelector(serial=serials[10], explanation_url="https://example/why")
+        )
         for _ in range(3):
             ca.authority.crls.build()
             ca.authority.revoke(ADMIN, serials.pop(), Reason.SUPERSEDED)

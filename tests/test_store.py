@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from ca_server.core.renewal_window import RenewalWindow
 from ca_server.core.revocation import Reason, RevokedEntry
 from ca_server.core.store import (
     AuditEvent,
@@ -538,3 +539,31 @@ def test_signed_documents_are_kept_by_name_and_replaced_in_place(store: Store) -
     newer = SignedDocument("root-crl", b"\x30\x02", when + dt.timedelta(days=1), when)
     store.save_signed_documents([newer])
     assert store.signed_documents() == [other, newer]
+
+
+def test_a_renewal_override_is_stored_for_good_certificates_with_its_audit_event(
+    store: Store, opener: Callable[[], Store]
+) -> None:
+    for serial in ("a1", "a2", "a3"):
+        store.add_certificate(record(serial), issue_event(serial))
+    store.revoke("a3", NOW, Reason.KEY_COMPROMISE, AuditEvent(NOW, "revoke", ADMIN, "a3"))
+    window = RenewalWindow(NOW - dt.timedelta(minutes=1), NOW)
+    audit = AuditEvent(NOW, "renew-now", ADMIN, None, "identity=x: 3 certificates")
+    # Many serials in one call go in chunks, in one transaction.
+    serials = ["a1", "a3", *(f"{i:04x}" for i in range(1200))]
+    assert store.override_renewal(serials, window, "https://example/why", audit) == 1
+    got = store.get_certificate("a1")
+    assert got is not None
+    assert got.renewal_override == window
+    assert got.renewal_explanation_url == "https://example/why"
+    untouched = store.get_certificate("a2")
+    assert untouched is not None and untouched.renewal_override is None
+    revoked = store.get_certificate("a3")
+    assert revoked is not None and revoked.renewal_override is None
+    assert store.audit_events(1)[0].action == "renew-now"
+    other = opener()  # another process sharing the database sees it at once
+    try:
+        seen = other.get_certificate("a1")
+        assert seen is not None and seen.renewal_override == window
+    finally:
+        other.close()

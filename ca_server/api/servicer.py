@@ -14,7 +14,13 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from signet.ca.v1 import ca_pb2, ca_pb2_grpc
 
-from ..core.authority import CertificateAuthority, Issued, Preview
+from ..core.authority import (
+    CertificateAuthority,
+    Issued,
+    Preview,
+    RenewalInfo,
+    RenewalSelector,
+)
 from ..core.errors import (
     ErrorReason,
     InvalidRequest,
@@ -26,6 +32,7 @@ from ..core.idempotency import parse_request_id
 from ..core.ocsp import CertStatus
 from ..core.policy import Caller
 from ..core.profile import serial_hex
+from ..core.renewal_window import RenewalWindow
 from ..core.revocation import Reason
 from ..core.store import AuditRecord, CertificateRecord, RevocationEvent
 from ..metrics import instruments
@@ -88,6 +95,16 @@ def _request_id(request: Any) -> str | None:
     return request_id
 
 
+def _window(window: RenewalWindow) -> ca_pb2.RenewalWindow:
+    return ca_pb2.RenewalWindow(start=_ts(window.start), end=_ts(window.end))
+
+
+def _duration(delta: dt.timedelta) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromTimedelta(delta)
+    return d
+
+
 def _issued(issued: Issued | Preview) -> ca_pb2.IssuedCertificate:
     if isinstance(issued, Preview):
         return ca_pb2.IssuedCertificate(
@@ -98,7 +115,7 @@ def _issued(issued: Issued | Preview) -> ca_pb2.IssuedCertificate:
             ip_addresses=issued.ip_addresses,
         )
     structlog.contextvars.bind_contextvars(serial=issued.serial)
-    return ca_pb2.IssuedCertificate(
+    reply = ca_pb2.IssuedCertificate(
         certificate_pem=issued.certificate_pem,
         chain_pem=issued.chain_pem,
         serial_number=issued.serial,
@@ -109,6 +126,17 @@ def _issued(issued: Issued | Preview) -> ca_pb2.IssuedCertificate:
         dns_names=issued.dns_names,
         ip_addresses=issued.ip_addresses,
     )
+    if issued.renewal is not None:
+        _renewal_fields(reply, issued.renewal)
+    return reply
+
+
+def _renewal_fields(
+    reply: ca_pb2.IssuedCertificate | ca_pb2.GetRenewalInfoResponse, info: RenewalInfo
+) -> None:
+    reply.renewal_window.CopyFrom(_window(info.window))
+    reply.explanation_url = info.explanation_url
+    reply.retry_after.CopyFrom(_duration(info.retry_after))
 
 
 def _event(r: AuditRecord) -> ca_pb2.AuditEvent:
@@ -406,3 +434,29 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
                 beat = time.monotonic()
                 # Without events the reader has all up to head (the rest expired and pruned).
                 since = events[-1].sequence if events else max(since, head)
+
+    def GetRenewalInfo(
+        self, request: ca_pb2.GetRenewalInfoRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.GetRenewalInfoResponse:
+        self._caller(context)
+        info = self._ca.renewal_info(request.serial_number)
+        structlog.contextvars.bind_contextvars(serial=request.serial_number)
+        reply = ca_pb2.GetRenewalInfoResponse()
+        _renewal_fields(reply, info)
+        return reply
+
+    def RenewNow(
+        self, request: ca_pb2.RenewNowRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.RenewNowResponse:
+        caller = self._caller(context)
+        selector = RenewalSelector(
+            serial=request.serial_number,
+            identity=request.identity,
+            issued_before=_when(request, "issued_before"),
+            issuer_fingerprint=request.issuer_fingerprint_sha256,
+            explanation_url=request.explanation_url,
+        )
+        result = self._ca.renew_now(caller, selector)
+        return ca_pb2.RenewNowResponse(
+            certificates=result.count, renewal_window=_window(result.window)
+        )

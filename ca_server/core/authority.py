@@ -22,6 +22,8 @@ from .keys import SigningKey
 from .listing import Listing, Page
 from .policy import Caller, Policy
 from .profile import Issuer, fingerprint_sha256, parse_serial, pem, serial_hex
+from .renewal import Renewals, RenewalSelector, RenewNowResult
+from .renewal_window import RenewalInfo
 from .revocation import Reason
 from .revocation_feed import RevocationFeed
 from .revoker import Revoker
@@ -36,6 +38,9 @@ __all__ = [
     "Issued",
     "Page",
     "Preview",
+    "RenewNowResult",
+    "RenewalInfo",
+    "RenewalSelector",
     "StatusResult",
     "parse_serial",
 ]
@@ -102,6 +107,9 @@ class CertificateAuthority:
         # WatchRevocations wakes for revocations here at once, for others' within a poll.
         self.revocation_feed = RevocationFeed(store)
         self._revoker.on_revocation(self.revocation_feed.changed)
+        self._renewals = Renewals(
+            store=store, clock=clock, ca_certificates=[issuer.certificate, root]
+        )
         self._elsewhere: list[Callable[[], None]] = []
 
         # The calls answered by one part alone are that part's methods.
@@ -119,6 +127,8 @@ class CertificateAuthority:
         self.list_certificates = self._listing.list_certificates
         self.list_audit_events = self._audit.list_events
         self.authenticate = self._authenticator.authenticate
+        self.renewal_info = self._renewals.info
+        self.renew_now = self._renewals.renew_now
 
     @property
     def settings(self) -> IssuanceSettings:

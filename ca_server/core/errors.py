@@ -99,6 +99,11 @@ class ErrorReason(enum.StrEnum):
     REQUEST_ID_REUSED = enum.auto()
     ANSWER_NOT_KEPT = enum.auto()
     REQUEST_IN_PROGRESS = enum.auto()
+    # Renewal windows (RenewNow)
+    SELECTOR_EMPTY = enum.auto()
+    URL_INVALID = enum.auto()
+    FINGERPRINT_INVALID = enum.auto()
+    CERTIFICATE_NOT_LIVE = enum.auto()
 
 
 class SignetError(Exception):

@@ -40,6 +40,7 @@ from .profile import (
     random_serial,
     serial_hex,
 )
+from .renewal_window import RenewalInfo, renewal_info
 from .responder import OcspResponder
 from .store import (
     AuditEvent,
@@ -102,6 +103,8 @@ class Issued:
     identity: str = ""
     dns_names: tuple[str, ...] = ()
     ip_addresses: tuple[str, ...] = ()
+    # When to renew it (see renewal_window): issuing responses carry it, as GetRenewalInfo.
+    renewal: RenewalInfo | None = None
 
     @property
     def certificate_pem(self) -> str:
@@ -356,6 +359,9 @@ class Issuance:
             record.identity,
             record.dns_names,
             record.ip_addresses,
+            renewal_info(
+                serial=record.serial, issued_at=record.issued_at, not_after=record.not_after
+            ),
         )
 
     def issue_for(

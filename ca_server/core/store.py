@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from .ocsp import SignedStatus
+from .renewal_window import RenewalWindow
 from .revocation import Reason, RevokedEntry
 
 Status = Literal["good", "revoked"]
@@ -46,6 +47,9 @@ class CertificateRecord:
     reason: Reason | None = None
     # The current pre-signed OCSP response (SHA-1 CertID, no nonce), if one was made.
     ocsp: SignedStatus | None = None
+    # A renewal window an operator set (renew-now), which replaces the default one.
+    renewal_override: RenewalWindow | None = None
+    renewal_explanation_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +257,17 @@ class Store(Protocol):
         ...
 
     def get_certificate(self, serial: str) -> CertificateRecord | None: ...
+
+    def override_renewal(
+        self,
+        serials: Sequence[str],
+        window: RenewalWindow,
+        explanation_url: str,
+        audit: AuditEvent,
+    ) -> int:
+        """Give these certificates (those still good) `window` in place of their default
+        renewal window, with the audit event, in one transaction; return how many changed."""
+        ...
 
     def get_status(self, serial: str) -> StatusRow | None: ...
 

@@ -149,7 +149,7 @@ def _v7(db: _PgDb) -> None:
 
 
 def _v8(db: _PgDb) -> None:
-    # As SQLite's v14: the answers of idempotent calls (request_id), kept an hour.
+    # As SQLite's v15: the answers of idempotent calls (request_id), kept an hour.
     db.execute(
         "CREATE TABLE request_ids (scope TEXT NOT NULL, request_id TEXT NOT NULL, "
         "method TEXT NOT NULL, fingerprint TEXT NOT NULL, result TEXT NOT NULL, "
@@ -159,8 +159,16 @@ def _v8(db: _PgDb) -> None:
     db.execute("CREATE INDEX request_ids_expiry ON request_ids (expires_at)")
 
 
+def _v9(db: _PgDb) -> None:
+    # As SQLite's v16: a renewal window an operator pulled forward (renew-now).
+    db.execute(
+        "ALTER TABLE certificates ADD COLUMN renewal_start BIGINT, "
+        "ADD COLUMN renewal_end BIGINT, ADD COLUMN renewal_explanation_url TEXT"
+    )
+
+
 # Append only: the index is the schema version a migration produces (signet_schema.version).
-MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
+MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

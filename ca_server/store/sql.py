@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..core.ocsp import SignedStatus
+from ..core.renewal_window import RenewalWindow
 from ..core.revocation import Reason, RevokedEntry
 from ..core.store import (
     AuditEvent,
@@ -84,6 +85,7 @@ def _insert(db: Db, table: str, row: dict[str, Any]) -> None:
     db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))  # noqa: S608
 
 
+_IN_CHUNK = 500  # serials per IN (...) list: well under every database's parameter limit
 _AUDIT = "id, at, action, actor, serial, detail, peer, outcome, seq, prev_hash, hash"
 
 
@@ -195,7 +197,8 @@ def _quota_counts(
 _COLUMNS = (
     "serial, identity, dns_names, ip_addresses, not_before, not_after, status, revoked_at, "
     "reason, fingerprint_sha256, der, requested_by, issued_at, authorized_by, "
-    "ocsp_der, ocsp_this_update, ocsp_next_update"
+    "ocsp_der, ocsp_this_update, ocsp_next_update, "
+    "renewal_start, renewal_end, renewal_explanation_url"
 )
 _COLUMN_NAMES = tuple(c.strip() for c in _COLUMNS.split(","))
 
@@ -269,6 +272,32 @@ class SqlStore:
             [serial],
         )
         return self._record(row) if row else None
+
+    def override_renewal(
+        self,
+        serials: Sequence[str],
+        window: RenewalWindow,
+        explanation_url: str,
+        audit: AuditEvent,
+    ) -> int:
+        bounds = [_epoch(window.start), _epoch(window.end), explanation_url or None]
+
+        def tx(db: Db) -> int:
+            changed = 0
+            for i in range(0, len(serials), _IN_CHUNK):
+                chunk = list(serials[i : i + _IN_CHUNK])
+                marks = ", ".join("?" * len(chunk))
+                sql = (
+                    "UPDATE certificates SET renewal_start = ?, renewal_end = ?, "  # noqa: S608 - placeholders only
+                    f"renewal_explanation_url = ? WHERE status = 'good' AND serial IN ({marks})"
+                )
+                cursor = db.execute(sql, [*bounds, *chunk])
+                changed += cursor.rowcount
+            self._append_audit(db, audit)
+            return changed
+
+        changed: int = self._write(tx)
+        return changed
 
     def get_status(self, serial: str) -> StatusRow | None:
         row = self._read_one(
@@ -865,6 +894,12 @@ class SqlStore:
             revoked_at=_from_epoch(r["revoked_at"]) if r["revoked_at"] is not None else None,
             reason=Reason(r["reason"]) if r["reason"] is not None else None,
             ocsp=ocsp,
+            renewal_override=RenewalWindow(
+                _from_epoch(r["renewal_start"]), _from_epoch(r["renewal_end"])
+            )
+            if r["renewal_start"] is not None
+            else None,
+            renewal_explanation_url=r["renewal_explanation_url"] or "",
         )
 
 

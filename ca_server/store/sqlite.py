@@ -192,6 +192,13 @@ def _v15(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX request_ids_expiry ON request_ids (expires_at)")
 
 
+def _v16(db: sqlite_utils.Database) -> None:
+    # A renewal window an operator pulled forward (renew-now); NULL: the default one.
+    db.execute("ALTER TABLE certificates ADD COLUMN renewal_start INTEGER")
+    db.execute("ALTER TABLE certificates ADD COLUMN renewal_end INTEGER")
+    db.execute("ALTER TABLE certificates ADD COLUMN renewal_explanation_url TEXT")
+
+
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1,
@@ -209,6 +216,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v13,
     _v14,
     _v15,
+    _v16,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

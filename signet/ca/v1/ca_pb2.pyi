@@ -186,6 +186,9 @@ class IssuedCertificate(_message.Message):
     IDENTITY_FIELD_NUMBER: _builtins.int
     DNS_NAMES_FIELD_NUMBER: _builtins.int
     IP_ADDRESSES_FIELD_NUMBER: _builtins.int
+    RENEWAL_WINDOW_FIELD_NUMBER: _builtins.int
+    EXPLANATION_URL_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_FIELD_NUMBER: _builtins.int
     certificate_pem: _builtins.str
     """Empty for a validate_only request (as are chain_pem, serial_number and
     fingerprint_sha256): nothing was issued.
@@ -199,6 +202,7 @@ class IssuedCertificate(_message.Message):
     """The names the certificate carries (or, for validate_only, would carry): the SPIFFE ID,
     then its DNS names and IP addresses.
     """
+    explanation_url: _builtins.str
     @_builtins.property
     def not_before(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -207,6 +211,12 @@ class IssuedCertificate(_message.Message):
     def dns_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def ip_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def renewal_window(self) -> Global___RenewalWindow:
+        """-- When to renew it: as GetRenewalInfo answers for it now --"""
+
+    @_builtins.property
+    def retry_after(self) -> _duration_pb2.Duration: ...
     def __init__(
         self,
         *,
@@ -219,10 +229,13 @@ class IssuedCertificate(_message.Message):
         identity: _builtins.str = ...,
         dns_names: _abc.Iterable[_builtins.str] | None = ...,
         ip_addresses: _abc.Iterable[_builtins.str] | None = ...,
+        renewal_window: Global___RenewalWindow | None = ...,
+        explanation_url: _builtins.str = ...,
+        retry_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before", "renewal_window", b"renewal_window", "retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "chain_pem", b"chain_pem", "dns_names", b"dns_names", "fingerprint_sha256", b"fingerprint_sha256", "identity", b"identity", "ip_addresses", b"ip_addresses", "not_after", b"not_after", "not_before", b"not_before", "serial_number", b"serial_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "chain_pem", b"chain_pem", "dns_names", b"dns_names", "explanation_url", b"explanation_url", "fingerprint_sha256", b"fingerprint_sha256", "identity", b"identity", "ip_addresses", b"ip_addresses", "not_after", b"not_after", "not_before", b"not_before", "renewal_window", b"renewal_window", "retry_after", b"retry_after", "serial_number", b"serial_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -920,3 +933,145 @@ class WatchTrustBundleRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchTrustBundleRequest: _TypeAlias = WatchTrustBundleRequest  # noqa: Y015
+
+@_typing.final
+class RenewalWindow(_message.Message):
+    """-- Renewal windows (GetRenewalInfo, RenewNow) --"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Renew at a uniformly random instant in [start, end); at once if end has passed."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewalWindow: _TypeAlias = RenewalWindow  # noqa: Y015
+
+@_typing.final
+class GetRenewalInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
+    serial_number: _builtins.str
+    """Hex, any case, colons allowed."""
+    def __init__(
+        self,
+        *,
+        serial_number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["serial_number", b"serial_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRenewalInfoRequest: _TypeAlias = GetRenewalInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetRenewalInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RENEWAL_WINDOW_FIELD_NUMBER: _builtins.int
+    EXPLANATION_URL_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    explanation_url: _builtins.str
+    """A page saying why the window was moved, when an operator gave one (RenewNow)."""
+    @_builtins.property
+    def renewal_window(self) -> Global___RenewalWindow: ...
+    @_builtins.property
+    def retry_after(self) -> _duration_pb2.Duration:
+        """Ask again after this long (then, if the window changed, pick a new instant in it)."""
+
+    def __init__(
+        self,
+        *,
+        renewal_window: Global___RenewalWindow | None = ...,
+        explanation_url: _builtins.str = ...,
+        retry_after: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["renewal_window", b"renewal_window", "retry_after", b"retry_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanation_url", b"explanation_url", "renewal_window", b"renewal_window", "retry_after", b"retry_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRenewalInfoResponse: _TypeAlias = GetRenewalInfoResponse  # noqa: Y015
+
+@_typing.final
+class RenewNowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    ISSUED_BEFORE_FIELD_NUMBER: _builtins.int
+    ISSUER_FINGERPRINT_SHA256_FIELD_NUMBER: _builtins.int
+    EXPLANATION_URL_FIELD_NUMBER: _builtins.int
+    serial_number: _builtins.str
+    """Criteria; at least one, and every one given must match."""
+    identity: _builtins.str
+    """A SPIFFE ID pattern as in the policy: '*' is one path segment, '**' one or more."""
+    issuer_fingerprint_sha256: _builtins.str
+    """Certificates issued by the CA certificate with this SHA-256 fingerprint (hex)."""
+    explanation_url: _builtins.str
+    """An http(s) page that explains why, answered with the window. Optional."""
+    @_builtins.property
+    def issued_before(self) -> _timestamp_pb2.Timestamp:
+        """Certificates issued before this time."""
+
+    def __init__(
+        self,
+        *,
+        serial_number: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        issued_before: _timestamp_pb2.Timestamp | None = ...,
+        issuer_fingerprint_sha256: _builtins.str = ...,
+        explanation_url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_before", b"issued_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanation_url", b"explanation_url", "identity", b"identity", "issued_before", b"issued_before", "issuer_fingerprint_sha256", b"issuer_fingerprint_sha256", "serial_number", b"serial_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewNowRequest: _TypeAlias = RenewNowRequest  # noqa: Y015
+
+@_typing.final
+class RenewNowResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATES_FIELD_NUMBER: _builtins.int
+    RENEWAL_WINDOW_FIELD_NUMBER: _builtins.int
+    certificates: _builtins.int
+    """How many certificates' windows were moved."""
+    @_builtins.property
+    def renewal_window(self) -> Global___RenewalWindow:
+        """The window they now have (in the past)."""
+
+    def __init__(
+        self,
+        *,
+        certificates: _builtins.int = ...,
+        renewal_window: Global___RenewalWindow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["renewal_window", b"renewal_window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "renewal_window", b"renewal_window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewNowResponse: _TypeAlias = RenewNowResponse  # noqa: Y015

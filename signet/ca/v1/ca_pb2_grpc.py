@@ -94,6 +94,16 @@ class CertificateAuthorityStub:
                 request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.WatchTrustBundleRequest.SerializeToString,
                 response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.GetTrustBundleResponse.FromString,
                 _registered_method=True)
+        self.GetRenewalInfo = channel.unary_unary(
+                '/signet.ca.v1.CertificateAuthority/GetRenewalInfo',
+                request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.GetRenewalInfoRequest.SerializeToString,
+                response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.GetRenewalInfoResponse.FromString,
+                _registered_method=True)
+        self.RenewNow = channel.unary_unary(
+                '/signet.ca.v1.CertificateAuthority/RenewNow',
+                request_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.RenewNowRequest.SerializeToString,
+                response_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.RenewNowResponse.FromString,
+                _registered_method=True)
 
 
 class CertificateAuthorityServicer:
@@ -181,9 +191,9 @@ class CertificateAuthorityServicer:
         caller), numbered in the order every worker and replica agrees on. The stream first
         sends what happened after since_sequence, then each change within about a second, and a
         heartbeat (no events, head_sequence) every 15 s; the first message comes at once. Resume
-        after a reconnect from the last sequence received (see head_sequence): no gap. A reader that leaves a message untaken for
-        watch_stall_timeout (30 s) is cut off; too many streams on one server process are
-        RESOURCE_EXHAUSTED (retry on another, or later).
+        after a reconnect from the last sequence received (see head_sequence): no gap. A reader
+        that leaves a message untaken for watch_stall_timeout (30 s) is cut off; too many
+        streams on one server process are RESOURCE_EXHAUSTED (retry on another, or later).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +203,27 @@ class CertificateAuthorityServicer:
         """The trust bundle (as GetTrustBundle answers it) at once, then again each time it changes
         (a new intermediate, a root added or removed in a rollover), within about a second; any
         authenticated caller. Shares WatchRevocations' limits (max_watchers, watch_stall_timeout).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRenewalInfo(self, request, context):
+        """-- Renewal windows the CA steers (the idea of ACME Renewal Information, RFC 9773) --
+
+        When to renew a certificate (any authenticated caller): a window to renew in, at a
+        uniformly random instant of it (at once when it is over), and when to ask again. By
+        default it lies from 2/3 of the lifetime on, placed by the serial so that a fleet issued
+        together does not renew together; an operator's RenewNow moves it into the past.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewNow(self, request, context):
+        """Moves the renewal window of every good, unexpired certificate matching all the criteria
+        given into the past (admin only), so that their holders renew when they next ask
+        (within retry_after): for a key compromise, a mis-issued batch or a rollover. Audited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -260,6 +291,16 @@ def add_CertificateAuthorityServicer_to_server(servicer, server):
                     servicer.WatchTrustBundle,
                     request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.WatchTrustBundleRequest.FromString,
                     response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.GetTrustBundleResponse.SerializeToString,
+            ),
+            'GetRenewalInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRenewalInfo,
+                    request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.GetRenewalInfoRequest.FromString,
+                    response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.GetRenewalInfoResponse.SerializeToString,
+            ),
+            'RenewNow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewNow,
+                    request_deserializer=signet_dot_ca_dot_v1_dot_ca__pb2.RenewNowRequest.FromString,
+                    response_serializer=signet_dot_ca_dot_v1_dot_ca__pb2.RenewNowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -586,6 +627,60 @@ class CertificateAuthority:
             '/signet.ca.v1.CertificateAuthority/WatchTrustBundle',
             signet_dot_ca_dot_v1_dot_ca__pb2.WatchTrustBundleRequest.SerializeToString,
             signet_dot_ca_dot_v1_dot_ca__pb2.GetTrustBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRenewalInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signet.ca.v1.CertificateAuthority/GetRenewalInfo',
+            signet_dot_ca_dot_v1_dot_ca__pb2.GetRenewalInfoRequest.SerializeToString,
+            signet_dot_ca_dot_v1_dot_ca__pb2.GetRenewalInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewNow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signet.ca.v1.CertificateAuthority/RenewNow',
+            signet_dot_ca_dot_v1_dot_ca__pb2.RenewNowRequest.SerializeToString,
+            signet_dot_ca_dot_v1_dot_ca__pb2.RenewNowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,14 +74,27 @@ class CertificateAuthorityStub:
     caller), numbered in the order every worker and replica agrees on. The stream first
     sends what happened after since_sequence, then each change within about a second, and a
     heartbeat (no events, head_sequence) every 15 s; the first message comes at once. Resume
-    after a reconnect from the last sequence received (see head_sequence): no gap. A reader that leaves a message untaken for
-    watch_stall_timeout (30 s) is cut off; too many streams on one server process are
-    RESOURCE_EXHAUSTED (retry on another, or later).
+    after a reconnect from the last sequence received (see head_sequence): no gap. A reader
+    that leaves a message untaken for watch_stall_timeout (30 s) is cut off; too many
+    streams on one server process are RESOURCE_EXHAUSTED (retry on another, or later).
     """
     WatchTrustBundle: _grpc.UnaryStreamMultiCallable[_ca_pb2.WatchTrustBundleRequest, _ca_pb2.GetTrustBundleResponse]
     """The trust bundle (as GetTrustBundle answers it) at once, then again each time it changes
     (a new intermediate, a root added or removed in a rollover), within about a second; any
     authenticated caller. Shares WatchRevocations' limits (max_watchers, watch_stall_timeout).
+    """
+    GetRenewalInfo: _grpc.UnaryUnaryMultiCallable[_ca_pb2.GetRenewalInfoRequest, _ca_pb2.GetRenewalInfoResponse]
+    """-- Renewal windows the CA steers (the idea of ACME Renewal Information, RFC 9773) --
+
+    When to renew a certificate (any authenticated caller): a window to renew in, at a
+    uniformly random instant of it (at once when it is over), and when to ask again. By
+    default it lies from 2/3 of the lifetime on, placed by the serial so that a fleet issued
+    together does not renew together; an operator's RenewNow moves it into the past.
+    """
+    RenewNow: _grpc.UnaryUnaryMultiCallable[_ca_pb2.RenewNowRequest, _ca_pb2.RenewNowResponse]
+    """Moves the renewal window of every good, unexpired certificate matching all the criteria
+    given into the past (admin only), so that their holders renew when they next ask
+    (within retry_after): for a key compromise, a mis-issued batch or a rollover. Audited.
     """
 
 @_typing.type_check_only
@@ -125,14 +138,27 @@ class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
     caller), numbered in the order every worker and replica agrees on. The stream first
     sends what happened after since_sequence, then each change within about a second, and a
     heartbeat (no events, head_sequence) every 15 s; the first message comes at once. Resume
-    after a reconnect from the last sequence received (see head_sequence): no gap. A reader that leaves a message untaken for
-    watch_stall_timeout (30 s) is cut off; too many streams on one server process are
-    RESOURCE_EXHAUSTED (retry on another, or later).
+    after a reconnect from the last sequence received (see head_sequence): no gap. A reader
+    that leaves a message untaken for watch_stall_timeout (30 s) is cut off; too many
+    streams on one server process are RESOURCE_EXHAUSTED (retry on another, or later).
     """
     WatchTrustBundle: _aio.UnaryStreamMultiCallable[_ca_pb2.WatchTrustBundleRequest, _ca_pb2.GetTrustBundleResponse]  # type: ignore[assignment]
     """The trust bundle (as GetTrustBundle answers it) at once, then again each time it changes
     (a new intermediate, a root added or removed in a rollover), within about a second; any
     authenticated caller. Shares WatchRevocations' limits (max_watchers, watch_stall_timeout).
+    """
+    GetRenewalInfo: _aio.UnaryUnaryMultiCallable[_ca_pb2.GetRenewalInfoRequest, _ca_pb2.GetRenewalInfoResponse]  # type: ignore[assignment]
+    """-- Renewal windows the CA steers (the idea of ACME Renewal Information, RFC 9773) --
+
+    When to renew a certificate (any authenticated caller): a window to renew in, at a
+    uniformly random instant of it (at once when it is over), and when to ask again. By
+    default it lies from 2/3 of the lifetime on, placed by the serial so that a fleet issued
+    together does not renew together; an operator's RenewNow moves it into the past.
+    """
+    RenewNow: _aio.UnaryUnaryMultiCallable[_ca_pb2.RenewNowRequest, _ca_pb2.RenewNowResponse]  # type: ignore[assignment]
+    """Moves the renewal window of every good, unexpired certificate matching all the criteria
+    given into the past (admin only), so that their holders renew when they next ask
+    (within retry_after): for a key compromise, a mis-issued batch or a rollover. Audited.
     """
 
 class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
@@ -239,9 +265,9 @@ class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
         caller), numbered in the order every worker and replica agrees on. The stream first
         sends what happened after since_sequence, then each change within about a second, and a
         heartbeat (no events, head_sequence) every 15 s; the first message comes at once. Resume
-        after a reconnect from the last sequence received (see head_sequence): no gap. A reader that leaves a message untaken for
-        watch_stall_timeout (30 s) is cut off; too many streams on one server process are
-        RESOURCE_EXHAUSTED (retry on another, or later).
+        after a reconnect from the last sequence received (see head_sequence): no gap. A reader
+        that leaves a message untaken for watch_stall_timeout (30 s) is cut off; too many
+        streams on one server process are RESOURCE_EXHAUSTED (retry on another, or later).
         """
 
     @_abc_1.abstractmethod
@@ -253,6 +279,31 @@ class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
         """The trust bundle (as GetTrustBundle answers it) at once, then again each time it changes
         (a new intermediate, a root added or removed in a rollover), within about a second; any
         authenticated caller. Shares WatchRevocations' limits (max_watchers, watch_stall_timeout).
+        """
+
+    @_abc_1.abstractmethod
+    def GetRenewalInfo(
+        self,
+        request: _ca_pb2.GetRenewalInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ca_pb2.GetRenewalInfoResponse, _abc.Awaitable[_ca_pb2.GetRenewalInfoResponse]]:
+        """-- Renewal windows the CA steers (the idea of ACME Renewal Information, RFC 9773) --
+
+        When to renew a certificate (any authenticated caller): a window to renew in, at a
+        uniformly random instant of it (at once when it is over), and when to ask again. By
+        default it lies from 2/3 of the lifetime on, placed by the serial so that a fleet issued
+        together does not renew together; an operator's RenewNow moves it into the past.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewNow(
+        self,
+        request: _ca_pb2.RenewNowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ca_pb2.RenewNowResponse, _abc.Awaitable[_ca_pb2.RenewNowResponse]]:
+        """Moves the renewal window of every good, unexpired certificate matching all the criteria
+        given into the past (admin only), so that their holders renew when they next ask
+        (within retry_after): for a key compromise, a mis-issued batch or a rollover. Audited.
         """
 
 def add_CertificateAuthorityServicer_to_server(servicer: CertificateAuthorityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

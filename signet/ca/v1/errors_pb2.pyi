@@ -184,6 +184,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     REQUEST_IN_PROGRESS: _ErrorReason.ValueType  # 56
     """UNAVAILABLE: a concurrent call with the same request_id is being answered; retry shortly."""
+    SELECTOR_EMPTY: _ErrorReason.ValueType  # 57
+    """-- renewal windows (RenewNow) --
+    INVALID_ARGUMENT: RenewNow names no criterion (serial, identity, issued_before, issuer).
+    """
+    URL_INVALID: _ErrorReason.ValueType  # 58
+    """INVALID_ARGUMENT: explanation_url is not an http(s) URL, or too long ("field")."""
+    FINGERPRINT_INVALID: _ErrorReason.ValueType  # 59
+    """INVALID_ARGUMENT: a SHA-256 fingerprint that is not 64 hex digits ("field")."""
+    CERTIFICATE_NOT_LIVE: _ErrorReason.ValueType  # 60
+    """FAILED_PRECONDITION: RenewNow for a serial that is revoked or expired ("serial_number")."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper): ...
 
@@ -336,4 +346,14 @@ since pruned): send a new request_id ("request_id").
 """
 REQUEST_IN_PROGRESS: ErrorReason.ValueType  # 56
 """UNAVAILABLE: a concurrent call with the same request_id is being answered; retry shortly."""
+SELECTOR_EMPTY: ErrorReason.ValueType  # 57
+"""-- renewal windows (RenewNow) --
+INVALID_ARGUMENT: RenewNow names no criterion (serial, identity, issued_before, issuer).
+"""
+URL_INVALID: ErrorReason.ValueType  # 58
+"""INVALID_ARGUMENT: explanation_url is not an http(s) URL, or too long ("field")."""
+FINGERPRINT_INVALID: ErrorReason.ValueType  # 59
+"""INVALID_ARGUMENT: a SHA-256 fingerprint that is not 64 hex digits ("field")."""
+CERTIFICATE_NOT_LIVE: ErrorReason.ValueType  # 60
+"""FAILED_PRECONDITION: RenewNow for a serial that is revoked or expired ("serial_number")."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
