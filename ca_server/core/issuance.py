@@ -1,13 +1,15 @@
 """Issuing certificates: from a CSR (sign), for a caller's new key (renew), for the CA itself
-(issue_for) and for its delegated OCSP responder. Each is recorded in the store before anyone
-sees it. The OCSP responder is built here: it asks for its own certificate."""
+(issue_for) and for its delegated OCSP responder. Each is recorded in the store, with the key
+id of the intermediate that issued it, before anyone sees it. Every issuance asks which
+intermediate issues now: a rotation takes effect at the next certificate."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -31,8 +33,10 @@ from .profile import (
     random_serial,
     serial_hex,
 )
-from .responder import OcspResponder
 from .store import AuditEvent, CertificateRecord, DuplicateSerial, Quota, QuotaExceeded, Store
+
+if TYPE_CHECKING:
+    from .issuers import IssuerServices
 
 _CA_ACTOR = "signet:ca"
 
@@ -73,6 +77,10 @@ class IssuanceSettings:
     # Certificates expired longer than this are deleted from the store (and so from listings
     # and OCSP, which then answers "unknown"); their audit events stay. None keeps them all.
     retain_expired: dt.timedelta | None = dt.timedelta(days=90)
+    # A new intermediate is made (signed by the root, where its key is) once this fraction of
+    # the issuing one's life has passed; None: only on demand (ca-server intermediate rotate).
+    intermediate_rotate_at: float | None = 2 / 3
+    intermediate_validity: dt.timedelta = dt.timedelta(days=1825)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,24 +138,16 @@ class Issuance:
         *,
         store: Store,
         clock: Clock,
-        issuer: Issuer,
+        active: Callable[[], IssuerServices],
         policy: Policy,
         settings: IssuanceSettings,
     ) -> None:
+        """active(): the issuing intermediate's services, asked at every issuance."""
         self._store = store
         self._clock = clock
-        self._issuer = issuer
+        self._active = active
         self._policy = policy
         self.settings = settings
-        # Built here because each needs the other: the responder asks for its delegated
-        # certificate, and each certificate issued gets a response the responder signs.
-        self.responder = OcspResponder(
-            issuer=issuer,
-            clock=clock,
-            validity=settings.ocsp_validity,
-            issue_signer=self._issue_ocsp_signer if settings.ocsp_delegated else None,
-            signer_validity=settings.ocsp_signer_validity,
-        )
 
     def sign(self, caller: Caller, csr_pem: str, validity: dt.timedelta | None) -> Issued:
         csr = parse_csr(csr_pem)
@@ -251,10 +251,11 @@ class Issuance:
         spend_token (hash, now), the bootstrap token is spent in the transaction that stores
         the certificate: never a token spent without a certificate, nor the reverse."""
         now = utc_seconds(self._clock.now())
+        active = self._active()
         for _ in range(5):  # a 128-bit collision is as good as impossible; a loop costs nothing
             serial = random_serial()
             cert = build_leaf(
-                self._issuer,
+                active.issuer,
                 LeafRequest(
                     public_key=public_key,
                     identity=names.identity,
@@ -267,7 +268,7 @@ class Issuance:
                 ),
                 self.settings.public_urls,
             )
-            self.responder.forget_unknown(serial)
+            active.responder.forget_unknown(serial)
             record = CertificateRecord(
                 serial=serial_hex(serial),
                 identity=names.identity,
@@ -280,6 +281,7 @@ class Issuance:
                 requested_by=actor,
                 issued_at=now,
                 authorized_by=authorized_by or actor,
+                issuer=active.key_id,
                 # No OCSP response yet: it is signed when first asked for, then kept and
                 # refreshed. Most mTLS peers never ask, so a signature per issuance would be
                 # spent on the issuance path (a third of its CPU) for nothing.
@@ -296,7 +298,7 @@ class Issuance:
                 continue
             except QuotaExceeded as exc:
                 raise self._over_quota(names.identity, exc, now) from None
-            return Issued(cert, self._issuer.chain_pem, record.serial, record.fingerprint_sha256)
+            return Issued(cert, active.issuer.chain_pem, record.serial, record.fingerprint_sha256)
         raise RuntimeError("could not find an unused serial number")
 
     def _quota(self, now: dt.datetime) -> Quota:
@@ -322,17 +324,17 @@ class Issuance:
             f"{what}; retry in {format_duration(dt.timedelta(seconds=round(wait)))}", wait
         )
 
-    def _issue_ocsp_signer(
-        self, public_key: CertificatePublicKeyTypes, lifetime: dt.timedelta
+    def issue_ocsp_signer(
+        self, issuer: Issuer, public_key: CertificatePublicKeyTypes, lifetime: dt.timedelta
     ) -> x509.Certificate:
-        """Issue and record a delegated OCSP responder certificate (no OCSP of its own: it
-        carries id-pkix-ocsp-nocheck)."""
+        """Issue and record a delegated OCSP responder certificate of `issuer` (no OCSP of its
+        own: it carries id-pkix-ocsp-nocheck)."""
         now = utc_seconds(self._clock.now())
         identity = f"spiffe://{self._policy.trust_domain}/signet/ocsp-responder"
         for _ in range(5):
             serial = random_serial()
             cert = build_ocsp_responder(
-                self._issuer, public_key, now - self.settings.backdate, now + lifetime, serial
+                issuer, public_key, now - self.settings.backdate, now + lifetime, serial
             )
             record = CertificateRecord(
                 serial=serial_hex(serial),
@@ -346,6 +348,9 @@ class Issuance:
                 requested_by=_CA_ACTOR,
                 issued_at=now,
                 authorized_by=_CA_ACTOR,
+                issuer=issuer.certificate.extensions.get_extension_for_class(
+                    x509.SubjectKeyIdentifier
+                ).value.digest.hex(),
             )
             try:
                 self._store.add_certificate(

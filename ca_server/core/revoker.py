@@ -8,12 +8,11 @@ from collections.abc import Callable
 
 from .authentication import Authenticator
 from .clock import Clock, utc_seconds
-from .crl_publisher import CrlPublisher
 from .errors import AlreadyRevoked, Conflict, InvalidRequest, NotFound
+from .issuers import Issuers
 from .ocsp import CertStatus, StatusAnswer
 from .policy import Caller, check_is_admin, check_may_revoke
 from .profile import parse_serial
-from .responder import OcspResponder
 from .revocation import Reason
 from .store import AuditEvent, RevokeOutcome, Store
 
@@ -24,14 +23,12 @@ class Revoker:
         *,
         store: Store,
         clock: Clock,
-        responder: OcspResponder,
-        crls: CrlPublisher,
+        issuers: Issuers,
         authenticator: Authenticator,
     ) -> None:
         self._store = store
         self._clock = clock
-        self._responder = responder
-        self._crls = crls
+        self._issuers = issuers
         self._authenticator = authenticator
         self._revocation_listeners: list[Callable[[str], None]] = []
 
@@ -52,12 +49,15 @@ class Revoker:
             raise NotFound(f"no certificate with serial {serial} was issued by this CA")
         check_may_revoke(caller, record.identity)
         now = utc_seconds(self._clock.now())
+        # The answer comes from the certificate's own issuer (a retiring one's too).
+        services = self._issuers.get(record.issuer) or self._issuers.active
+        responder = services.responder
         if reason is Reason.REMOVE_FROM_CRL:
             check_is_admin(caller, "releasing a certificateHold (removeFromCRL)")
             outcome = self._store.release_hold(
                 serial,
                 AuditEvent(now, "release-hold", caller.identity, serial, peer=caller.peer),
-                self._responder.sign(StatusAnswer(int(serial, 16), CertStatus.GOOD)),
+                responder.sign(StatusAnswer(int(serial, 16), CertStatus.GOOD)),
             )
             if outcome is RevokeOutcome.NOT_HELD:
                 raise Conflict(
@@ -70,9 +70,7 @@ class Revoker:
                 now,
                 reason,
                 AuditEvent(now, "revoke", caller.identity, serial, reason.name, caller.peer),
-                self._responder.sign(
-                    StatusAnswer(int(serial, 16), CertStatus.REVOKED, now, reason)
-                ),
+                responder.sign(StatusAnswer(int(serial, 16), CertStatus.REVOKED, now, reason)),
                 utc_seconds(invalidity_date) if invalidity_date else None,
             )
             if outcome is RevokeOutcome.ALREADY_REVOKED:
@@ -80,8 +78,8 @@ class Revoker:
         if outcome is RevokeOutcome.NOT_FOUND:
             raise NotFound(f"no certificate with serial {serial} was issued by this CA")
         self._authenticator.revoked(record.fingerprint_sha256)
-        self._responder.drop_signer(int(serial, 16))  # if it was our OCSP responder's
-        self._crls.wanted.set()
+        responder.drop_signer(int(serial, 16))  # if it was our OCSP responder's
+        self._issuers.wanted.set()
         for listener in self._revocation_listeners:
             listener(serial)
         return serial, now

@@ -170,6 +170,23 @@ def _v13(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX certificates_expiry ON certificates (not_after)")
 
 
+def _v14(db: sqlite_utils.Database) -> None:
+    # Rotation of the CA itself: its roots, intermediates and cross-certificates with their
+    # state; which intermediate issued each certificate and signed each CRL (NULL: the one
+    # from before rotations, filled in when the server first records it); a generation counter
+    # every process polls to notice a rotation.
+    db.execute(
+        "CREATE TABLE ca_certificates (serial TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+        "state TEXT NOT NULL, key_id TEXT NOT NULL, issuer_key_id TEXT NOT NULL, "
+        "der BLOB NOT NULL, not_after INTEGER NOT NULL, created_at INTEGER NOT NULL, "
+        "overlap_until INTEGER)"
+    )
+    db.execute("ALTER TABLE certificates ADD COLUMN issuer TEXT")
+    db.execute("CREATE INDEX certificates_issuer_expiry ON certificates (issuer, not_after)")
+    db.execute("ALTER TABLE crls ADD COLUMN issuer TEXT")
+    db.execute("INSERT INTO meta (key, value) VALUES ('ca_generation', '0')")
+
+
 # Append only: the index is the schema version a migration produces (PRAGMA user_version).
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1,
@@ -185,6 +202,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v11,
     _v12,
     _v13,
+    _v14,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
