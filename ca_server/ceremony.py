@@ -9,6 +9,7 @@ signed for the new certificates wherever the root key is at hand."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .config import CaConfig
+from .core.authority import CertificateAuthority
 from .core.clock import Clock, SystemClock, utc_seconds
-from .core.errors import ConfigurationError, InvalidRequest
+from .core.errors import ConfigurationError, InvalidRequest, SignetError
 from .core.hierarchy import Hierarchy, generation_name, key_id, new_intermediate
 from .core.keys import generate_key, signature_hash
-from .core.profile import Issuer, pem
+from .core.policy import Caller
+from .core.profile import Issuer, certificate_names, pem, serial_hex
+from .core.revocation import Reason
 from .core.rollover import activation, rotate_intermediate, rotate_root
 from .core.root_documents import RootDocuments, RootPublisher
 from .core.store import AuditEvent, CaCertificateRecord, Store
@@ -33,6 +37,7 @@ from .datadir import (
     initial_public_urls,
     publish_ca_files,
     seed_from_files,
+    write_admin_credentials,
     write_public,
 )
 from .store import open_store
@@ -211,6 +216,34 @@ def rotate_root_now(local: Local, overlap: dt.timedelta, actor: str = OPERATOR) 
         raise ConfigurationError(str(exc)) from None
     local.keys.write("root", key_id(rotation.root), root_key)
     local.keys.write("intermediate", key_id(rotation.intermediate), int_key)
-    _record(local, rotation.records, "rotate-root", f"new root {key_id(rotation.root)}", actor)
+    hierarchy = _record(
+        local, rotation.records, "rotate-root", f"new root {key_id(rotation.root)}", actor
+    )
     _sign_roots(local)
+    _reissue_admin(local, hierarchy)
     return rotation.root
+
+
+def _reissue_admin(local: Local, hierarchy: Hierarchy) -> None:
+    """admin/ under the new root, the old one revoked as superseded: the operator's own
+    credentials must not keep the old root published (nor stop working once it is gone)."""
+    cert_file = local.data.admin / "cert.pem"
+    if not cert_file.exists():
+        return
+    old = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+    identity = certificate_names(old)[0]
+    if identity is None:
+        return
+    authority = CertificateAuthority(
+        store=local.store,
+        clock=local.clock,
+        policy=local.config.policy,
+        settings=local.config.issuance,
+        hierarchy=hierarchy,
+    )
+    write_admin_credentials(authority, local.data.admin, identity)
+    with contextlib.suppress(SignetError):  # revoked or gone already: the same outcome
+        authority.revoke(
+            Caller(OPERATOR, "", is_admin=True), serial_hex(old.serial_number),
+            Reason.SUPERSEDED,
+        )  # fmt: skip

@@ -269,7 +269,7 @@ def write_admin_credentials(authority: CertificateAuthority, out: Path, identity
     write_private_key(out / "key.pem", key)
     # Leaf then intermediate: what TLS clients (grpcurl, curl, Go, Python) present as a chain.
     write_public(out / "cert.pem", issued.certificate_pem + issued.chain_pem)
-    write_public(out / "ca.pem", pem(authority.root))
+    write_public(out / "ca.pem", authority.hierarchy.roots_pem)
 
 
 def _seed_records(

@@ -152,7 +152,9 @@ class Maintenance:
         here; else it says what to run)."""
         ca, now = self._ca, self._ca.clock.now()
         hierarchy = ca.hierarchy
-        changes = retirements(hierarchy, now, lambda kid: ca.store.unexpired_issued_by(kid, now))
+        changes = retirements(
+            hierarchy, now, lambda kid, live: ca.store.unexpired_issued_by(kid, now, live)
+        )
         if changes:
             detail = ", ".join(f"{r.kind} {r.key_id}" for r in changes)
             ca.store.save_ca_certificates(

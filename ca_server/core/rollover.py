@@ -27,11 +27,10 @@ from .hierarchy import (
     cross_certificate,
     key_id,
     new_intermediate,
-    new_root,
     record_for,
 )
 from .keys import SigningKey
-from .profile import Issuer, PublicUrls
+from .profile import Issuer, PublicUrls, build_root
 from .store import CaCertificateRecord
 
 
@@ -125,7 +124,11 @@ def rotate_root(
             "a root rollover is already under way (two roots are published); wait until the "
             "old one is withdrawn (see ca-server status)"
         )
-    root = new_root(root_key, trust_domain, now, now + root_validity)
+    # The old root's name: the cross-certificate is then self-issued (its subject and issuer
+    # are one name), which RFC 5280 6.1.4 and OpenSSL leave out of the old root's path length
+    # (pathLenConstraint 1: leaf, intermediate, cross-certificate, root would exceed it).
+    # Chain builders tell the two roots apart by key identifier.
+    root = build_root(root_key, old.certificate.subject, now, now + root_validity)
     cross = cross_certificate(Issuer(old.certificate, old.key, ()), root, now, urls)
     intermediate = new_intermediate(
         Issuer(root, root_key, ()),
@@ -146,17 +149,18 @@ def rotate_root(
 
 
 def retirements(
-    hierarchy: Hierarchy, now: dt.datetime, unexpired_issued_by: Callable[[str], int]
+    hierarchy: Hierarchy, now: dt.datetime, issued_by: Callable[[str, bool], int]
 ) -> list[CaCertificateRecord]:
     """What is over: retiring intermediates with nothing unexpired left (or expired
-    themselves), then retiring roots past their overlap with no intermediate under them still
-    answering (their cross-certificates go with them)."""
+    themselves); retiring roots past their overlap with nothing live (unrevoked, unexpired)
+    under them: every live certificate chains to the new root (their cross-certificates go
+    with them). issued_by(intermediate key id, live_only) counts its unexpired certificates."""
     changes: list[CaCertificateRecord] = []
     gone: set[str] = set()
     for e in hierarchy.intermediates:
         if e.record.state != "retiring":
             continue
-        if e.record.not_after < now or unexpired_issued_by(e.key_id) == 0:
+        if e.record.not_after < now or issued_by(e.key_id, False) == 0:
             changes.append(dataclasses.replace(e.record, state="retired"))
             gone.add(e.serial)
     for root in hierarchy.roots:
@@ -164,12 +168,9 @@ def retirements(
             root.record.overlap_until is not None and now < root.record.overlap_until
         ):
             continue
-        below = [
-            e
-            for e in hierarchy.intermediates
-            if e.record.issuer_key_id == root.key_id and e.serial not in gone
-        ]
-        if below and root.record.not_after >= now:
+        below = [e for e in hierarchy.intermediates if e.record.issuer_key_id == root.key_id]
+        live = any(e.serial not in gone and issued_by(e.key_id, True) for e in below)
+        if live and root.record.not_after >= now:
             continue  # something under it still lives: it stays published
         changes.append(dataclasses.replace(root.record, state="retired"))
         changes += [

@@ -389,9 +389,9 @@ class Store(Protocol):
         """A counter that moves with every change to the CA's own certificates."""
         ...
 
-    def unexpired_issued_by(self, issuer: str, now: dt.datetime) -> int:
+    def unexpired_issued_by(self, issuer: str, now: dt.datetime, live_only: bool = False) -> int:
         """How many certificates the intermediate `issuer` issued that expire at or after now
-        (revoked ones included: they still need its CRL and OCSP answers)."""
+        (revoked ones included, they still need its CRL and OCSP answers, unless live_only)."""
         ...
 
     def save_signed_documents(self, documents: Sequence[SignedDocument]) -> None:

@@ -532,9 +532,10 @@ class SqlStore:
         row = self._read_one("SELECT value FROM meta WHERE key = 'ca_generation'")
         return int(row[0]) if row else 0
 
-    def unexpired_issued_by(self, issuer: str, now: dt.datetime) -> int:
+    def unexpired_issued_by(self, issuer: str, now: dt.datetime, live_only: bool = False) -> int:
+        live = " AND status = 'good'" if live_only else ""
         row = self._read_one(
-            "SELECT COUNT(*) FROM certificates WHERE issuer = ? AND not_after >= ?",
+            f"SELECT COUNT(*) FROM certificates WHERE issuer = ? AND not_after >= ?{live}",  # noqa: S608 - constant
             [issuer, _epoch(now)],
         )
         return int(row[0])
