@@ -442,7 +442,8 @@ def rewrap_keys(data_dir: Path, passphrase: bytes | None) -> list[tuple[Path, Pa
         raise ConfigurationError(f"keys rewrap needs the keys' passphrase: {PASSPHRASE_HINT}")
     d = DataDir(data_dir)
     done = []
-    for name in ("root", "intermediate"):
+    made = sorted({p.name.split(".key")[0] for p in d.secrets.glob("*-*.key.*")})
+    for name in ("root", "intermediate", *made):  # and those made by rotations
         old = d.key_file(name)
         if not old.exists():
             continue  # the root key may live offline
