@@ -292,12 +292,12 @@ class Agent:
                     creds = self._enroll()
                     backoff = self.config.backoff
                 assert creds is not None and self._renew_at is not None
-                wake = self._renew_at
-                if self._bundle_at is not None and self._bundle_at < wake:
-                    wake = self._bundle_at
+                # Whichever comes first: the renewal, or a look at the trust bundle before it.
+                bundle_first = self._bundle_at is not None and self._bundle_at < self._renew_at
+                wake = self._bundle_at if bundle_first and self._bundle_at else self._renew_at
                 if self.clock.wait(stop, max(0.0, (wake - self._now()).total_seconds())):
                     return
-                if self._now() < self._renew_at:
+                if bundle_first:
                     self._next_bundle()  # first: a failure below is retried at the next one
                     creds = self.refresh_bundle(creds)
                     continue
