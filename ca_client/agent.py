@@ -12,6 +12,7 @@ revoked one is replaced (or reported) at once, not at the next renewal."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import random
@@ -73,6 +74,9 @@ class AgentConfig:
     signal_number: int = signal.SIGHUP
     signal_pid: int | None = None
     pid_file: Path | None = None
+    # How often the trust bundle (the CA's roots) is asked for between renewals: a root
+    # rollover reaches ca.pem (and the process reading it) within this. None: at renewals only.
+    bundle_refresh: dt.timedelta | None = dt.timedelta(minutes=5)
     rpc_timeout: float = TIMEOUT  # seconds an RPC may take before it is retried (backoff)
 
     def __post_init__(self) -> None:
@@ -100,6 +104,7 @@ class Agent:
         # and that slack must not count as lifetime already used.
         self._received_at: dt.datetime | None = None
         self._plan: RenewalPlan | None = None
+        self._bundle_at: dt.datetime | None = None  # when to ask for the trust bundle next
         self._outputs: tuple[OutputSet, bytes | None] | None = None
         # In-process users (ca_client.Identity) hear about renewals and failures here.
         self.renewed: list[Callable[[Credentials], None]] = []
@@ -332,24 +337,52 @@ class Agent:
                 "and no token (with --root-fingerprint) was given to enroll again"
             )
 
+    def refresh_bundle(self, creds: Credentials) -> Credentials:
+        """Ask the CA for its roots; if they changed (a root rollover began or ended), write
+        the same certificate and key with the new ca.pem and tell whoever reads them."""
+        with CaClient(self.config.server, creds) as client:
+            roots = client.trusted_roots()
+        if set(roots) == set(creds.roots):
+            return creds
+        fresh = dataclasses.replace(creds, roots=roots)  # the CA's advice kept
+        self._publish(fresh)
+        log.info("trust_bundle_updated", roots=len(roots), **describe(fresh))
+        self._notify(fresh)
+        self._after_renew()
+        return fresh
+
+    def _next_bundle(self) -> None:
+        every = self.config.bundle_refresh
+        self._bundle_at = None if every is None else self._now() + every
+
     def run(self, stop: threading.Event) -> None:
         """Loop until `stop` is set; raise AgentGaveUp when no certificate can be had."""
         self.check()
         creds = self._held_at_start()
         backoff = self.config.backoff
+        self._next_bundle()
         while not stop.is_set():
             try:
                 if not self.usable(creds):
                     creds = self._enroll()
                     backoff = self.config.backoff
                 assert creds is not None and self._plan is not None
-                at, event = self._plan.next_event()
+                at, planned = self._plan.next_event()
+                event: str = planned
+                # A look at the trust bundle, when it comes before the plan's next event.
+                if self._bundle_at is not None and self._bundle_at < at:
+                    at, event = self._bundle_at, "bundle"
                 if self.clock.wait(stop, max(0.0, (at - self._now()).total_seconds())):
                     return
+                if event == "bundle":
+                    self._next_bundle()  # first: a failure below is retried at the next one
+                    creds = self.refresh_bundle(creds)
+                    continue
                 if event == "poll":
                     self._poll(creds)
                     continue
                 creds = self._renew(creds)
+                self._next_bundle()  # a renewal brought the bundle
                 backoff = self.config.backoff
             except AgentGaveUp:
                 raise

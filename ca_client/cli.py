@@ -140,6 +140,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     agent.add_argument("--on-renew", help="shell command to run after each renewal")
     agent.add_argument(
+        "--bundle-refresh",
+        type=_refresh,
+        default="5m",
+        help="how often to ask the CA for its roots between renewals (a root rollover reaches "
+        "ca.pem, and --on-renew runs, within this); off: at renewals only (default 5m)",
+    )
+    agent.add_argument(
         "--metrics-listen",
         default=os.environ.get("SIGNET_AGENT_METRICS_LISTEN"),
         help="serve Prometheus GET /metrics on HOST:PORT: the certificate's expiry, the next "
@@ -205,6 +212,10 @@ def _duration(text: str) -> dt.timedelta:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _refresh(text: str) -> dt.timedelta | None:
+    return None if text == "off" else _duration(text)
 
 
 def _fraction(text: str) -> float:
@@ -291,6 +302,7 @@ def _agent(args: argparse.Namespace, clock: Clock | None = None) -> int:
         validity=args.validity,
         fraction=args.renew_at,
         on_renew=args.on_renew,
+        bundle_refresh=args.bundle_refresh,
         signal_number=signal_number,
         signal_pid=args.signal_pid,
         pid_file=Path(args.pid_file) if args.pid_file else None,

@@ -193,7 +193,9 @@ class CaClient:
             key,
             x509.load_pem_x509_certificate(reply.certificate_pem.encode()),
             tuple(x509.load_pem_x509_certificates(reply.chain_pem.encode())),
-            self.creds.roots,  # the roots we already trust; a renewal does not change them
+            # The CA's roots now (every one published during a root rollover): the new
+            # certificate may chain to a root we did not trust yet.
+            self.trusted_roots(),
             advice_from(reply),
         )
         check_issued(creds, key)
@@ -203,6 +205,16 @@ class CaClient:
         """When the CA wants this certificate renewed (UNIMPLEMENTED from an older CA)."""
         request = ca_pb2.GetRenewalInfoRequest(serial_number=serial)
         return advice_from(self.stub.GetRenewalInfo(request, timeout=TIMEOUT))
+
+    def trusted_roots(self) -> tuple[x509.Certificate, ...]:
+        """The roots the CA publishes (GetTrustBundle), asked over this channel, which our
+        current roots authenticate; ours as they are if it cannot say (an older CA)."""
+        try:
+            reply = self.stub.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=TIMEOUT)
+            roots = tuple(x509.load_pem_x509_certificates(reply.root_certificates_pem.encode()))
+        except (grpc.RpcError, ValueError):
+            return self.creds.roots
+        return roots or self.creds.roots
 
     def status(self, serial: str) -> ca_pb2.GetCertificateStatusResponse:
         request = ca_pb2.GetCertificateStatusRequest(serial_number=serial)

@@ -16,20 +16,27 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
-from cryptography import x509
 
+from .ceremony import (
+    Local,
+    activate_intermediate,
+    open_local,
+    prepare_intermediate,
+    rotate_intermediate_now,
+    rotate_root_now,
+    sign_intermediate_csr,
+)
 from .config import DEFAULT_KEY_TYPE, DEFAULT_TRUST_DOMAIN, load_config, resolved_workers
 from .core.audit_chain import verify_store
 from .core.authority import RenewalSelector
 from .core.bootstrap import DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL
-from .core.clock import SystemClock
 from .core.durations import format_duration, parse_duration
 from .core.errors import ConfigurationError, SignetError
+from .core.hierarchy import key_id
 from .core.keys import CA_KEY_TYPES
 from .core.policy import CA_SERVER_NAME, Caller
-from .core.root_documents import RootPublisher
+from .core.profile import fingerprint_sha256
 from .datadir import DataDir, init_ca, load_ca, rewrap_keys
-from .files import load_private_key
 from .logs import configure_logging
 from .migrate import migrate, terminal_progress
 from .server import raise_open_file_limit, start_server
@@ -129,11 +136,53 @@ def _parser() -> argparse.ArgumentParser:
     root_sub = root.add_subparsers(dest="root_command", required=True)
     root_sign = root_sub.add_parser(
         "sign",
-        help="sign the root's CRL and its OCSP answer about the intermediate into the store "
-        "(a server with the root key does this by itself; with the key offline, run this "
-        "before they expire: the server warns months ahead)",
+        help="sign the roots' CRLs and their OCSP answers about the intermediates into the "
+        "store (a server with the root key does this by itself; with the key offline, run this "
+        "before they expire: the server warns months ahead); with --csr, also sign a new "
+        "intermediate prepared by `ca-server intermediate prepare`",
     )
     common(root_sign)
+    root_sign.add_argument(
+        "--csr", help="the intermediate's CSR (intermediate-<key id>.csr.pem) to sign as the root"
+    )
+    root_sign.add_argument(
+        "--out", help="where to write the signed intermediate (default: beside the CSR, .pem)"
+    )
+    root_rotate = root_sub.add_parser(
+        "rotate",
+        help="a new root, published with the current one for --overlap (and a cross-certificate "
+        "so that clients trusting only the old root still verify), and a new intermediate under "
+        "it; the old root is withdrawn once the overlap is over and nothing chains to it",
+    )
+    common(root_rotate)
+    root_rotate.add_argument(
+        "--overlap",
+        required=True,
+        help="how long both roots are published at least, e.g. 30d: longer than your clients "
+        "take to refresh their trust bundle (ca-client refreshes it at every renewal)",
+    )
+
+    inter = sub.add_parser("intermediate", help="rotate the online intermediate")
+    inter_sub = inter.add_subparsers(dest="intermediate_command", required=True)
+    rotate = inter_sub.add_parser(
+        "rotate",
+        help="a new intermediate signed by the root (its key in the data directory), issuing at "
+        "once; the old one answers OCSP and CRL for what it issued until that expires",
+    )
+    common(rotate)
+    prepare = inter_sub.add_parser(
+        "prepare",
+        help="the offline ceremony, step 1: a new intermediate key (secrets/) and its CSR "
+        "(intermediate-<key id>.csr.pem) for `ca-server root sign --csr` where the root key is",
+    )
+    common(prepare)
+    activate = inter_sub.add_parser(
+        "activate",
+        help="the offline ceremony, step 3: install the intermediate the root signed; it "
+        "issues at once, on every worker and replica (each needs its key: see docs/deploy.md)",
+    )
+    common(activate)
+    activate.add_argument("--cert", required=True, help="the signed intermediate (PEM)")
 
     status = sub.add_parser(
         "status",
@@ -438,37 +487,81 @@ def _renew_now(data_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _root_sign(data_dir: Path, args: argparse.Namespace) -> int:
-    """Sign the root's long-lived documents with the root key from the data directory and
-    keep them in the store, where every server process and replica takes them up."""
-    d = DataDir(data_dir)
-    if not d.exists():
+def _local(data_dir: Path, args: argparse.Namespace) -> Local:
+    if not DataDir(data_dir).exists():
         raise ConfigurationError(f"{data_dir} holds no Signet CA: run ca-server init first")
-    if not d.root_key.exists():
-        raise ConfigurationError(
-            f"{d.root_key} is missing: run this where the root key is kept (a copy of the data "
-            "directory with the root key put back, and the same --store)"
-        )
-    config = load_config(data_dir, _overrides(args))
-    root_key = load_private_key(d.root_key, _passphrase(args))
-    root = x509.load_pem_x509_certificate(d.root_cert.read_bytes())
-    intermediate = x509.load_pem_x509_certificate(d.intermediate_cert.read_bytes())
-    store = open_store(config.store_url)
+    DataDir(data_dir).check_permissions()
+    return open_local(load_config(data_dir, _overrides(args)), _passphrase(args))
+
+
+def _root(data_dir: Path, args: argparse.Namespace) -> int:
+    """Sign what the roots sign (and a prepared intermediate), or rotate the root."""
+    d = DataDir(data_dir)
+    local = _local(data_dir, args)
     try:
-        docs = RootPublisher(
-            store=store,
-            clock=SystemClock(),
-            root=root,
-            intermediate=intermediate,
-            root_key=root_key,
-            validity=config.issuance.root_crl_validity,
-        ).sign()
+        if args.root_command == "rotate":
+            root = rotate_root_now(local, parse_duration(args.overlap))
+            print(
+                f"new root {root.subject.rfc4514_string()} (sha256 {fingerprint_sha256(root)}), "
+                f"published with the old one for at least {args.overlap}; a new intermediate "
+                "under it issues now. root.pem holds both roots: hand it to relying parties."
+            )
+            return 0
+        if not local.root_documents().has_key:
+            raise ConfigurationError(
+                f"{d.root_key} is missing: run this where the root key is kept (a copy of the "
+                "data directory with the root key put back, and the same --store)"
+            )
+        if args.csr:
+            csr = Path(args.csr)
+            out = (
+                Path(args.out)
+                if args.out
+                else csr.with_name(csr.name.removesuffix(".csr.pem") + ".pem")
+            )
+            cert = sign_intermediate_csr(local, csr, out)
+            print(
+                f"signed {cert.subject.rfc4514_string()} into {out}; install it where its key "
+                f"is: ca-server intermediate activate --cert {out.name}"
+            )
+            return 0
+        publisher = local.root_documents()
+        publisher.sign()
     finally:
-        store.close()
+        local.close()
+    until = publisher.next_update()
     print(
-        f"signed the root's CRL and its OCSP answer about the intermediate, valid until "
-        f"{docs.next_update.isoformat()}; servers take them up within a minute"
+        f"signed the root's CRL and its OCSP answers about the intermediates, valid until "
+        f"{until.isoformat() if until else '?'}; servers take them up within a minute"
     )
+    return 0
+
+
+def _intermediate(data_dir: Path, args: argparse.Namespace) -> int:
+    local = _local(data_dir, args)
+    try:
+        if args.intermediate_command == "rotate":
+            cert = rotate_intermediate_now(local)
+            print(
+                f"new intermediate {cert.subject.rfc4514_string()} issues now (valid until "
+                f"{cert.not_valid_after_utc.isoformat()}); servers take it up within a second. "
+                f"Replicas need its key: copy secrets/intermediate-{key_id(cert)}.key.* to them"
+            )
+        elif args.intermediate_command == "prepare":
+            key_path, csr_path = prepare_intermediate(local)
+            print(
+                f"wrote {_display_path(key_path)} (copy it to every replica now) and "
+                f"{_display_path(csr_path)}; where the root key is: ca-server root sign "
+                f"--csr {csr_path.name}"
+            )
+        else:
+            cert = activate_intermediate(local, Path(args.cert))
+            print(
+                f"intermediate {cert.subject.rfc4514_string()} issues now; servers take it up "
+                "within a second"
+            )
+    finally:
+        local.close()
     return 0
 
 
@@ -555,7 +648,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return _migrate(args)
         if args.command == "root":
-            return _root_sign(data_dir, args)
+            return _root(data_dir, args)
+        if args.command == "intermediate":
+            return _intermediate(data_dir, args)
         if args.command == "audit":
             return _audit_verify(data_dir, args)
         if args.command == "status":

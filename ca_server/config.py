@@ -10,6 +10,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,11 @@ identity_live_limit = {i.identity_live_limit}
 # Certificates expired longer than this are deleted from the database (their audit events
 # stay); expired ones have already left the CRL. "off" keeps every certificate.
 retain_expired = "{d(i.retain_expired) if i.retain_expired else "off"}"
+# When the issuing intermediate has lived this fraction of its life, a server with the root key
+# makes a new one (without it, it warns: run the ceremony, see docs/operations.md); "off" rotates
+# only on demand (ca-server intermediate rotate). New intermediates live intermediate_validity.
+intermediate_rotate_at = "2/3"
+intermediate_validity = "{d(i.intermediate_validity)}"
 
 [policy]
 # SPIFFE ID patterns with the admin role ('*' = one path segment, '**' = one or more).
@@ -254,6 +260,23 @@ def _listen_or_off(name: str, value: object) -> str:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigurationError(f'{name} {text!r}: use HOST:PORT, or "" to turn it off')
     return text
+
+
+def _rotate_at(value: object) -> float | None:
+    """A fraction of the intermediate's life (2/3, 0.75, 75%), or "off"."""
+    if value == "off":
+        return None
+    text = str(value).strip()
+    try:
+        fraction = Fraction(text.removesuffix("%")) / (100 if text.endswith("%") else 1)
+    except (ValueError, ZeroDivisionError):
+        fraction = Fraction(0)
+    if not 0 < fraction < 1:
+        raise ConfigurationError(
+            f"config.toml [issuance] intermediate_rotate_at {value!r}: write a fraction "
+            'between 0 and 1 (e.g. "2/3", "75%") or "off"'
+        )
+    return float(fraction)
 
 
 def _ocsp_signing(value: object) -> bool:
@@ -386,6 +409,8 @@ def load_config(
             "identity_rate_window",
             "identity_live_limit",
             "retain_expired",
+            "intermediate_rotate_at",
+            "intermediate_validity",
         },
     )
     pol = _Section(
@@ -481,6 +506,8 @@ def load_config(
         retain_expired=None
         if iss.get("retain_expired") == "off"
         else iss.duration("retain_expired", i.retain_expired or dt.timedelta(days=90)),
+        intermediate_rotate_at=_rotate_at(iss.get("intermediate_rotate_at", "2/3")),
+        intermediate_validity=iss.duration("intermediate_validity", i.intermediate_validity),
     )
     if issuance.ocsp_signer_validity < 3 * issuance.ocsp_validity:
         raise ConfigurationError(

@@ -1,10 +1,17 @@
-"""The data directory: where each file lives, creating a new CA (init), and loading it (serve)."""
+"""The data directory: where each file lives, creating a new CA (init), and loading it (serve).
+
+The CA's certificates and their states live in the store (every worker and replica sees a
+rotation); their keys are files here, one per CA certificate (``secrets/<kind>-<key id>``, or
+the original ``secrets/root`` and ``secrets/intermediate``). ``root.pem``, ``intermediate.pem``
+and ``admin/ca.pem`` are rewritten to follow the store, for the people and tools that read them."""
 
 from __future__ import annotations
 
 import datetime as dt
 import fcntl
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -17,9 +24,11 @@ from .config import CaConfig, load_config, render_default_config
 from .core.authority import CertificateAuthority
 from .core.clock import Clock, SystemClock, utc_seconds
 from .core.errors import ConfigurationError
+from .core.hierarchy import Hierarchy, key_id, record_for
 from .core.keys import SigningKey, generate_key
 from .core.profile import Issuer, PublicUrls, build_intermediate, build_root, ca_name, pem
-from .core.store import AuditEvent, Store
+from .core.root_documents import CA_OCSP, LEGACY_INTERMEDIATE_OCSP, LEGACY_ROOT_CRL, ROOT_CRL
+from .core.store import AuditEvent, CaCertificateRecord, Store
 from .files import (
     ENCRYPTED_KEY_SUFFIX,
     PASSPHRASE_HINT,
@@ -83,6 +92,17 @@ class DataDir:
     @property
     def root_key(self) -> Path:
         return self.key_file("root")
+
+    def ca_key_file(self, kind: str, kid: str, *, encrypted: bool | None = None) -> Path:
+        """The key of one CA certificate made by a rotation: secrets/<kind>-<key id>.key.*"""
+        return self.key_file(f"{kind}-{kid}", encrypted=encrypted)
+
+    def keys_encrypted(self) -> bool:
+        """Whether this directory's CA keys are kept encrypted (new ones are written alike)."""
+        return any(p.name.endswith(f".key{ENCRYPTED_KEY_SUFFIX}") for p in self.secrets.glob("*"))
+
+    def intermediate_csr(self, kid: str) -> Path:
+        return self.path / f"intermediate-{kid}.csr.pem"
 
     @property
     def intermediate_key(self) -> Path:
@@ -219,14 +239,16 @@ def init_ca(
         store.append_audit(
             AuditEvent(now, "init", INIT_ACTOR, None, f"trust_domain={trust_domain}")
         )
+        records = _seed_records(root_cert, int_cert, now)
+        store.seed_ca_certificates(records, key_id(int_cert))
         authority = CertificateAuthority(
             store=store,
             clock=clock,
-            issuer=Issuer(int_cert, int_key, (int_cert,)),
-            root=root_cert,
             policy=config.policy,
             settings=config.issuance,
-            root_key=root_key,
+            hierarchy=Hierarchy.of(
+                root_cert, int_cert, root_key=root_key, intermediate_key=int_key, now=now
+            ),
         )
         authority.root_documents.sign()
         write_admin_credentials(authority, d.admin, f"spiffe://{trust_domain}/admin")
@@ -247,7 +269,106 @@ def write_admin_credentials(authority: CertificateAuthority, out: Path, identity
     write_private_key(out / "key.pem", key)
     # Leaf then intermediate: what TLS clients (grpcurl, curl, Go, Python) present as a chain.
     write_public(out / "cert.pem", issued.certificate_pem + issued.chain_pem)
-    write_public(out / "ca.pem", pem(authority.root))
+    write_public(out / "ca.pem", authority.hierarchy.roots_pem)
+
+
+def _seed_records(
+    root: x509.Certificate, intermediate: x509.Certificate, now: dt.datetime
+) -> list[CaCertificateRecord]:
+    return [
+        record_for(root, "root", "active", now),
+        record_for(intermediate, "intermediate", "active", now),
+    ]
+
+
+class CaKeys:
+    """The CA keys this data directory holds, found by the certificate they belong to (and
+    checked against it), loaded once each."""
+
+    def __init__(self, data: DataDir, passphrase: bytes | None) -> None:
+        self._d, self._passphrase = data, passphrase
+        self._loaded: dict[tuple[Path, int], SigningKey] = {}
+        self._lock = threading.Lock()
+
+    def candidates(self, kind: str, kid: str) -> list[Path]:
+        legacy = "root" if kind == "root" else "intermediate"
+        return [self._d.ca_key_file(kind, kid), self._d.key_file(legacy)]
+
+    def key_for(self, record: CaCertificateRecord, cert: x509.Certificate) -> SigningKey | None:
+        for path in self.candidates(record.kind, record.key_id):
+            try:
+                mtime = path.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+            with self._lock:
+                key = self._loaded.get((path, mtime))
+            if key is None:
+                key = load_private_key(path, self._passphrase)  # bad mode, passphrase: say so
+                with self._lock:
+                    self._loaded[(path, mtime)] = key
+            if _spki(key) == cert.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ):
+                return key
+        return None
+
+    def write(self, kind: str, kid: str, key: SigningKey) -> Path:
+        path = self._d.ca_key_file(kind, kid, encrypted=bool(self._passphrase))
+        if path.exists():
+            raise ConfigurationError(f"{path} already exists")
+        write_private_key(path, key, self._passphrase)
+        return path
+
+
+def seed_from_files(d: DataDir, store: Store, now: dt.datetime) -> None:
+    """A CA from before rotations keeps its root and intermediate in root.pem and
+    intermediate.pem alone: record them in the store, once (every later start reads the store)."""
+    for path in (d.root_cert, d.intermediate_cert, d.intermediate_key):
+        if not path.exists():
+            raise ConfigurationError(f"{path} is missing: is {d.path} a Signet data directory?")
+    root = x509.load_pem_x509_certificate(d.root_cert.read_bytes())
+    int_cert = x509.load_pem_x509_certificate(d.intermediate_cert.read_bytes())
+    store.seed_ca_certificates(
+        _seed_records(root, int_cert, now),
+        key_id(int_cert),
+        [
+            (LEGACY_ROOT_CRL, ROOT_CRL + key_id(root)),
+            (LEGACY_INTERMEDIATE_OCSP, CA_OCSP + _serial(int_cert)),
+        ],
+    )
+
+
+def _serial(cert: x509.Certificate) -> str:
+    from .core.profile import serial_hex
+
+    return serial_hex(cert.serial_number)
+
+
+def hierarchy_loader(store: Store, keys: CaKeys) -> Callable[[], Hierarchy]:
+    def load() -> Hierarchy:
+        generation = store.ca_generation()  # first: a change after it is seen next time
+        return Hierarchy.load(store.ca_certificates(), keys.key_for, generation)
+
+    return load
+
+
+def publish_ca_files(d: DataDir, hierarchy: Hierarchy) -> None:
+    """root.pem (every published root), intermediate.pem (the issuing one) and admin/ca.pem
+    follow the store; rewritten only when they differ (several workers may do this at once:
+    each write is atomic and the same)."""
+    issuing = pem(hierarchy.issuing.certificate)
+    for path, text in (
+        (d.root_cert, hierarchy.roots_pem),
+        (d.intermediate_cert, issuing),
+        (d.admin / "ca.pem", hierarchy.roots_pem),
+    ):
+        try:
+            if path.read_text() == text:
+                continue
+        except FileNotFoundError:
+            if path.parent == d.admin and not d.admin.exists():
+                continue
+        write_public(path, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,56 +376,62 @@ class LoadedCa:
     config: CaConfig
     store: Store
     authority: CertificateAuthority
+    keys: CaKeys | None = None
 
 
 def load_ca(config: CaConfig, passphrase: bytes | None, clock: Clock | None = None) -> LoadedCa:
-    """Open an initialised data directory for serving. Needs the intermediate key only: the
+    """Open an initialised data directory for serving. Needs an intermediate key only: the
     root key may live offline."""
     d = DataDir(config.data_dir)
-    for path in (d.root_cert, d.intermediate_cert, d.intermediate_key):
-        if not path.exists():
-            raise ConfigurationError(f"{path} is missing: is {d.path} a Signet data directory?")
-    # Fail now on bad modes or a wrong passphrase. When present, the root key re-signs the
-    # root's CRL and OCSP answer; it may live offline instead (see `ca-server root sign`).
-    root_key = load_private_key(d.root_key, passphrase) if d.root_key.exists() else None
-    int_key = load_private_key(d.intermediate_key, passphrase)
+    clock = clock or SystemClock()
+    # Fail now on bad modes or a wrong passphrase.
     for key in (d.root_key, d.intermediate_key):
-        if key.exists() and is_weakly_encrypted(key):
-            log.warning(
-                "ca_key_weakly_encrypted",
-                path=str(key),
-                hint=f"2,048 PBKDF2 iterations; run: ca-server keys rewrap --data-dir {d.path}",
-            )
-    root = x509.load_pem_x509_certificate(d.root_cert.read_bytes())
-    int_cert = x509.load_pem_x509_certificate(d.intermediate_cert.read_bytes())
-    if int_cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) != int_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ):
-        raise ConfigurationError(f"{d.intermediate_key} does not match {d.intermediate_cert}")
+        if key.exists():
+            load_private_key(key, passphrase)
+            if is_weakly_encrypted(key):
+                log.warning(
+                    "ca_key_weakly_encrypted",
+                    path=str(key),
+                    hint=f"2,048 PBKDF2 iterations; run: ca-server keys rewrap --data-dir {d.path}",
+                )
     store = open_store(config.store_url)
-    if not store.audit_events(limit=1):  # init always records itself
+    try:
+        if not store.audit_events(limit=1):  # init always records itself
+            where = (
+                config.store_url.removeprefix("sqlite:///")
+                if "sqlite" in config.store_url
+                else ("the store")
+            )
+            raise ConfigurationError(
+                f"{where} holds nothing of this CA (emptied, or a new database): restore it "
+                "from a backup; serving from it would forget every certificate and revocation"
+            )
+        keys = CaKeys(d, passphrase)
+        if not store.ca_certificates():
+            seed_from_files(d, store, utc_seconds(clock.now()))
+        load = hierarchy_loader(store, keys)
+        hierarchy = load()
+        try:
+            hierarchy.issuing  # noqa: B018 - raises when no intermediate key is here
+        except ValueError:
+            active = hierarchy.intermediates[0]
+            raise ConfigurationError(
+                f"no key for the intermediate {active.certificate.subject.rfc4514_string()} in "
+                f"{d.secrets} (expected {keys.candidates('intermediate', active.key_id)[0].name}): "
+                "copy it from the machine that made it"
+            ) from None
+    except BaseException:
         store.close()
-        where = (
-            config.store_url.removeprefix("sqlite:///")
-            if "sqlite" in config.store_url
-            else ("the store")
-        )
-        raise ConfigurationError(
-            f"{where} holds nothing of this CA (emptied, or a new database): restore it "
-            "from a backup; serving from it would forget every certificate and revocation"
-        )
+        raise
     authority = CertificateAuthority(
         store=store,
-        clock=clock or SystemClock(),
-        issuer=Issuer(int_cert, int_key, (int_cert,)),
-        root=root,
+        clock=clock,
         policy=config.policy,
         settings=config.issuance,
-        root_key=root_key,
+        hierarchy=hierarchy,
+        load_hierarchy=load,
     )
-    return LoadedCa(config, store, authority)
+    return LoadedCa(config, store, authority, keys)
 
 
 def rewrap_keys(data_dir: Path, passphrase: bytes | None) -> list[tuple[Path, Path]]:
@@ -315,7 +442,8 @@ def rewrap_keys(data_dir: Path, passphrase: bytes | None) -> list[tuple[Path, Pa
         raise ConfigurationError(f"keys rewrap needs the keys' passphrase: {PASSPHRASE_HINT}")
     d = DataDir(data_dir)
     done = []
-    for name in ("root", "intermediate"):
+    made = sorted({p.name.split(".key")[0] for p in d.secrets.glob("*-*.key.*")})
+    for name in ("root", "intermediate", *made):  # and those made by rotations
         old = d.key_file(name)
         if not old.exists():
             continue  # the root key may live offline

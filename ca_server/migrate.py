@@ -1,6 +1,7 @@
 """``ca-server migrate --from sqlite:///…/ca.db --to postgresql://…``: move a CA's whole history
 (certificates with their revocations and OCSP responses, the audit trail, bootstrap tokens, the
-CRL number and the latest CRL) into a new database, for a move to replicas.
+CRL number and the latest CRLs, the CA's own roots, intermediates and cross-certificates) into
+a new database, for a move to replicas.
 
 Rows are copied in batches, each batch one transaction, and every insert skips a row that is
 already there, so an interrupted run is resumed by running it again, and a finished one can be
@@ -27,6 +28,7 @@ TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "status", "revoked_at", "reason", "fingerprint_sha256", "der", "requested_by",
             "issued_at", "authorized_by", "ocsp_der", "ocsp_this_update", "ocsp_next_update",
             "invalidity_date", "renewal_start", "renewal_end", "renewal_explanation_url",
+            "issuer",
         ),
     ),
     (
@@ -45,7 +47,7 @@ TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "expires_at", "created_by", "created_at", "used_at",
         ),
     ),
-    ("crls", "number", ("number", "der", "this_update", "next_update", "epoch")),
+    ("crls", "number", ("number", "der", "this_update", "next_update", "epoch", "issuer")),
     ("signed_documents", "name", ("name", "der", "this_update", "next_update")),
     (
         "revocation_events",
@@ -60,8 +62,16 @@ TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "expires_at",
         ),
     ),
+    (
+        "ca_certificates",
+        "serial",
+        (
+            "serial", "kind", "state", "key_id", "issuer_key_id", "der", "not_after",
+            "created_at", "overlap_until",
+        ),
+    ),
 )  # fmt: skip
-COUNTERS = ("crl_number", "revocations")
+COUNTERS = ("crl_number", "revocations", "ca_generation")
 BATCH = 500
 
 Progress = Callable[[str, int, int], None]  # (table, rows copied so far in all, total)

@@ -26,12 +26,13 @@ from .api.metrics_http import MetricsListener
 from .api.reflection import enable_reflection
 from .api.servicer import CertificateAuthorityServicer
 from .api.watch import WatchGovernor
+from .ceremony import Local, rotate_intermediate_now
 from .config import audited_settings
 from .core.config_audit import record_config_change
 from .core.errors import ConfigurationError
 from .core.profile import PublicUrls
 from .core.revocation_feed import RevocationFeed
-from .datadir import DataDir, LoadedCa
+from .datadir import DataDir, LoadedCa, publish_ca_files
 from .files import atomic_write
 from .maintenance import Maintenance
 from .metrics import CaState as MetricsState
@@ -197,7 +198,9 @@ def start_server(
     serve.json to its supervisor, which knows every worker."""
     settings = ca.config.server
     data = DataDir(ca.config.data_dir)
-    ca.authority.responder.share_signer(SharedSignerSlot(data.ocsp_responder_credential))
+    ca.authority.issuers.share_signer(SharedSignerSlot(data.ocsp_responder_credential))
+    # root.pem, intermediate.pem and admin/ca.pem follow a rotation made anywhere.
+    ca.authority.on_hierarchy_change(lambda hierarchy: publish_ca_files(data, hierarchy))
     http = _start_http(ca, reuse_port)
     health_servicer = health.HealthServicer()
 
@@ -224,14 +227,22 @@ def start_server(
             health_servicer.set(name, status)
 
     meters = instruments()
-    ca.authority.responder.observe = meters.ocsp_answer
+    ca.authority.issuers.observe(meters.ocsp_answer)
     if meters.commit not in commit_observers:
         commit_observers.append(meters.commit)
+
+    def rotate_intermediate() -> object:
+        if ca.keys is None:
+            return None
+        local = Local(data, ca.config, ca.store, ca.keys, ca.authority.clock)
+        return rotate_intermediate_now(local, actor="signet:ca")
+
     maintenance = Maintenance(
         ca.authority,
         on_store_health=refresh_health,
         on_job_done=meters.job_done,
         on_poll=refresh_health,
+        rotate_intermediate=rotate_intermediate,
     )
     maintenance.start()
     if maintenance.leader:  # one process of several; the others find nothing new to record

@@ -1,5 +1,7 @@
 """The server's own TLS certificate: issued by the intermediate like any other, short-lived,
-and replaced before it expires without a restart (gRPC asks ``fetch`` on every handshake)."""
+and replaced before it expires without a restart (gRPC asks ``fetch`` on every handshake).
+A rotation of the CA's certificates replaces it at the next handshake (from the new
+intermediate) and what it trusts (every published root and answering intermediate)."""
 
 from __future__ import annotations
 
@@ -64,9 +66,12 @@ class ServingCertificate:
         self._config: grpc.ServerCertificateConfiguration | None = None
         self._bootstrap_config: grpc.ServerCertificateConfiguration | None = None
         self._generation = 0
+        self._cred: Credential | None = None
+        self._reinstall = False
         self._refresh()
         authority.on_revocation(self._on_revocation)
         authority.on_revocation_elsewhere(self._check_revoked)
+        authority.on_hierarchy_change(self._on_hierarchy)
 
     @property
     def current(self) -> Issued:
@@ -91,6 +96,7 @@ class ServingCertificate:
         return (
             cert.serial_number in self._revoked
             or cert.issuer != self._ca.issuer.certificate.subject
+            or tuple(cred.chain[1:]) != self._ca.issuer.chain  # a cross-certificate came or went
             or (list(dns), list(ips)) != (self._dns, [str(i) for i in self._ips])  # names changed
             or self._ca.clock.now() >= self._renew_time(cert)
         )
@@ -111,7 +117,8 @@ class ServingCertificate:
             serial=issued.serial,
             not_after=issued.not_after.isoformat(),
         )
-        return credential(key, (issued.certificate, *self._ca.issuer.chain))
+        chain = x509.load_pem_x509_certificates(issued.chain_pem.encode())
+        return credential(key, (issued.certificate, *chain))
 
     def _refresh(self) -> None:
         """Take up the shared certificate, replacing it first if it is due."""
@@ -119,20 +126,33 @@ class ServingCertificate:
         if self._is_due(cred):
             cred = self._shared.replace(self._is_due, self._make) if self._shared else self._make()
         assert cred is not None
-        if self._current is None or cred.certificate.serial_number != int(self._current.serial, 16):
+        if (
+            self._current is None
+            or self._reinstall
+            or cred.certificate.serial_number != int(self._current.serial, 16)
+        ):
+            self._reinstall = False
             self._install(cred)
 
+    def _on_hierarchy(self, _: object) -> None:
+        """The CA's certificates changed: a new issuer, new roots to trust. Taken up at the
+        next handshake (the check below is cheap until then)."""
+        self._reinstall = True
+        self._renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
+
     def _install(self, cred: Credential) -> None:
-        # Clients are verified against the root and the intermediate, so a client may present
-        # its leaf alone or with its chain.
-        trust = (pem(self._ca.root) + self._ca.issuer.chain_pem).encode()
+        # Clients are verified against every published root and answering intermediate, so a
+        # client may present its leaf alone or with its chain, from before a rotation or after.
+        roots, intermediates = self._ca.trust_bundle()
+        trust = (roots + intermediates).encode()
         self._config = grpc.ssl_server_certificate_configuration(
             [(cred.key_pem, cred.chain_pem)], root_certificates=trust
         )
-        # The bootstrap listener also sends the root: a client that pins only the root's
-        # fingerprint finds it in the handshake, checks it, and only then trusts it.
+        # The bootstrap listener also sends the roots: a client that pins only a root's
+        # fingerprint (the old one's too, during a rollover) finds it in the handshake, checks
+        # it, and only then trusts it.
         self._bootstrap_config = grpc.ssl_server_certificate_configuration(
-            [(cred.key_pem, cred.chain_pem + pem(self._ca.root).encode())]
+            [(cred.key_pem, cred.chain_pem + roots.encode())]
         )
         cert = cred.certificate
         self._current = Issued(

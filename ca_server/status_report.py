@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from .config import load_config, url_has_password
-from .core.root_documents import ROOT_CRL
+from .core.root_documents import LEGACY_ROOT_CRL, ROOT_CRL
 from .datadir import DataDir
 from .store import open_store
 
@@ -70,8 +70,23 @@ def collect(data_dir: Path) -> dict[str, Any]:
                 "bytes": len(crl.der),
             }
         )
+        records = store.ca_certificates()
+        report["ca_certificates"] = [
+            {
+                "kind": r.kind,
+                "state": r.state,
+                "key_id": r.key_id,
+                "serial": r.serial,
+                "subject": x509.load_der_x509_certificate(r.der).subject.rfc4514_string(),
+                "not_after": r.not_after.isoformat(),
+                **({"overlap_until": r.overlap_until.isoformat()} if r.overlap_until else {}),
+            }
+            for r in records
+            if r.state != "retired"
+        ]
+        active_root = next((r for r in records if r.kind == "root" and r.state == "active"), None)
         root_docs = {doc.name: doc for doc in store.signed_documents()}
-        root_crl = root_docs.get(ROOT_CRL)
+        root_crl = root_docs.get(ROOT_CRL + active_root.key_id if active_root else LEGACY_ROOT_CRL)
         report["root_crl_next_update"] = root_crl.next_update.isoformat() if root_crl else None
         head = store.audit_head()
         report["audit"] = {
@@ -90,6 +105,12 @@ def render(report: dict[str, Any]) -> str:
         c = report[role]
         lines.append(f"  {role:<13} {c['subject']}, expires {c['not_after']}")
         lines.append(f"  {'':<13} sha256 {c['fingerprint_sha256']}")
+    for c in report.get("ca_certificates", []):
+        extra = f", published until at least {c['overlap_until']}" if "overlap_until" in c else ""
+        lines.append(
+            f"  {c['kind']:<13} {c['state']}: {c['subject']} (key {c['key_id'][:16]}), "
+            f"expires {c['not_after']}{extra}"
+        )
     lines.append(
         "  root key      "
         + ("in the data directory" if report["root_key_online"] else "offline")

@@ -450,6 +450,8 @@ UNREACHED: dict[str, str] = {
     "CLIENT_CERTIFICATE_MISSING": "the API listener requires a certificate at the handshake",
     "CLIENT_CERTIFICATE_INVALID": "gRPC's TLS refuses a certificate it cannot parse first",
     "CA_MISCONFIGURED": "ConfigurationError stops the server at start-up",
+    "ROTATION_REFUSED": "ca-server's rotation commands raise it (tests/test_rotation.py checks "
+    "their refusals); no RPC does",
     "REQUEST_IN_PROGRESS": "a twin's record vanishing between its commit and the read (expiry "
     "within that instant)",
 }

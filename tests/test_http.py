@@ -71,9 +71,13 @@ def test_issued_certificates_point_relying_parties_at_this_listener(ca: CaServer
     aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
     urls = {d.access_method: d.access_location.value for d in aia}
     assert urls[AuthorityInformationAccessOID.OCSP] == _url(ca, "/ocsp")
-    assert urls[AuthorityInformationAccessOID.CA_ISSUERS] == _url(ca, "/ca.crt")
+    kid = ca.authority.hierarchy.issuing.key_id  # each names its own issuer's, by key id
+    assert urls[AuthorityInformationAccessOID.CA_ISSUERS] == _url(ca, f"/ca/{kid}.crt")
     cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
-    assert [n.value for n in cdp[0].full_name or []] == [_url(ca, "/crl")]
+    assert [n.value for n in cdp[0].full_name or []] == [_url(ca, f"/ca/{kid}.crl")]
+    # Both are served, as are the active intermediate's at /ca.crt and /crl.
+    assert _fetch(_url(ca, f"/ca/{kid}.crt"))[2] == _fetch(_url(ca, "/ca.crt"))[2]
+    assert x509.load_der_x509_crl(_fetch(_url(ca, f"/ca/{kid}.crl"))[2]).issuer == cert.issuer
 
 
 def test_openssl_ocsp_reads_good_then_revoked_then_unknown(

@@ -290,7 +290,9 @@ def test_the_agent_retries_a_lost_renewal_with_the_same_key_and_request_id(
     out, creds = _workload(own_ca, tmp_path, "web/agent-lost")
     clock = HoldingClock(held)
     # Renewing at 1% of the lifetime: before the agent's first poll of the CA's window.
-    config = AgentConfig(server=own_ca.address, out=out, rpc_timeout=1.0, fraction=0.01)
+    config = AgentConfig(
+        server=own_ca.address, out=out, rpc_timeout=1.0, fraction=0.01, bundle_refresh=None
+    )
     agent = Agent(config, clock=clock)
     failures: list[Exception] = []
     agent.failed.append(failures.append)

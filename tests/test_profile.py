@@ -267,6 +267,8 @@ def test_leaf_carries_ocsp_ca_issuers_and_crl_urls_when_public_urls_are_given(
 ) -> None:
     _, issuer = chain
     cert = build_leaf(issuer, leaf_request(subject_keys["ec-p256"].public_key()), URLS)
+    # By the issuer's key id: after a rotation each leaf still names its own issuer's.
+    kid = ext(issuer.certificate, x509.SubjectKeyIdentifier).value.digest.hex()
     aia = ext(cert, x509.AuthorityInformationAccess)
     assert aia.critical is False
     assert list(aia.value) == [
@@ -276,14 +278,16 @@ def test_leaf_carries_ocsp_ca_issuers_and_crl_urls_when_public_urls_are_given(
         ),
         x509.AccessDescription(
             x509.AuthorityInformationAccessOID.CA_ISSUERS,
-            x509.UniformResourceIdentifier("http://ca.example.internal:8080/ca.crt"),
+            x509.UniformResourceIdentifier(f"http://ca.example.internal:8080/ca/{kid}.crt"),
         ),
     ]
     cdp = ext(cert, x509.CRLDistributionPoints)
     assert cdp.critical is False
     assert list(cdp.value) == [
         x509.DistributionPoint(
-            full_name=[x509.UniformResourceIdentifier("http://ca.example.internal:8080/crl")],
+            full_name=[
+                x509.UniformResourceIdentifier(f"http://ca.example.internal:8080/ca/{kid}.crl")
+            ],
             relative_name=None,
             reasons=None,
             crl_issuer=None,

@@ -22,9 +22,17 @@ from structlog.testing import capture_logs
 from ca_server.cli import main as ca_server_main
 from ca_server.config import load_config
 from ca_server.core.clock import FakeClock
+from ca_server.core.hierarchy import Hierarchy, key_id
 from ca_server.core.keys import generate_key
 from ca_server.core.ocsp import OcspQuery, issuer_hashes, parse_ocsp_request
-from ca_server.core.profile import Issuer, PublicUrls, build_intermediate, build_root, ca_name
+from ca_server.core.profile import (
+    Issuer,
+    PublicUrls,
+    build_intermediate,
+    build_root,
+    ca_name,
+    serial_hex,
+)
 from ca_server.core.revocation import Reason, RevokedEntry
 from ca_server.core.root_documents import RootPublisher, sign_root_documents
 from ca_server.datadir import DataDir, init_ca, initial_public_urls
@@ -52,14 +60,10 @@ class Chain:
         )
 
     def publisher(self, store: SqliteStore, clock: FakeClock, *, key: bool) -> RootPublisher:
-        return RootPublisher(
-            store=store,
-            clock=clock,
-            root=self.root,
-            intermediate=self.intermediate,
-            root_key=self.root_key if key else None,
-            validity=YEAR,
+        hierarchy = Hierarchy.of(
+            self.root, self.intermediate, root_key=self.root_key if key else None
         )
+        return RootPublisher(store=store, clock=clock, hierarchy=lambda: hierarchy, validity=YEAR)
 
     def query(self, algorithm: hashes.HashAlgorithm, serial: int | None = None) -> OcspQuery:
         name_hash, key_hash = issuer_hashes(self.root, algorithm)
@@ -88,13 +92,14 @@ def _verify(root: x509.Certificate, signature: bytes, data: bytes) -> None:
 def test_the_intermediate_says_where_the_roots_answers_are(chain: Chain) -> None:
     aia = chain.intermediate.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
     where = {d.access_method: d.access_location.value for d in aia.value}
+    root = key_id(chain.root)  # by key id: after a root rollover it still names its own root
     assert where == {
         AuthorityInformationAccessOID.OCSP: "http://ca.example.internal:8080/ocsp",
-        AuthorityInformationAccessOID.CA_ISSUERS: "http://ca.example.internal:8080/root.crt",
+        AuthorityInformationAccessOID.CA_ISSUERS: f"http://ca.example.internal:8080/ca/{root}.crt",
     }
     cdp = chain.intermediate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
     assert [n.value for n in cdp.value[0].full_name or []] == [
-        "http://ca.example.internal:8080/root.crl"
+        f"http://ca.example.internal:8080/ca/{root}.crl"
     ]
 
 
@@ -203,8 +208,11 @@ def test_init_signs_them_and_the_cli_re_signs_them_where_the_key_is(tmp_path: Pa
         before = {d.name: d for d in store.signed_documents()}
     finally:
         store.close()
-    assert set(before) == {"root-crl", "intermediate-ocsp"}
-    assert before["root-crl"].next_update - before["root-crl"].this_update == (
+    root = x509.load_pem_x509_certificate((data / "root.pem").read_bytes())
+    intermediate = x509.load_pem_x509_certificate((data / "intermediate.pem").read_bytes())
+    crl_name = f"root-crl:{key_id(root)}"
+    assert set(before) == {crl_name, f"ocsp:{serial_hex(intermediate.serial_number)}"}
+    assert before[crl_name].next_update - before[crl_name].this_update == (
         config.issuance.root_crl_validity
     )
     assert ca_server_main(["root", "sign", "--data-dir", str(data)]) == 0
@@ -213,7 +221,7 @@ def test_init_signs_them_and_the_cli_re_signs_them_where_the_key_is(tmp_path: Pa
         after = {d.name: d for d in store.signed_documents()}
     finally:
         store.close()
-    assert after["root-crl"].der != before["root-crl"].der
+    assert after[crl_name].der != before[crl_name].der
     # With the root key offline the command says where to run it, without a traceback.
     DataDir(data).root_key.rename(tmp_path / "root.key")
     assert ca_server_main(["root", "sign", "--data-dir", str(data)]) == 1

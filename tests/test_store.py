@@ -567,3 +567,82 @@ def test_a_renewal_override_is_stored_for_good_certificates_with_its_audit_event
         assert seen is not None and seen.renewal_override == window
     finally:
         other.close()
+
+
+# -- the CA's own certificates (rotation) ------------------------------------------------------
+
+
+def _ca(serial: str, kind: str, state: str, kid: str, issuer: str, **changes: object) -> Any:
+    from ca_server.core.store import CaCertificateRecord
+
+    base = CaCertificateRecord(
+        serial, kind, state, kid, issuer, b"\x30\x03" + serial.encode(),  # type: ignore[arg-type]
+        NOW + dt.timedelta(days=365), NOW,
+    )  # fmt: skip
+    return replace(base, **changes)
+
+
+def test_ca_certificates_are_kept_updated_and_each_change_moves_the_generation(
+    store: Store, opener: Callable[[], Store]
+) -> None:
+    root = _ca("01", "root", "active", "r1", "r1")
+    inter = _ca("02", "intermediate", "active", "i1", "r1")
+    start = store.ca_generation()
+    store.seed_ca_certificates([root, inter], "i1")
+    seeded = store.ca_generation()
+    assert seeded > start and list(store.ca_certificates()) == [root, inter]
+    # Seeding again (another worker starting) keeps what is recorded, as recorded.
+    store.save_ca_certificates([replace(inter, state="retiring")])
+    store.seed_ca_certificates([root, inter], "i1")
+    assert [r.state for r in store.ca_certificates()] == ["active", "retiring"]
+    until = NOW + dt.timedelta(days=30)
+    store.save_ca_certificates(
+        [replace(root, state="retiring", overlap_until=until)],
+        AuditEvent(NOW, "rotate-root", ADMIN, None, "new root"),
+    )
+    other = opener()  # another process, or a replica, sees the same
+    try:
+        assert other.ca_generation() > seeded
+        assert other.ca_certificates()[0].overlap_until == until
+        assert other.audit_events(1)[0].action == "rotate-root"
+    finally:
+        other.close()
+
+
+def test_seeding_gives_issuerless_certificates_and_crls_their_intermediate(store: Store) -> None:
+    from ca_server.core.store import StoredCrl
+
+    store.add_certificate(record("aa"), issue_event("aa"))
+    store.save_crl(StoredCrl(b"crl", 1, NOW, NOW + dt.timedelta(hours=1), 0))
+    store.save_signed_documents([SignedDocument("root-crl", b"x", NOW, NOW)])
+    store.seed_ca_certificates(
+        [_ca("01", "root", "active", "r1", "r1")], "i1", [("root-crl", "root-crl:r1")]
+    )
+    assert store.get_status("aa").issuer == "i1"  # type: ignore[union-attr]
+    assert store.latest_crl(issuer="i1") is not None
+    assert [d.name for d in store.signed_documents()] == ["root-crl:r1"]
+
+
+def test_each_issuer_has_its_own_crls_and_revocations(store: Store, url: str) -> None:
+    from ca_server.core.store import StoredCrl
+
+    hour = dt.timedelta(hours=1)
+    store.add_certificate(record("a1", issuer="i1"), issue_event("a1"))
+    store.add_certificate(record("b1", issuer="i2"), issue_event("b1"))
+    for serial in ("a1", "b1"):
+        store.revoke(serial, NOW, Reason.KEY_COMPROMISE, issue_event(serial))
+    assert [e.serial for e in store.revoked_unexpired(NOW, "i1")] == [0xA1]
+    assert [e.serial for e in store.revoked_unexpired(NOW, "i2")] == [0xB1]
+    assert len(store.revoked_unexpired(NOW)) == 2
+    for number, issuer in ((1, "i1"), (2, "i2"), (3, "i1"), (4, "i1")):
+        store.save_crl(StoredCrl(b"crl-%d" % number, number, NOW, NOW + hour, 0, issuer))
+    assert store.latest_crl(issuer="i1").number == 4  # type: ignore[union-attr]
+    assert store.latest_crl(issuer="i2").number == 2  # type: ignore[union-attr]
+    assert store.latest_crl(newer_than=2, issuer="i2") is None
+    assert store.latest_crl().number == 4  # type: ignore[union-attr]
+    # Pruning keeps each issuer's latest two.
+    kept = raw_sql(url, "SELECT number, issuer FROM crls ORDER BY number")
+    assert [tuple(r) for r in kept] == [(2, "i2"), (3, "i1"), (4, "i1")]
+    assert store.unexpired_issued_by("i1", NOW) == 1
+    assert store.unexpired_issued_by("i1", NOW + dt.timedelta(days=2)) == 0
+    assert store.get_certificate("b1").issuer == "i2"  # type: ignore[union-attr]

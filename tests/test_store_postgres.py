@@ -31,7 +31,7 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
                 (SCHEMA_VERSION,)
             ]
             meta = conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
-        assert meta == [("crl_number", "0"), ("revocations", "0")]
+        assert meta == [("ca_generation", "0"), ("crl_number", "0"), ("revocations", "0")]
         stores[0].add_certificate(record("01"), issue_event("01"))
         assert all(s.get_certificate("01") == record("01") for s in stores)
     finally:

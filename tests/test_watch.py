@@ -246,30 +246,19 @@ def test_a_revocation_set_follows_revocations_releases_and_a_ca_restart(tmp_path
 
 
 def test_watch_trust_bundle_sends_the_bundle_at_once_then_each_change(own_ca: CaServer) -> None:
+    from ca_server.cli import main as ca_server_main
+
     chain, key = own_ca.admin_credentials()
     with own_ca.channel(chain, key) as channel:
         stub = own_ca.stub(channel)
-        now = stub.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=TIMEOUT)
+        before = stub.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=TIMEOUT)
         stream = stub.WatchTrustBundle(ca_pb2.WatchTrustBundleRequest(), timeout=TIMEOUT)
-        assert next(stream) == now
-        # The bundle changes (as a rollover changes it): the stream says so, once.
-        from cryptography import x509
-
-        from ca_server.core.keys import generate_key
-        from ca_server.core.profile import build_root, ca_name, pem
-
-        at = dt.datetime.now(dt.UTC)
-        new_root = build_root(
-            generate_key("ec-p256"), ca_name("signet.local", "next"), at, at + dt.timedelta(days=1)
-        )
-        old_root = own_ca.authority.root
-        own_ca.authority.root = new_root
-        try:
-            changed = next(stream)
-            assert changed.root_certificates_pem == pem(new_root)
-            assert changed.intermediate_certificates_pem == now.intermediate_certificates_pem
-            assert x509.load_pem_x509_certificate(changed.root_certificates_pem.encode())
-        finally:
-            own_ca.authority.root = old_root
-        assert next(stream) == now
+        assert next(stream) == before
+        # An intermediate rotation (by the operator's command, through the store): the stream
+        # sends the new bundle, as GetTrustBundle now answers it.
+        assert ca_server_main(["intermediate", "rotate", "--data-dir", str(own_ca.data_dir)]) == 0
+        changed = next(stream)
+        assert changed.intermediate_certificates_pem != before.intermediate_certificates_pem
+        assert changed.root_certificates_pem == before.root_certificates_pem
+        assert changed == stub.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=TIMEOUT)
         stream.cancel()

@@ -1,7 +1,10 @@
 """Plain HTTP for relying parties (nginx, Envoy, Go, Java, OpenSSL): RFC 6960 OCSP (POST and
-the RFC 5019 GET form), the DER CRLs of the intermediate (/crl) and of the root (/root.crl),
-both in one PEM file (/crl.pem, for nginx ssl_crl), and the CA certificates (/ca.crt,
-/root.crt: the AIA caIssuers URLs).
+the RFC 5019 GET form, for every answering intermediate: the CertID picks it), the DER CRLs of
+the issuing intermediate (/crl) and of the active root (/root.crl), every CA's CRL and
+certificate by key id (/ca/<key id>.crl, /ca/<key id>.crt: what certificates carry in CRL
+Distribution Points and AIA caIssuers, so each names its own issuer's after a rotation), all
+the CRLs of the chains in one PEM file (/crl.pem, for nginx ssl_crl), and the CA certificates
+(/ca.crt, /root.crt).
 
 A thin adapter like the gRPC servicer: every answer comes from the core's caches (OCSP
 responses kept in the store, the published CRLs); nothing here signs or builds in the common
@@ -66,6 +69,7 @@ ROOT_CERT_PATH = "/root.crt"
 ROOT_CRL_PATH = "/root.crl"
 CRL_PEM_PATH = "/crl.pem"  # every CRL of the chain in one PEM file, as nginx ssl_crl wants
 SPIFFE_BUNDLE_PATH = "/spiffe-bundle"  # the roots as a SPIFFE bundle (JWK Set)
+BY_KEY_PATH = "/ca/"  # /ca/<key id>.crt and /ca/<key id>.crl, for every published CA
 OCSP_TYPE = b"application/ocsp-response"
 
 _REASONS = {
@@ -93,6 +97,14 @@ class Reply:
     content_type: bytes = b"text/plain; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
     close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Published:
+    ca_cert: bytes  # the issuing intermediate, DER
+    root_cert: bytes  # the active root, DER
+    spiffe_bundle: bytes
+    by_key: dict[str, bytes]  # key id -> DER, every published CA certificate
 
 
 @dataclass(slots=True)
@@ -134,10 +146,27 @@ class RelyingParty:
         thread (see slow())."""
         self._ca = authority
         self._inline = inline_reads
-        self._ca_cert_der = authority.issuer.certificate.public_bytes(serialization.Encoding.DER)
-        self._root_cert_der = authority.root.public_bytes(serialization.Encoding.DER)
-        self._spiffe_bundle = authority.spiffe_bundle().encode()
-        self._crl_pem: tuple[bytes, bytes, bytes] | None = None  # (CRL, root CRL, PEM of both)
+        self._published: tuple[object, _Published] | None = None
+        self._crl_pem: tuple[tuple[bytes, ...], bytes] | None = None  # (CRLs, PEM of them)
+
+    def _certificates(self) -> _Published:
+        """The certificates and bundle served, made again after a rotation."""
+        hierarchy = self._ca.hierarchy
+        cached = self._published
+        if cached is None or cached[0] is not hierarchy:
+            der = serialization.Encoding.DER
+            by_key = {e.key_id: e.certificate.public_bytes(der) for e in hierarchy.intermediates}
+            by_key |= {e.key_id: e.certificate.public_bytes(der) for e in hierarchy.roots}
+            cached = self._published = (
+                hierarchy,
+                _Published(
+                    self._ca.issuer.certificate.public_bytes(der),
+                    self._ca.root.public_bytes(der),
+                    self._ca.spiffe_bundle().encode(),
+                    by_key,
+                ),
+            )
+        return cached[1]
 
     def route(self, request: Request, *, may_block: bool = False) -> Reply | None:
         """The reply, or None when it may have to wait (a CRL being rebuilt, a read from a
@@ -170,21 +199,22 @@ class RelyingParty:
         if path == CRL_PEM_PATH:
             if method not in ("GET", "HEAD"):
                 return _text(405, "method not allowed", Allow="GET, HEAD")
-            if may_block:
-                return self._crl_chain(request, self._ca.crl())
-            crl = self._ca.crls.ready() if reads else None
-            return None if crl is None else self._crl_chain(request, crl)
+            return self._crl_chain(request, reads, may_block)
         if path == SPIFFE_BUNDLE_PATH:
             if method not in ("GET", "HEAD"):
                 return _text(405, "method not allowed", Allow="GET, HEAD")
-            return Reply(200, self._spiffe_bundle, b"application/json")
+            return Reply(200, self._certificates().spiffe_bundle, b"application/json")
+        if path.startswith(BY_KEY_PATH):
+            if method not in ("GET", "HEAD"):
+                return _text(405, "method not allowed", Allow="GET, HEAD")
+            return self._by_key(request, path[len(BY_KEY_PATH) :], reads, may_block)
         if path in (CA_CERT_PATH, ROOT_CERT_PATH, ROOT_CRL_PATH):
             if method not in ("GET", "HEAD"):
                 return _text(405, "method not allowed", Allow="GET, HEAD")
             if path == CA_CERT_PATH:
-                return Reply(200, self._ca_cert_der, b"application/pkix-cert")
+                return Reply(200, self._certificates().ca_cert, b"application/pkix-cert")
             if path == ROOT_CERT_PATH:
-                return Reply(200, self._root_cert_der, b"application/pkix-cert")
+                return Reply(200, self._certificates().root_cert, b"application/pkix-cert")
             root = self._ca.root_documents.current()
             if root is None:
                 return _text(503, "the root's CRL has not been signed yet: run ca-server root sign")
@@ -235,23 +265,58 @@ class RelyingParty:
             return Reply(304, b"", b"", headers)
         return Reply(200, body, content_type, headers)
 
-    def _crl_chain(self, request: Request, crl: CrlResult) -> Reply:
-        """The issuing CA's CRL then the root's, PEM: nginx ssl_crl wants a CRL for every CA of
-        the chain, in one file, and refuses every client without one."""
-        root = self._ca.root_documents.current()
+    def _by_key(self, request: Request, name: str, reads: bool, may_block: bool) -> Reply | None:
+        """/ca/<key id>.crt: that CA's certificate; /ca/<key id>.crl: its CRL."""
+        kid, _, kind = name.partition(".")
+        if kind == "crt":
+            der = self._certificates().by_key.get(kid)
+            if der is None:
+                return _text(404, "no published CA certificate has that key id")
+            return Reply(200, der, b"application/pkix-cert")
+        if kind != "crl":
+            return _text(404, "not found: /ca/<key id>.crt or /ca/<key id>.crl")
+        services = self._ca.issuers.get(kid)
+        if services is not None:
+            if may_block:
+                return self._crl(request, services.crls.current())
+            crl = services.crls.ready() if reads else None
+            return None if crl is None else self._crl(request, crl)
+        root = self._ca.root_documents.of(kid)
         if root is None:
-            return _text(503, "the root's CRL has not been signed yet: run ca-server root sign")
-        cached = self._crl_pem
-        if cached is None or cached[0] is not crl.der or cached[1] is not root.crl.der:
-            text = b"".join(
-                x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM)
-                for der in (crl.der, root.crl.der)
+            return _text(404, "no CRL is published for that key id")
+        return self._signed(request, root.crl.der, root.crl.this_update, root.crl.next_update)
+
+    def _crl_chain(self, request: Request, reads: bool, may_block: bool) -> Reply | None:
+        """Every answering intermediate's CRL, the issuing one's first, then every published
+        root's, PEM: nginx ssl_crl wants a CRL for every CA of the chain, in one file, and
+        refuses every client without one (during a rollover, of either chain)."""
+        documents: list[tuple[bytes, dt.datetime, dt.datetime]] = []
+        for services in self._ca.issuers.all():
+            crl = (
+                services.crls.current() if may_block else (services.crls.ready() if reads else None)
             )
-            cached = self._crl_pem = (crl.der, root.crl.der, text)
-        # Changes with either CRL: dated by the newer of the two.
-        newest = max(crl.this_update, root.crl.this_update)
-        soonest = min(crl.next_update, root.crl.next_update)
-        return self._signed(request, cached[2], newest, soonest, b"application/x-pem-file")
+            if crl is None:
+                return None  # a build is due: made off the event loop
+            documents.append((crl.der, crl.this_update, crl.next_update))
+        roots = self._ca.root_documents.crls()
+        if not roots:
+            return _text(503, "the root's CRL has not been signed yet: run ca-server root sign")
+        documents += [(d.der, d.this_update, d.next_update) for d in roots]
+        ders = tuple(d[0] for d in documents)
+        cached = self._crl_pem
+        if (
+            cached is None
+            or len(cached[0]) != len(ders)
+            or any(a is not b for a, b in zip(cached[0], ders, strict=True))
+        ):
+            text = b"".join(
+                x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM) for der in ders
+            )
+            cached = self._crl_pem = (ders, text)
+        # Changes with any CRL: dated by the newest of them.
+        newest = max(d[1] for d in documents)
+        soonest = min(d[2] for d in documents)
+        return self._signed(request, cached[1], newest, soonest, b"application/x-pem-file")
 
     def internal_error(self, request: Request) -> Reply:
         if _path(request.target).startswith(OCSP_PATH):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -16,7 +17,7 @@ from .clock import Clock
 from .errors import ErrorReason, Unauthenticated
 from .issuance import IssuanceSettings
 from .policy import Caller, Policy
-from .profile import Issuer, certificate_names, fingerprint_sha256, serial_hex
+from .profile import certificate_names, fingerprint_sha256, serial_hex
 from .store import Store
 
 _AUTH_CACHE_MAX = 50_000
@@ -50,13 +51,13 @@ class Authenticator:
         *,
         store: Store,
         clock: Clock,
-        issuer: Issuer,
+        is_issuer: Callable[[x509.Name], bool],
         policy: Policy,
         settings: IssuanceSettings,
     ) -> None:
         self._store = store
         self._clock = clock
-        self._issuer = issuer
+        self._is_issuer = is_issuer  # one of our intermediates (any answering one)
         self._policy = policy
         self.settings = settings
         # fingerprint -> when the store last said that certificate is ours and not revoked
@@ -78,7 +79,7 @@ class Authenticator:
                 "the client certificate could not be parsed",
                 reason=ErrorReason.CLIENT_CERTIFICATE_INVALID,
             ) from None
-        if peer.issuer != self._issuer.certificate.subject:
+        if not self._is_issuer(peer.issuer):
             raise Unauthenticated(
                 "the client certificate was not issued by this CA",
                 reason=ErrorReason.CALLER_UNKNOWN,

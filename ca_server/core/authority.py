@@ -1,7 +1,7 @@
 """The certificate authority as the API layer sees it: one object, one call per RPC. It builds
-the parts that do the work around one store, clock, issuing key and policy, and hands each call
-to the part that owns it; it knows nothing of gRPC or SQL, and raises only the errors in
-``errors``."""
+the parts that do the work around one store, clock, hierarchy of CA certificates and policy,
+and hands each call to the part that owns it; it knows nothing of gRPC or SQL, and raises only
+the errors in ``errors``. A rotation recorded in the store reaches it through reload()."""
 
 from __future__ import annotations
 
@@ -17,13 +17,16 @@ from .clock import Clock
 from .crl_publisher import CrlPublisher, CrlResult
 from .enrollment import Enrollment
 from .errors import AlreadyRevoked
+from .hierarchy import Hierarchy
 from .issuance import Issuance, IssuanceSettings, Issued, Preview
+from .issuers import Issuers
 from .keys import SigningKey
 from .listing import Listing, Page
 from .policy import Caller, Policy
-from .profile import Issuer, fingerprint_sha256, parse_serial, pem, serial_hex
+from .profile import Issuer, fingerprint_sha256, parse_serial, serial_hex
 from .renewal import Renewals, RenewalSelector, RenewNowResult
 from .renewal_window import RenewalInfo
+from .responder import OcspResponder
 from .revocation import Reason
 from .revocation_feed import RevocationFeed
 from .revoker import Revoker
@@ -52,53 +55,64 @@ class CertificateAuthority:
         *,
         store: Store,
         clock: Clock,
-        issuer: Issuer,
-        root: x509.Certificate,
         policy: Policy,
+        issuer: Issuer | None = None,
+        root: x509.Certificate | None = None,
         settings: IssuanceSettings | None = None,
         root_key: SigningKey | None = None,
+        hierarchy: Hierarchy | None = None,
+        load_hierarchy: Callable[[], Hierarchy] | None = None,
     ) -> None:
-        """root_key: when at hand (the data directory holds it), the root's documents (its CRL,
-        its OCSP answer about the intermediate) are re-signed here when due."""
+        """The CA certificates: `hierarchy` (what the store records), or one root and its
+        issuing intermediate; load_hierarchy() reads them again (see reload). root_key: when
+        at hand (the data directory holds it), the roots' documents (their CRLs, their OCSP
+        answers about the intermediates) are re-signed here when due."""
+        if hierarchy is None:
+            if issuer is None or root is None:
+                raise TypeError("give a hierarchy, or an issuer and its root")
+            hierarchy = Hierarchy.of(
+                root, issuer.certificate, root_key=root_key, intermediate_key=issuer.key
+            )
         self.store = store
         self.clock = clock
-        self.issuer = issuer
-        self.root = root
         self.policy = policy
+        self._load_hierarchy = load_hierarchy
+        self._hierarchy_listeners: list[Callable[[Hierarchy], None]] = []
         self._settings = settings = settings or IssuanceSettings()
         self._issuance = Issuance(
-            store=store, clock=clock, issuer=issuer, policy=policy, settings=settings
-        )
-        self.responder = self._issuance.responder
-        self.crls = CrlPublisher(
-            store=store, clock=clock, issuer=issuer, validity=settings.crl_validity
+            store=store, clock=clock, active=lambda: self.issuers.active, policy=policy,
+            settings=settings, issuer_of=lambda key_id: self.issuers.get(key_id),
+        )  # fmt: skip
+        self.issuers = Issuers(
+            store=store,
+            clock=clock,
+            settings=settings,
+            hierarchy=hierarchy,
+            issue_signer=self._issuance.issue_ocsp_signer,
         )
         self._authenticator = Authenticator(
-            store=store, clock=clock, issuer=issuer, policy=policy, settings=settings
+            store=store,
+            clock=clock,
+            is_issuer=self.issuers.is_issuer_name,
+            policy=policy,
+            settings=settings,
         )
         self._enrollment = Enrollment(
             store=store, clock=clock, policy=policy, settings=settings, issuance=self._issuance
         )
         self._revoker = Revoker(
-            store=store,
-            clock=clock,
-            responder=self.responder,
-            crls=self.crls,
-            authenticator=self._authenticator,
+            store=store, clock=clock, issuers=self.issuers, authenticator=self._authenticator
         )
         self.root_documents = RootPublisher(
             store=store,
             clock=clock,
-            root=root,
-            intermediate=issuer.certificate,
-            root_key=root_key,
+            hierarchy=lambda: self.issuers.hierarchy,
             validity=settings.root_crl_validity,
         )
         self._status = StatusService(
             store=store,
             clock=clock,
-            issuer=issuer,
-            responder=self.responder,
+            issuers=self.issuers,
             settings=settings,
             root_answer=self.root_documents.ocsp_answer,
         )
@@ -107,8 +121,12 @@ class CertificateAuthority:
         # WatchRevocations wakes for revocations here at once, for others' within a poll.
         self.revocation_feed = RevocationFeed(store)
         self._revoker.on_revocation(self.revocation_feed.changed)
+        # And WatchTrustBundle's streams wake when a rotation reaches this process.
+        self.on_hierarchy_change(self.revocation_feed.changed)
         self._renewals = Renewals(
-            store=store, clock=clock, ca_certificates=[issuer.certificate, root]
+            store=store,
+            clock=clock,
+            ca_certificates=lambda: [e.certificate for e in self.issuers.hierarchy.entries],
         )
         self._elsewhere: list[Callable[[], None]] = []
 
@@ -129,6 +147,62 @@ class CertificateAuthority:
         self.authenticate = self._authenticator.authenticate
         self.renewal_info = self._renewals.info
         self.renew_now = self._renewals.renew_now
+
+    # -- the CA's own certificates ---------------------------------------------------------
+    @property
+    def hierarchy(self) -> Hierarchy:
+        return self.issuers.hierarchy
+
+    @property
+    def issuer(self) -> Issuer:
+        """The issuing intermediate (its certificate, key and chain)."""
+        return self.issuers.active.issuer
+
+    @property
+    def root(self) -> x509.Certificate:
+        """The active root (the newest published one)."""
+        return self.hierarchy.active_root.certificate
+
+    @property
+    def roots(self) -> list[x509.Certificate]:
+        """Every published root, the active one first: what clients trust (their union)."""
+        return [e.certificate for e in self.hierarchy.roots]
+
+    @property
+    def responder(self) -> OcspResponder:
+        """The issuing intermediate's OCSP responder."""
+        return self.issuers.active.responder
+
+    @property
+    def crls(self) -> CrlPublisher:
+        """The issuing intermediate's CRL publisher (each answering one has its own)."""
+        return self.issuers.active.crls
+
+    def crl_publishers(self) -> list[CrlPublisher]:
+        return [s.crls for s in self.issuers.all()]
+
+    def reload(self) -> bool:
+        """Read the CA certificates again (the store's CA generation moved: a rotation by any
+        process or command sharing it); True if anything changed here."""
+        if self._load_hierarchy is None:
+            return False
+        fresh = self._load_hierarchy()
+        old = self.hierarchy
+        same = [(e.record, e.key is None) for e in old.entries] == [
+            (e.record, e.key is None) for e in fresh.entries
+        ]
+        if same:
+            return False
+        self.issuers.update(fresh)
+        self.root_documents.reload()
+        self._authenticator.forget_all()
+        for listener in list(self._hierarchy_listeners):
+            listener(fresh)
+        return True
+
+    def on_hierarchy_change(self, listener: Callable[[Hierarchy], None]) -> None:
+        """Call listener(hierarchy) after each reload that changed the CA certificates."""
+        self._hierarchy_listeners.append(listener)
 
     @property
     def settings(self) -> IssuanceSettings:
@@ -191,11 +265,12 @@ class CertificateAuthority:
         return self.crls.current()
 
     def trust_bundle(self) -> tuple[str, str]:
-        return pem(self.root), self.issuer.chain_pem
+        """(every published root, the intermediates: the issuing chain first)."""
+        return self.hierarchy.roots_pem, self.hierarchy.intermediates_pem
 
     def spiffe_bundle(self) -> str:
-        """The trust bundle in the SPIFFE bundle format (JSON)."""
-        return spiffe_bundle([self.root])
+        """The trust bundle in the SPIFFE bundle format (JSON): every published root."""
+        return spiffe_bundle(self.roots, self.hierarchy.generation)
 
     def root_fingerprint(self) -> str:
         return fingerprint_sha256(self.root)

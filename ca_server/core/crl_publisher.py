@@ -15,22 +15,44 @@ import datetime as dt
 import threading
 import time
 
+from cryptography import x509
+
 from .clock import Clock, utc_seconds
 from .crl import build_crl
 from .profile import Issuer
 from .store import Store, StoredCrl
 
 CrlResult = StoredCrl
+
+
+def _key_id(issuer: Issuer) -> str:
+    ski = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    return ski.value.digest.hex()
+
+
 FOLLOW_POLL = 0.02  # how often a waiting reader looks for the builder's CRL in the store
 
 
 class CrlPublisher:
-    def __init__(self, *, store: Store, clock: Clock, issuer: Issuer, validity: dt.timedelta):
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        issuer: Issuer,
+        validity: dt.timedelta,
+        key_id: str | None = None,
+        wanted: threading.Event | None = None,
+    ):
+        """key_id: the issuer's, which its CRLs and certificates are filed under in the store
+        (each intermediate has its own CRL); wanted: shared by the publishers of one CA."""
         self._store, self._clock, self._issuer, self._validity = store, clock, issuer, validity
+        self.key_id = key_id if key_id is not None else _key_id(issuer)
         self._current: CrlResult | None = None
         self._changed = threading.Condition()
         self._build_lock = threading.Lock()
-        self.wanted = threading.Event()  # set when a build is due; the background thread waits
+        # Set when a build is due; the background thread waits on it.
+        self.wanted = wanted if wanted is not None else threading.Event()
         self.background = False  # a background thread runs (here or in another process)
         self.builder = False  # ...and it is this process's: readers wait for run_pending()
 
@@ -51,7 +73,9 @@ class CrlPublisher:
 
     def follow(self) -> CrlResult | None:
         """Take up a newer CRL from the store, if another process built one."""
-        newer = self._store.latest_crl(self._current.number if self._current else 0)
+        newer = self._store.latest_crl(
+            self._current.number if self._current else 0, issuer=self.key_id
+        )
         if newer is not None:
             self._adopt(newer)
         return self._current
@@ -105,10 +129,9 @@ class CrlPublisher:
             now = utc_seconds(self._clock.now())
             number = self._store.next_crl_number()
             next_update = now + self._validity
-            der = build_crl(
-                self._issuer, self._store.revoked_unexpired(now), number, now, next_update
-            )
-            crl = CrlResult(der, number, now, next_update, epoch)
+            entries = self._store.revoked_unexpired(now, self.key_id)
+            der = build_crl(self._issuer, entries, number, now, next_update)
+            crl = CrlResult(der, number, now, next_update, epoch, self.key_id)
             self._store.save_crl(crl)
             self._adopt(crl)
             return crl

@@ -104,6 +104,8 @@ class ErrorReason(enum.StrEnum):
     URL_INVALID = enum.auto()
     FINGERPRINT_INVALID = enum.auto()
     CERTIFICATE_NOT_LIVE = enum.auto()
+    # The CA's own rotation (ca-server intermediate / root commands)
+    ROTATION_REFUSED = enum.auto()
 
 
 class SignetError(Exception):

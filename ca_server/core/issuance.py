@@ -1,13 +1,15 @@
 """Issuing certificates: from a CSR (sign), for a caller's new key (renew), for the CA itself
-(issue_for) and for its delegated OCSP responder. Each is recorded in the store before anyone
-sees it. The OCSP responder is built here: it asks for its own certificate."""
+(issue_for) and for its delegated OCSP responder. Each is recorded in the store, with the key
+id of the intermediate that issued it, before anyone sees it. Every issuance asks which
+intermediate issues now: a rotation takes effect at the next certificate."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -41,7 +43,6 @@ from .profile import (
     serial_hex,
 )
 from .renewal_window import RenewalInfo, renewal_info
-from .responder import OcspResponder
 from .store import (
     AuditEvent,
     CertificateRecord,
@@ -52,6 +53,9 @@ from .store import (
     RequestRecord,
     Store,
 )
+
+if TYPE_CHECKING:
+    from .issuers import IssuerServices
 
 _CA_ACTOR = "signet:ca"
 
@@ -92,6 +96,10 @@ class IssuanceSettings:
     # Certificates expired longer than this are deleted from the store (and so from listings
     # and OCSP, which then answers "unknown"); their audit events stay. None keeps them all.
     retain_expired: dt.timedelta | None = dt.timedelta(days=90)
+    # A new intermediate is made (signed by the root, where its key is) once this fraction of
+    # the issuing one's life has passed; None: only on demand (ca-server intermediate rotate).
+    intermediate_rotate_at: float | None = 2 / 3
+    intermediate_validity: dt.timedelta = dt.timedelta(days=1825)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,25 +193,20 @@ class Issuance:
         *,
         store: Store,
         clock: Clock,
-        issuer: Issuer,
+        active: Callable[[], IssuerServices],
         policy: Policy,
         settings: IssuanceSettings,
+        issuer_of: Callable[[str], IssuerServices | None] = lambda key_id: None,
     ) -> None:
+        """active(): the issuing intermediate's services, asked at every issuance;
+        issuer_of(key id): an intermediate's that still answers (for a replayed answer)."""
         self._store = store
         self._clock = clock
-        self._issuer = issuer
+        self._active = active
+        self._issuer_of = issuer_of
         self._policy = policy
         self.settings = settings
         self.requests = RequestIds(store=store, clock=clock)
-        # Built here because each needs the other: the responder asks for its delegated
-        # certificate, and each certificate issued gets a response the responder signs.
-        self.responder = OcspResponder(
-            issuer=issuer,
-            clock=clock,
-            validity=settings.ocsp_validity,
-            issue_signer=self._issue_ocsp_signer if settings.ocsp_delegated else None,
-            signer_validity=settings.ocsp_signer_validity,
-        )
 
     def sign(
         self,
@@ -334,7 +337,7 @@ class Issuance:
             names.dns_names,
             tuple(str(ip) for ip in names.ip_addresses),
             now - self.settings.backdate,
-            capped_not_after(self._issuer, now + lifetime),
+            capped_not_after(self._active().issuer, now + lifetime),
         )
 
     def replay(self, prior: RequestRecord) -> Issued:
@@ -348,12 +351,14 @@ class Issuance:
                 reason=ErrorReason.ANSWER_NOT_KEPT,
                 field="request_id",
             )
-        return self._issued(x509.load_der_x509_certificate(record.der), record)
+        services = self._issuer_of(record.issuer) or self._active()
+        cert = x509.load_der_x509_certificate(record.der)
+        return self._issued(cert, record, services.issuer.chain_pem)
 
-    def _issued(self, cert: x509.Certificate, record: CertificateRecord) -> Issued:
+    def _issued(self, cert: x509.Certificate, record: CertificateRecord, chain_pem: str) -> Issued:
         return Issued(
             cert,
-            self._issuer.chain_pem,
+            chain_pem,
             record.serial,
             record.fingerprint_sha256,
             record.identity,
@@ -411,10 +416,11 @@ class Issuance:
         call, its request record is stored in that transaction too; if a concurrent call with
         the same id stored first, its certificate is the answer (and this one is dropped)."""
         now = utc_seconds(self._clock.now())
+        active = self._active()
         for _ in range(5):  # a 128-bit collision is as good as impossible; a loop costs nothing
             serial = random_serial()
             cert = build_leaf(
-                self._issuer,
+                active.issuer,
                 LeafRequest(
                     public_key=public_key,
                     identity=names.identity,
@@ -427,7 +433,7 @@ class Issuance:
                 ),
                 self.settings.public_urls,
             )
-            self.responder.forget_unknown(serial)
+            active.responder.forget_unknown(serial)
             record = CertificateRecord(
                 serial=serial_hex(serial),
                 identity=names.identity,
@@ -440,6 +446,7 @@ class Issuance:
                 requested_by=actor,
                 issued_at=now,
                 authorized_by=authorized_by or actor,
+                issuer=active.key_id,
                 # No OCSP response yet: it is signed when first asked for, then kept and
                 # refreshed. Most mTLS peers never ask, so a signature per issuance would be
                 # spent on the issuance path (a third of its CPU) for nothing.
@@ -465,7 +472,7 @@ class Issuance:
                 return self.replay(self.requests.winner(call))
             except QuotaExceeded as exc:
                 raise self._over_quota(names.identity, exc, now) from None
-            return self._issued(cert, record)
+            return self._issued(cert, record, active.issuer.chain_pem)
         raise RuntimeError("could not find an unused serial number")
 
     def _quota(self, now: dt.datetime) -> Quota:
@@ -499,17 +506,17 @@ class Issuance:
             metadata={"identity": identity},
         )
 
-    def _issue_ocsp_signer(
-        self, public_key: CertificatePublicKeyTypes, lifetime: dt.timedelta
+    def issue_ocsp_signer(
+        self, issuer: Issuer, public_key: CertificatePublicKeyTypes, lifetime: dt.timedelta
     ) -> x509.Certificate:
-        """Issue and record a delegated OCSP responder certificate (no OCSP of its own: it
-        carries id-pkix-ocsp-nocheck)."""
+        """Issue and record a delegated OCSP responder certificate of `issuer` (no OCSP of its
+        own: it carries id-pkix-ocsp-nocheck)."""
         now = utc_seconds(self._clock.now())
         identity = f"spiffe://{self._policy.trust_domain}/signet/ocsp-responder"
         for _ in range(5):
             serial = random_serial()
             cert = build_ocsp_responder(
-                self._issuer, public_key, now - self.settings.backdate, now + lifetime, serial
+                issuer, public_key, now - self.settings.backdate, now + lifetime, serial
             )
             record = CertificateRecord(
                 serial=serial_hex(serial),
@@ -523,6 +530,9 @@ class Issuance:
                 requested_by=_CA_ACTOR,
                 issued_at=now,
                 authorized_by=_CA_ACTOR,
+                issuer=issuer.certificate.extensions.get_extension_for_class(
+                    x509.SubjectKeyIdentifier
+                ).value.digest.hex(),
             )
             try:
                 self._store.add_certificate(

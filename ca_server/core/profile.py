@@ -66,6 +66,14 @@ class PublicUrls:
     def root_crl(self) -> str:
         return f"{self.base.rstrip('/')}/root.crl"
 
+    # Per CA, by key id: what certificates carry, so that each still names its own issuer's
+    # certificate and CRL after a rotation (/ca.crt, /crl, /root.* follow the active ones).
+    def ca_cert(self, key_id: str) -> str:
+        return f"{self.base.rstrip('/')}/ca/{key_id}.crt"
+
+    def ca_crl(self, key_id: str) -> str:
+        return f"{self.base.rstrip('/')}/ca/{key_id}.crl"
+
 
 @dataclass(frozen=True, slots=True)
 class LeafRequest:
@@ -122,12 +130,16 @@ def _ski(public_key: CertificatePublicKeyTypes) -> x509.SubjectKeyIdentifier:
     return x509.SubjectKeyIdentifier.from_public_key(public_key)
 
 
+def _key_id(cert: x509.Certificate) -> str:
+    return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+
+
 def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
-def _ca_key_usage() -> x509.KeyUsage:
+def ca_key_usage() -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
@@ -163,7 +175,7 @@ def build_root(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(ca_key_usage(), critical=True)
         .add_extension(_ski(public_key), critical=False)
         .sign(key, signature_hash(key))
     )
@@ -186,14 +198,15 @@ def build_intermediate(
         .not_valid_before(not_before)
         .not_valid_after(min(not_after, root.certificate.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(ca_key_usage(), critical=True)
         .add_extension(_ski(public_key), critical=False)
         .add_extension(_aki(root.certificate), critical=False)
     )
     if urls is not None:
         # So that relying parties checking the whole chain (nginx ssl_ocsp on, ssl_crl) can
         # ask about the intermediate: the root's OCSP answer and CRL, signed ahead of time.
-        for extension in _publication(urls.ocsp, urls.root_cert, urls.root_crl):
+        root_kid = _key_id(root.certificate)
+        for extension in publication(urls.ocsp, urls.ca_cert(root_kid), urls.ca_crl(root_kid)):
             builder = builder.add_extension(extension, critical=False)
     return builder.sign(root.key, signature_hash(root.key))
 
@@ -290,12 +303,13 @@ def build_leaf(
         .add_extension(_aki(issuer.certificate), critical=False)
     )
     if urls is not None:
-        for extension in _publication(urls.ocsp, urls.ca_issuers, urls.crl):
+        kid = _key_id(issuer.certificate)
+        for extension in publication(urls.ocsp, urls.ca_cert(kid), urls.ca_crl(kid)):
             builder = builder.add_extension(extension, critical=False)
     return builder.sign(issuer.key, signature_hash(issuer.key))
 
 
-def _publication(
+def publication(
     ocsp: str, ca_issuers: str, crl: str
 ) -> tuple[x509.AuthorityInformationAccess, x509.CRLDistributionPoints]:
     """AIA (OCSP, the issuer's certificate) and CRL Distribution Points (RFC 5280 4.2.2.1,

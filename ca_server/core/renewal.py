@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -83,11 +83,18 @@ def _check_url(url: str) -> None:
 
 
 class Renewals:
-    def __init__(self, *, store: Store, clock: Clock, ca_certificates: list[x509.Certificate]):
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        ca_certificates: Callable[[], Sequence[x509.Certificate]],
+    ):
+        """ca_certificates(): the CA's certificates now (they change with a rotation), which
+        --issuer names by fingerprint."""
         self._store = store
         self._clock = clock
-        # The certificates a leaf of this CA can be issued by, by fingerprint (--issuer).
-        self._issuers = {fingerprint_sha256(c): c for c in ca_certificates}
+        self._ca_certificates = ca_certificates
 
     def info(self, serial_text: str) -> RenewalInfo:
         serial = parse_serial(serial_text)
@@ -182,7 +189,7 @@ class Renewals:
                 reason=ErrorReason.FINGERPRINT_INVALID,
                 field="issuer_fingerprint_sha256",
             )
-        issuer = self._issuers.get(cleaned)
+        issuer = {fingerprint_sha256(c): c for c in self._ca_certificates()}.get(cleaned)
         if issuer is None:
             raise NotFound(
                 f"no CA certificate of this CA has the fingerprint {cleaned}",

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from .authentication import Authenticator
 from .clock import Clock, utc_seconds
-from .crl_publisher import CrlPublisher
 from .errors import AlreadyRevoked, Conflict, ErrorReason, InvalidRequest, NotFound
 from .idempotency import Call, RequestIds, result
+from .issuers import Issuers
 from .ocsp import CertStatus, StatusAnswer
 from .policy import Caller, check_is_admin, check_may_revoke
 from .profile import parse_serial
@@ -25,14 +25,12 @@ class Revoker:
         *,
         store: Store,
         clock: Clock,
-        responder: OcspResponder,
-        crls: CrlPublisher,
+        issuers: Issuers,
         authenticator: Authenticator,
     ) -> None:
         self._store = store
         self._clock = clock
-        self._responder = responder
-        self._crls = crls
+        self._issuers = issuers
         self._authenticator = authenticator
         self._requests = RequestIds(store=store, clock=clock)
         self._revocation_listeners: list[Callable[[str], None]] = []
@@ -71,17 +69,20 @@ class Revoker:
             raise _not_found(serial)
         check_may_revoke(caller, record.identity)
         now = utc_seconds(self._clock.now())
+        # The answer comes from the certificate's own issuer (a retiring one's too).
+        services = self._issuers.get(record.issuer) or self._issuers.active
+        responder = services.responder
         request = call.record({"serial": serial, "at": now.isoformat()}, now) if call else None
         try:
-            outcome = self._change(caller, serial, reason, now, invalid, request)
+            outcome = self._change(caller, serial, reason, now, invalid, request, responder)
         except DuplicateRequest:
             assert call is not None
             return _replay(self._requests.winner(call))
         if outcome is RevokeOutcome.NOT_FOUND:
             raise _not_found(serial)
         self._authenticator.revoked(record.fingerprint_sha256)
-        self._responder.drop_signer(int(serial, 16))  # if it was our OCSP responder's
-        self._crls.wanted.set()
+        responder.drop_signer(int(serial, 16))  # if it was our OCSP responder's
+        self._issuers.wanted.set()
         for listener in self._revocation_listeners:
             listener(serial)
         return serial, now
@@ -94,6 +95,7 @@ class Revoker:
         now: dt.datetime,
         invalidity_date: dt.datetime | None,
         request: RequestRecord | None,
+        responder: OcspResponder,
     ) -> RevokeOutcome:
         """Revoke, or release a hold, in the store; the refusals a state allows raised."""
         if reason is Reason.REMOVE_FROM_CRL:
@@ -101,7 +103,7 @@ class Revoker:
             outcome = self._store.release_hold(
                 serial,
                 AuditEvent(now, "release-hold", caller.identity, serial, peer=caller.peer),
-                self._responder.sign(StatusAnswer(int(serial, 16), CertStatus.GOOD)),
+                responder.sign(StatusAnswer(int(serial, 16), CertStatus.GOOD)),
                 request,
             )
             if outcome is RevokeOutcome.NOT_HELD:
@@ -117,9 +119,7 @@ class Revoker:
                 now,
                 reason,
                 AuditEvent(now, "revoke", caller.identity, serial, reason.name, caller.peer),
-                self._responder.sign(
-                    StatusAnswer(int(serial, 16), CertStatus.REVOKED, now, reason)
-                ),
+                responder.sign(StatusAnswer(int(serial, 16), CertStatus.REVOKED, now, reason)),
                 invalidity_date,
                 request,
             )

@@ -51,10 +51,10 @@ def _jwk(cert: x509.Certificate) -> dict[str, Any]:
     return jwk
 
 
-def spiffe_bundle(roots: Sequence[x509.Certificate]) -> str:
+def spiffe_bundle(roots: Sequence[x509.Certificate], generation: int = 0) -> str:
     """The bundle as JSON. Its sequence grows with the newest root (a new root is a new
-    bundle) without a counter to keep."""
-    sequence = max(int(r.not_valid_before_utc.timestamp()) for r in roots)
+    bundle) and with the store's CA generation (which also moves when a root is withdrawn)."""
+    sequence = max(int(r.not_valid_before_utc.timestamp()) for r in roots) + generation
     return json.dumps(
         {
             "keys": [_jwk(r) for r in roots],

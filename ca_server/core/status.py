@@ -1,10 +1,14 @@
 """Certificate status for relying parties: the GetStatus answer and raw OCSP, both served from
-the responses kept in the store through the OCSP responder. Responses it has to re-sign are
-written back off the caller's thread, and a periodic refresh keeps the stored ones fresh."""
+the responses kept in the store through the OCSP responder of the certificate's own issuer
+(the CertID's name and key hashes pick it; the issuing intermediate is asked first, as nearly
+every query is about its certificates). Responses it has to re-sign are written back off the
+caller's thread, and a periodic refresh keeps the stored ones fresh."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +18,7 @@ from cryptography.x509 import ocsp
 
 from .clock import Clock
 from .issuance import IssuanceSettings
+from .issuers import Issuers, IssuerServices
 from .ocsp import (
     CertStatus,
     MalformedOcspRequest,
@@ -24,9 +29,8 @@ from .ocsp import (
     parse_ocsp_request,
     unsuccessful_response,
 )
-from .profile import Issuer, parse_serial, serial_hex
-from .responder import OcspResponder
-from .store import OcspUpdate, Store
+from .profile import parse_serial, serial_hex
+from .store import OcspUpdate, StatusRow, Store
 
 # The responder's answer to a CertID of another issuer: then the root's own answers are looked at.
 _UNAUTHORIZED = unsuccessful_response(ocsp.OCSPResponseStatus.UNAUTHORIZED)
@@ -58,8 +62,7 @@ class StatusService:
         *,
         store: Store,
         clock: Clock,
-        issuer: Issuer,
-        responder: OcspResponder,
+        issuers: Issuers,
         settings: IssuanceSettings,
         root_answer: RootAnswer | None = None,
     ) -> None:
@@ -68,21 +71,22 @@ class StatusService:
         self._root_answer = root_answer
         self._store = store
         self._clock = clock
-        self._issuer = issuer
-        self._responder = responder
+        self._issuers = issuers
         self.settings = settings
         self._writeback = ThreadPoolExecutor(1, thread_name_prefix="ocsp-writeback")
         self._sha1 = hashes.SHA1()  # noqa: S303 - CertID matching, what most clients send
-        self._sha1_hashes = issuer_hashes(issuer.certificate, self._sha1)
 
     def status(self, serial_text: str) -> StatusResult:
         """Status and the OCSP response an RFC 6960 client sending a SHA-1 CertID and no nonce
         would get from the HTTP responder: the same bytes."""
         serial = int(parse_serial(serial_text), 16)
         epoch = self._store.revocation_epoch()  # before the lookup, as ocsp_answer reads it
-        found = self._lookup(serial)  # read once: the status and the DER must agree
+        row = self._store.get_status(serial_hex(serial))  # read once: status and DER agree
+        services = (row and self._issuers.get(row.issuer)) or self._issuers.active
+        found = self._found(serial, row, services.key_id)
         answer = found[0] if found else StatusAnswer(serial, CertStatus.UNKNOWN)
-        signed = self._responder.answer(self._plain_query(serial), found, self._store_back, epoch)
+        query = self._plain_query(services, serial)
+        signed = services.responder.answer(query, found, self._store_back, epoch)
         return StatusResult(answer, signed.this_update, signed.next_update, signed.der)
 
     def ocsp_response(self, request_der: bytes) -> bytes:
@@ -94,15 +98,24 @@ class StatusService:
         """As ocsp_response, keeping the validity window of a signed answer (for HTTP caching
         headers) instead of the bare bytes of an unsuccessful one."""
         epoch = self._store.revocation_epoch()  # read first: a later revocation is never missed
-        reply = self._responder.respond(request_der, self._lookup, self._store_back, epoch)
-        if reply == _UNAUTHORIZED and self._root_answer is not None:
-            try:
-                root = self._root_answer(parse_ocsp_request(request_der))
-            except MalformedOcspRequest:  # cannot be: the responder parsed it
-                root = None
-            if root is not None:
-                return root
-        return reply
+        active = self._issuers.active
+        reply = active.responder.respond(
+            request_der, self._lookup_for(active.key_id), self._store_back, epoch
+        )
+        if reply != _UNAUTHORIZED:
+            return reply
+        try:
+            query = parse_ocsp_request(request_der)
+        except MalformedOcspRequest:  # cannot be: the responder parsed it
+            return reply
+        other = self._issuers.by_cert_id(
+            query.algorithm.name, query.issuer_name_hash, query.issuer_key_hash
+        )
+        if other is not None and other is not active:
+            lookup = self._lookup_for(other.key_id)
+            return other.responder.respond(request_der, lookup, self._store_back, epoch)
+        root = self._root_answer(query) if self._root_answer is not None else None
+        return root if root is not None else reply
 
     def refresh_ocsp(self, limit: int = 500) -> int:
         """Re-sign up to `limit` stored responses no longer fresh (see OcspResponder.is_fresh),
@@ -110,13 +123,19 @@ class StatusService:
         now = self._clock.now()
         stale = self._store.stale_ocsp(now + self.settings.ocsp_validity / 2, now, limit)
         updates = []
+        by_issuer: dict[str, list[StatusAnswer]] = defaultdict(list)
         for row in stale:
             serial = int(row.serial, 16)
             if row.status == "revoked":
                 answer = StatusAnswer(serial, CertStatus.REVOKED, row.revoked_at, row.reason)
             else:
                 answer = StatusAnswer(serial, CertStatus.GOOD)
-            updates.append(_update(answer, self._responder.sign(answer)))
+            by_issuer[row.issuer].append(answer)
+        for issuer, answers in by_issuer.items():
+            services = self._issuers.get(issuer)
+            if services is None:
+                continue  # no key for that issuer here: another process re-signs them
+            updates += [_update(a, services.responder.sign(a)) for a in answers]
         if updates:
             self._store.update_ocsp(updates)
         return len(stale)
@@ -126,13 +145,26 @@ class StatusService:
         tools that read the store right after)."""
         self._writeback.submit(lambda: None).result()
 
-    def _plain_query(self, serial: int) -> OcspQuery:
-        name_hash, key_hash = self._sha1_hashes
+    def _plain_query(self, services: IssuerServices, serial: int) -> OcspQuery:
+        name_hash, key_hash = issuer_hashes(services.issuer.certificate, self._sha1)
         return OcspQuery(serial, self._sha1, name_hash, key_hash, None, plain=True)
 
-    def _lookup(self, serial: int) -> tuple[StatusAnswer, SignedStatus | None] | None:
-        row = self._store.get_status(serial_hex(serial))
-        if row is None:
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - a few issuers, for the service's life
+    def _lookup_for(
+        self, issuer: str
+    ) -> Callable[[int], tuple[StatusAnswer, SignedStatus | None] | None]:
+        def lookup(serial: int) -> tuple[StatusAnswer, SignedStatus | None] | None:
+            return self._found(serial, self._store.get_status(serial_hex(serial)), issuer)
+
+        return lookup
+
+    @staticmethod
+    def _found(
+        serial: int, row: StatusRow | None, issuer: str
+    ) -> tuple[StatusAnswer, SignedStatus | None] | None:
+        """What the store holds about `serial` as a certificate of `issuer`; None (unknown) if
+        it holds nothing, or a certificate of another issuer (RFC 6960: a CertID names one)."""
+        if row is None or (row.issuer and row.issuer != issuer):
             return None
         if row.status == "revoked":
             return StatusAnswer(serial, CertStatus.REVOKED, row.revoked_at, row.reason), row.ocsp

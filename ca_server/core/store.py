@@ -16,6 +16,14 @@ from .renewal_window import RenewalWindow
 from .revocation import Reason, RevokedEntry
 
 Status = Literal["good", "revoked"]
+# The CA's own certificates: roots (self-signed), intermediates (they issue leaves) and
+# cross-certificates (a newer root's key and name, signed by an older root, so that clients
+# that trust only the older root still verify chains under the newer one).
+CaKind = Literal["root", "intermediate", "cross"]
+# active: the root that signs new intermediates / the intermediate that issues; retiring: still
+# published (a root, during its overlap) or still answering OCSP and CRL for what it issued (an
+# intermediate); retired: nothing it vouches for is live any more, so it is no longer published.
+CaState = Literal["active", "retiring", "retired"]
 
 
 class DuplicateSerial(Exception):
@@ -50,6 +58,8 @@ class CertificateRecord:
     # A renewal window an operator set (renew-now), which replaces the default one.
     renewal_override: RenewalWindow | None = None
     renewal_explanation_url: str = ""
+    # The key id (subjectKeyIdentifier, hex) of the intermediate that issued it.
+    issuer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,7 @@ class StatusRow:
     reason: Reason | None
     ocsp: SignedStatus | None
     serial: str = ""
+    issuer: str = ""  # key id of the issuing intermediate
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +207,7 @@ class StoredCrl:
     this_update: dt.datetime
     next_update: dt.datetime
     epoch: int  # the store's revocation epoch it reflects
+    issuer: str = ""  # key id of the intermediate that signed it (each has its own CRL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +219,23 @@ class SignedDocument:
     der: bytes
     this_update: dt.datetime
     next_update: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CaCertificateRecord:
+    """One of the CA's own certificates and its place in the hierarchy, kept in the store so
+    that every process and replica sees a rotation (their keys stay files on each machine)."""
+
+    serial: str
+    kind: CaKind
+    state: CaState
+    key_id: str  # subjectKeyIdentifier, hex: what CertIDs, AKIs and URLs name it by
+    issuer_key_id: str  # the signer's key id (its own for a self-signed root)
+    der: bytes
+    not_after: dt.datetime
+    created_at: dt.datetime
+    # A retiring root stays published at least until then (the overlap the operator chose).
+    overlap_until: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,8 +343,11 @@ class Store(Protocol):
         cursor, at most query.limit."""
         ...
 
-    def revoked_unexpired(self, now: dt.datetime) -> Sequence[RevokedEntry]:
-        """Revoked certificates not yet expired (not_after >= now): what a CRL lists."""
+    def revoked_unexpired(
+        self, now: dt.datetime, issuer: str | None = None
+    ) -> Sequence[RevokedEntry]:
+        """Revoked certificates not yet expired (not_after >= now): what a CRL lists; only
+        those of the intermediate with key id `issuer` when given."""
         ...
 
     def revocation_events(self, after: int, limit: int) -> Sequence[RevocationEvent]:
@@ -411,8 +443,41 @@ class Store(Protocol):
         """Keep a newly built CRL as the latest (older ones may be dropped)."""
         ...
 
-    def latest_crl(self, newer_than: int = 0) -> StoredCrl | None:
-        """The stored CRL with the highest number, if that number is above newer_than."""
+    def latest_crl(self, newer_than: int = 0, issuer: str | None = None) -> StoredCrl | None:
+        """The stored CRL with the highest number (of `issuer`'s, when given), if that number
+        is above newer_than. CRL numbers come from one counter: each issuer's only grow."""
+        ...
+
+    # -- the CA's own certificates ------------------------------------------------------------
+    def ca_certificates(self) -> Sequence[CaCertificateRecord]:
+        """Every root, intermediate and cross-certificate, oldest first."""
+        ...
+
+    def save_ca_certificates(
+        self, records: Sequence[CaCertificateRecord], audit: AuditEvent | None = None
+    ) -> None:
+        """Insert or update these (by serial) in one transaction, with the audit event, and
+        move the CA generation so that every process reloads them."""
+        ...
+
+    def seed_ca_certificates(
+        self,
+        records: Sequence[CaCertificateRecord],
+        issuer: str,
+        renamed_documents: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """A CA from before rotations: record its root and intermediate (keeping any already
+        recorded), give every certificate and CRL without an issuer the key id `issuer`, and
+        rename the root's documents (old, new) — idempotent, in one transaction."""
+        ...
+
+    def ca_generation(self) -> int:
+        """A counter that moves with every change to the CA's own certificates."""
+        ...
+
+    def unexpired_issued_by(self, issuer: str, now: dt.datetime, live_only: bool = False) -> int:
+        """How many certificates the intermediate `issuer` issued that expire at or after now
+        (revoked ones included, they still need its CRL and OCSP answers, unless live_only)."""
         ...
 
     def save_signed_documents(self, documents: Sequence[SignedDocument]) -> None:

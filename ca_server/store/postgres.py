@@ -167,8 +167,23 @@ def _v9(db: _PgDb) -> None:
     )
 
 
+def _v10(db: _PgDb) -> None:
+    # As SQLite's v17: the CA's own certificates, each certificate's and CRL's issuer, and the
+    # generation counter every process polls to notice a rotation.
+    db.execute(
+        "CREATE TABLE ca_certificates (serial TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+        "state TEXT NOT NULL, key_id TEXT NOT NULL, issuer_key_id TEXT NOT NULL, "
+        "der BYTEA NOT NULL, not_after BIGINT NOT NULL, created_at BIGINT NOT NULL, "
+        "overlap_until BIGINT)"
+    )
+    db.execute("ALTER TABLE certificates ADD COLUMN issuer TEXT")
+    db.execute("CREATE INDEX certificates_issuer_expiry ON certificates (issuer, not_after)")
+    db.execute("ALTER TABLE crls ADD COLUMN issuer TEXT")
+    db.execute("INSERT INTO meta (key, value) VALUES ('ca_generation', '0')")
+
+
 # Append only: the index is the schema version a migration produces (signet_schema.version).
-MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
+MIGRATIONS: list[Callable[[_PgDb], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -22,6 +22,7 @@ from ..core.store import (
     AuditEvent,
     AuditQuery,
     AuditRecord,
+    CaCertificateRecord,
     CertificateRecord,
     DuplicateRequest,
     DuplicateSerial,
@@ -165,6 +166,7 @@ def _certificate_row(record: CertificateRecord) -> dict[str, Any]:
         "issued_at": _epoch(record.issued_at),
         "authorized_by": record.authorized_by,
         **_ocsp_columns(record.ocsp),
+        "issuer": record.issuer or None,
     }
 
 
@@ -198,7 +200,7 @@ _COLUMNS = (
     "serial, identity, dns_names, ip_addresses, not_before, not_after, status, revoked_at, "
     "reason, fingerprint_sha256, der, requested_by, issued_at, authorized_by, "
     "ocsp_der, ocsp_this_update, ocsp_next_update, "
-    "renewal_start, renewal_end, renewal_explanation_url"
+    "renewal_start, renewal_end, renewal_explanation_url, issuer"
 )
 _COLUMN_NAMES = tuple(c.strip() for c in _COLUMNS.split(","))
 
@@ -301,13 +303,13 @@ class SqlStore:
 
     def get_status(self, serial: str) -> StatusRow | None:
         row = self._read_one(
-            "SELECT status, revoked_at, reason, ocsp_der, ocsp_this_update, ocsp_next_update "
-            "FROM certificates WHERE serial = ?",
+            "SELECT status, revoked_at, reason, ocsp_der, ocsp_this_update, ocsp_next_update, "
+            "issuer FROM certificates WHERE serial = ?",
             [serial],
         )
         if row is None:
             return None
-        status, revoked_at, reason, der, this_update, next_update = row
+        status, revoked_at, reason, der, this_update, next_update, issuer = row
         return StatusRow(
             "revoked" if status == "revoked" else "good",
             _from_epoch(revoked_at) if revoked_at is not None else None,
@@ -316,6 +318,7 @@ class SqlStore:
             if der is not None
             else None,
             serial,
+            issuer or "",
         )
 
     def revoke(
@@ -411,7 +414,7 @@ class SqlStore:
         self, next_update_before: dt.datetime, now: dt.datetime, limit: int
     ) -> Sequence[StatusRow]:
         rows = self._read(
-            "SELECT serial, status, revoked_at, reason FROM certificates "
+            "SELECT serial, status, revoked_at, reason, issuer FROM certificates "
             # Rows without a response (never asked for, the responder's own certificate)
             # are signed on demand instead. Expired certificates are left as they are.
             "WHERE ocsp_next_update < ? AND not_after >= ? ORDER BY ocsp_next_update LIMIT ?",
@@ -424,8 +427,9 @@ class SqlStore:
                 Reason(reason) if reason is not None else None,
                 None,
                 serial,
+                issuer or "",
             )
-            for serial, status, revoked_at, reason in rows
+            for serial, status, revoked_at, reason, issuer in rows
         ]
 
     def _revocation_outcome(
@@ -510,11 +514,16 @@ class SqlStore:
         params.append(query.limit)
         return [self._record(r) for r in self._read(sql, params)]
 
-    def revoked_unexpired(self, now: dt.datetime) -> Sequence[RevokedEntry]:
+    def revoked_unexpired(
+        self, now: dt.datetime, issuer: str | None = None
+    ) -> Sequence[RevokedEntry]:
+        mine, params = (
+            ("", [_epoch(now)]) if issuer is None else ("AND issuer = ? ", [_epoch(now), issuer])
+        )
         rows = self._read(
-            "SELECT serial, revoked_at, reason, invalidity_date FROM certificates "
-            "WHERE status = 'revoked' AND not_after >= ? ORDER BY serial",
-            [_epoch(now)],
+            "SELECT serial, revoked_at, reason, invalidity_date FROM certificates "  # noqa: S608 - constant
+            f"WHERE status = 'revoked' AND not_after >= ? {mine}ORDER BY serial",
+            params,
         )
         return [
             RevokedEntry(int(s, 16), _from_epoch(at), Reason(r), _from_epoch(inv) if inv else None)
@@ -539,30 +548,124 @@ class SqlStore:
     def save_crl(self, crl: StoredCrl) -> None:
         def tx(db: Db) -> None:
             db.execute(
-                "INSERT INTO crls (number, der, this_update, next_update, epoch) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (number) DO UPDATE SET der = excluded.der, "
+                "INSERT INTO crls (number, der, this_update, next_update, epoch, issuer) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (number) DO UPDATE SET der = excluded.der, "
                 "this_update = excluded.this_update, next_update = excluded.next_update, "
-                "epoch = excluded.epoch",
-                [crl.number, crl.der, _epoch(crl.this_update), _epoch(crl.next_update), crl.epoch],
+                "epoch = excluded.epoch, issuer = excluded.issuer",
+                [crl.number, crl.der, _epoch(crl.this_update), _epoch(crl.next_update), crl.epoch,
+                 crl.issuer or None],
+            )  # fmt: skip
+            # A 100k-entry CRL is megabytes: keep each issuer's latest two, not every one built.
+            db.execute(
+                "DELETE FROM crls WHERE COALESCE(issuer, '') = ? AND number < "
+                "(SELECT MAX(number) FROM crls WHERE COALESCE(issuer, '') = ? AND number < ?)",
+                [crl.issuer, crl.issuer, crl.number],
             )
-            # A 100k-entry CRL is megabytes: keep the latest two, not every one ever built.
-            db.execute("DELETE FROM crls WHERE number < ?", [crl.number - 1])
 
         self._write(tx)
 
-    def latest_crl(self, newer_than: int = 0) -> StoredCrl | None:
+    def latest_crl(self, newer_than: int = 0, issuer: str | None = None) -> StoredCrl | None:
         # The number first (cheap), the bytes only when they are news.
-        head = self._read_one("SELECT MAX(number) FROM crls")
+        if issuer is None:
+            head = self._read_one("SELECT MAX(number) FROM crls")
+        else:
+            head = self._read_one("SELECT MAX(number) FROM crls WHERE issuer = ?", [issuer])
         if head is None or head[0] is None or head[0] <= newer_than:
             return None
         row = self._read_one(
-            "SELECT der, number, this_update, next_update, epoch FROM crls WHERE number = ?",
+            "SELECT der, number, this_update, next_update, epoch, issuer FROM crls "
+            "WHERE number = ?",
             [head[0]],
         )
         if row is None:
             return None
-        der, number, this_update, next_update, epoch = row
-        return StoredCrl(der, number, _from_epoch(this_update), _from_epoch(next_update), epoch)
+        der, number, this_update, next_update, epoch, signer = row
+        return StoredCrl(
+            der, number, _from_epoch(this_update), _from_epoch(next_update), epoch, signer or ""
+        )
+
+    # -- the CA's own certificates -----------------------------------------------------------
+    def ca_certificates(self) -> Sequence[CaCertificateRecord]:
+        rows = self._read(
+            "SELECT serial, kind, state, key_id, issuer_key_id, der, not_after, created_at, "
+            "overlap_until FROM ca_certificates ORDER BY created_at, serial"
+        )
+        return [
+            CaCertificateRecord(
+                serial, kind, state, key_id, issuer_key_id, bytes(der), _from_epoch(not_after),
+                _from_epoch(created_at), _from_epoch(overlap) if overlap is not None else None,
+            )
+            for serial, kind, state, key_id, issuer_key_id, der, not_after, created_at, overlap
+            in rows
+        ]  # fmt: skip
+
+    @staticmethod
+    def _upsert_ca(db: Db, r: CaCertificateRecord, *, keep: bool = False) -> None:
+        conflict = (
+            "DO NOTHING"
+            if keep
+            else "DO UPDATE SET state = excluded.state, overlap_until = excluded.overlap_until"
+        )
+        db.execute(
+            "INSERT INTO ca_certificates (serial, kind, state, key_id, issuer_key_id, der, "  # noqa: S608 - constant fragments
+            "not_after, created_at, overlap_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"ON CONFLICT (serial) {conflict}",
+            [r.serial, r.kind, r.state, r.key_id, r.issuer_key_id, r.der, _epoch(r.not_after),
+             _epoch(r.created_at), _epoch(r.overlap_until) if r.overlap_until else None],
+        )  # fmt: skip
+
+    @staticmethod
+    def _bump_ca_generation(db: Db) -> None:
+        db.execute(
+            "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) "
+            "WHERE key = 'ca_generation'"
+        )
+
+    def save_ca_certificates(
+        self, records: Sequence[CaCertificateRecord], audit: AuditEvent | None = None
+    ) -> None:
+        def tx(db: Db) -> None:
+            for r in records:
+                self._upsert_ca(db, r)
+            self._bump_ca_generation(db)
+            if audit is not None:
+                self._append_audit(db, audit)
+
+        self._write(tx)
+
+    def seed_ca_certificates(
+        self,
+        records: Sequence[CaCertificateRecord],
+        issuer: str,
+        renamed_documents: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        def tx(db: Db) -> None:
+            for r in records:
+                self._upsert_ca(db, r, keep=True)  # several workers may seed at once
+            db.execute("UPDATE certificates SET issuer = ? WHERE issuer IS NULL", [issuer])
+            db.execute("UPDATE crls SET issuer = ? WHERE issuer IS NULL", [issuer])
+            for old, new in renamed_documents:
+                db.execute(
+                    "UPDATE signed_documents SET name = ? WHERE name = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM signed_documents WHERE name = ?)",
+                    [new, old, new],
+                )
+                db.execute("DELETE FROM signed_documents WHERE name = ?", [old])
+            self._bump_ca_generation(db)
+
+        self._write(tx)
+
+    def ca_generation(self) -> int:
+        row = self._read_one("SELECT value FROM meta WHERE key = 'ca_generation'")
+        return int(row[0]) if row else 0
+
+    def unexpired_issued_by(self, issuer: str, now: dt.datetime, live_only: bool = False) -> int:
+        live = " AND status = 'good'" if live_only else ""
+        row = self._read_one(
+            f"SELECT COUNT(*) FROM certificates WHERE issuer = ? AND not_after >= ?{live}",  # noqa: S608 - constant
+            [issuer, _epoch(now)],
+        )
+        return int(row[0])
 
     # -- documents signed ahead of time ------------------------------------------------------
     def save_signed_documents(self, documents: Sequence[SignedDocument]) -> None:
@@ -900,6 +1003,7 @@ class SqlStore:
             if r["renewal_start"] is not None
             else None,
             renewal_explanation_url=r["renewal_explanation_url"] or "",
+            issuer=r["issuer"] or "",
         )
 
 

@@ -431,7 +431,11 @@ class GetTrustBundleResponse(_message.Message):
     INTERMEDIATE_CERTIFICATES_PEM_FIELD_NUMBER: _builtins.int
     SPIFFE_BUNDLE_JSON_FIELD_NUMBER: _builtins.int
     root_certificates_pem: _builtins.str
+    """Every published root, the active one first (two during a root rollover's overlap)."""
     intermediate_certificates_pem: _builtins.str
+    """The issuing intermediate and its chain (with the cross-certificate to the old root during
+    a rollover), then the retiring intermediates that still answer for what they issued.
+    """
     spiffe_bundle_json: _builtins.str
     """The roots as a SPIFFE bundle (a JWK Set with spiffe_sequence and spiffe_refresh_hint),
     what SPIRE, Envoy and go-spiffe consume; the same document as HTTP GET /spiffe-bundle.

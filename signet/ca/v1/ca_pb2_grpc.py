@@ -149,7 +149,9 @@ class CertificateAuthorityServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTrustBundle(self, request, context):
-        """The root and intermediate certificates clients should trust / chain.
+        """The root and intermediate certificates clients should trust / chain. During a root
+        rollover both roots are listed (trust their union); the agent and Identity ask at every
+        renewal and every few minutes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

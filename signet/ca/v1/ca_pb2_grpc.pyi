@@ -54,7 +54,10 @@ class CertificateAuthorityStub:
     GetCRL: _grpc.UnaryUnaryMultiCallable[_ca_pb2.GetCRLRequest, _ca_pb2.GetCRLResponse]
     """The current RFC 5280 CRL of the issuing CA, DER encoded."""
     GetTrustBundle: _grpc.UnaryUnaryMultiCallable[_ca_pb2.GetTrustBundleRequest, _ca_pb2.GetTrustBundleResponse]
-    """The root and intermediate certificates clients should trust / chain."""
+    """The root and intermediate certificates clients should trust / chain. During a root
+    rollover both roots are listed (trust their union); the agent and Identity ask at every
+    renewal and every few minutes.
+    """
     ListCertificates: _grpc.UnaryUnaryMultiCallable[_ca_pb2.ListCertificatesRequest, _ca_pb2.ListCertificatesResponse]
     """Pages through issued certificates (admin only)."""
     CreateBootstrapToken: _grpc.UnaryUnaryMultiCallable[_ca_pb2.CreateBootstrapTokenRequest, _ca_pb2.CreateBootstrapTokenResponse]
@@ -118,7 +121,10 @@ class CertificateAuthorityAsyncStub(CertificateAuthorityStub):
     GetCRL: _aio.UnaryUnaryMultiCallable[_ca_pb2.GetCRLRequest, _ca_pb2.GetCRLResponse]  # type: ignore[assignment]
     """The current RFC 5280 CRL of the issuing CA, DER encoded."""
     GetTrustBundle: _aio.UnaryUnaryMultiCallable[_ca_pb2.GetTrustBundleRequest, _ca_pb2.GetTrustBundleResponse]  # type: ignore[assignment]
-    """The root and intermediate certificates clients should trust / chain."""
+    """The root and intermediate certificates clients should trust / chain. During a root
+    rollover both roots are listed (trust their union); the agent and Identity ask at every
+    renewal and every few minutes.
+    """
     ListCertificates: _aio.UnaryUnaryMultiCallable[_ca_pb2.ListCertificatesRequest, _ca_pb2.ListCertificatesResponse]  # type: ignore[assignment]
     """Pages through issued certificates (admin only)."""
     CreateBootstrapToken: _aio.UnaryUnaryMultiCallable[_ca_pb2.CreateBootstrapTokenRequest, _ca_pb2.CreateBootstrapTokenResponse]  # type: ignore[assignment]
@@ -215,7 +221,10 @@ class CertificateAuthorityServicer(metaclass=_abc_1.ABCMeta):
         request: _ca_pb2.GetTrustBundleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ca_pb2.GetTrustBundleResponse, _abc.Awaitable[_ca_pb2.GetTrustBundleResponse]]:
-        """The root and intermediate certificates clients should trust / chain."""
+        """The root and intermediate certificates clients should trust / chain. During a root
+        rollover both roots are listed (trust their union); the agent and Identity ask at every
+        renewal and every few minutes.
+        """
 
     @_abc_1.abstractmethod
     def ListCertificates(

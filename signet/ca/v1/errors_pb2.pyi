@@ -194,6 +194,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT: a SHA-256 fingerprint that is not 64 hex digits ("field")."""
     CERTIFICATE_NOT_LIVE: _ErrorReason.ValueType  # 60
     """FAILED_PRECONDITION: RenewNow for a serial that is revoked or expired ("serial_number")."""
+    ROTATION_REFUSED: _ErrorReason.ValueType  # 61
+    """-- the CA's own rotation --
+    INVALID_ARGUMENT: a ca-server intermediate/root command refused (the root key missing, a
+    certificate that is not the active root's, a rollover already under way); the message
+    says which. Not answered over the API.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper): ...
 
@@ -356,4 +362,10 @@ FINGERPRINT_INVALID: ErrorReason.ValueType  # 59
 """INVALID_ARGUMENT: a SHA-256 fingerprint that is not 64 hex digits ("field")."""
 CERTIFICATE_NOT_LIVE: ErrorReason.ValueType  # 60
 """FAILED_PRECONDITION: RenewNow for a serial that is revoked or expired ("serial_number")."""
+ROTATION_REFUSED: ErrorReason.ValueType  # 61
+"""-- the CA's own rotation --
+INVALID_ARGUMENT: a ca-server intermediate/root command refused (the root key missing, a
+certificate that is not the active root's, a rollover already under way); the message
+says which. Not answered over the API.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
