@@ -87,6 +87,17 @@ def check_issued(creds: Credentials, key: ec.EllipticCurvePrivateKey) -> None:
         raise BadIssuance(f"the certificate chain does not verify: {exc}") from None
 
 
+_ML_DSA_SIGNATURES = {
+    x509.SignatureAlgorithmOID.ML_DSA_44,
+    x509.SignatureAlgorithmOID.ML_DSA_65,
+    x509.SignatureAlgorithmOID.ML_DSA_87,
+}
+
+
+def _ml_dsa_signed(cert: x509.Certificate) -> bool:
+    return cert.signature_algorithm_oid in _ML_DSA_SIGNATURES
+
+
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
@@ -157,6 +168,11 @@ class CaClient:
         self.retry = retry
         self.timeout = timeout
         key_pem, chain, roots = pem_parts(creds)
+        if _ml_dsa_signed(creds.certificate):
+            # An ML-DSA-signed leaf and intermediate are ~10 KB, more than grpcio's server side
+            # takes in a client Certificate message (~8 KB: the handshake fails). The CA trusts
+            # its own intermediate, so the leaf alone identifies us there.
+            chain = creds.certificate.public_bytes(serialization.Encoding.PEM)
         self._channel = grpc.secure_channel(
             server, grpc.ssl_channel_credentials(roots, key_pem, chain), options=CA_CHANNEL_OPTIONS
         )

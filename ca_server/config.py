@@ -113,7 +113,7 @@ def render_default_config(
 
 # SPIFFE trust domain of every identity this CA issues (spiffe://<trust_domain>/...). Fixed at init.
 trust_domain = "{trust_domain}"
-# Algorithm of the CA keys (ec-p256, ec-p384, rsa-3072, ed25519). Fixed at init.
+# Algorithm of the CA keys (ec-p256, ec-p384, rsa-3072, ed25519, ml-dsa-65). Fixed at init.
 key_type = "{key_type}"
 
 [server]

@@ -31,6 +31,7 @@ from .core.root_documents import CA_OCSP, LEGACY_INTERMEDIATE_OCSP, LEGACY_ROOT_
 from .core.store import AuditEvent, CaCertificateRecord, Store
 from .files import (
     ENCRYPTED_KEY_SUFFIX,
+    ML_DSA_KEYS_UNENCRYPTABLE,
     PASSPHRASE_HINT,
     atomic_write,
     check_key_file_mode,
@@ -193,6 +194,8 @@ def init_ca(
     d = DataDir(data_dir)
     if d.exists():
         raise ConfigurationError(f"{data_dir} already holds a CA; refusing to overwrite it")
+    if passphrase and key_type == "ml-dsa-65":  # before anything is made
+        raise ConfigurationError(ML_DSA_KEYS_UNENCRYPTABLE)
     clock = clock or SystemClock()
     make_private_dir(data_dir)
     # The database first: an unusable or unreachable store, or one that already holds a CA

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import mldsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from .core.errors import ConfigurationError
@@ -19,6 +20,13 @@ PASSPHRASE_HINT = "set SIGNET_CA_PASSPHRASE or pass --passphrase-file"  # noqa: 
 # set the count for PKCS#8 (it uses 2,048), so encrypted keys are PKCS#12, which openssl reads.
 KDF_ROUNDS = 600_000
 ENCRYPTED_KEY_SUFFIX = ".p12"
+# python-cryptography 50 writes no ML-DSA key into PKCS#12, and its encrypted PKCS#8 is fixed at
+# 2,048 PBKDF2 iterations: rather than keys weakly encrypted, none encrypted, said plainly.
+ML_DSA_KEYS_UNENCRYPTABLE = (
+    "ML-DSA CA keys cannot be encrypted with a passphrase yet (python-cryptography cannot put "
+    "an ML-DSA key in PKCS#12): unset SIGNET_CA_PASSPHRASE / --passphrase-file and protect "
+    "secrets/ otherwise, or use another --key-type"
+)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -72,6 +80,8 @@ def write_private_key(path: Path, key: SigningKey, passphrase: bytes | None = No
     """Write a key, mode 0600: with a passphrase, a PKCS#12 file (PBES2, PBKDF2-HMAC-SHA256
     with KDF_ROUNDS iterations, AES-256-CBC; SHA-256 MAC); without, a PKCS#8 PEM."""
     if passphrase:
+        if isinstance(key, mldsa.MLDSA65PrivateKey):
+            raise ConfigurationError(ML_DSA_KEYS_UNENCRYPTABLE)
         encryption = (
             serialization.PrivateFormat.PKCS12.encryption_builder()
             .kdf_rounds(KDF_ROUNDS)

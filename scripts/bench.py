@@ -4,6 +4,7 @@
     python scripts/bench.py --quick         # 1 s per row, no sustain, no cfssl: a smoke run
     python scripts/bench.py --sustain 60 --write-docs   # what docs/performance.md shows
     python scripts/bench.py --store auto    # and replicas on a throwaway PostgreSQL cluster
+    python scripts/bench.py --ml-dsa        # and the ML-DSA-65 chain's sign and status rows
 
 It starts a real `ca-server serve --workers N` on a fresh data directory (127.0.0.1 only) and
 loads it from P client processes with one load driver for every gRPC row, then with wrk over
@@ -391,6 +392,41 @@ def replica_rows(
     }
 
 
+# --- the post-quantum chain -------------------------------------------------------------------
+
+
+def ml_dsa_rows(pool: ClientPool, load: Load, args: argparse.Namespace, tmp: Path) -> list[Row]:
+    """SignCertificate and GetCertificateStatus, with the same driver, P, C and K, against a
+    second server whose data directory was initialised with --key-type ml-dsa-65 (an ML-DSA-65
+    root and intermediate signing EC P-256 leaves and the OCSP responder): what a post-quantum
+    chain costs beside the ECDSA rows of this run. Started after the first server stopped."""
+    data, logs = tmp / "ml-dsa" / "ca-data", tmp / "ml-dsa"
+    logs.mkdir()
+    print(f"starting ca-server (--workers {args.workers}) initialised with ml-dsa-65", flush=True)
+    server = start_server(data, logs, args.workers, {"SIGNET_KEY_TYPE": "ml-dsa-65"})
+    try:
+        admin = Admin(server)
+        try:
+            known = admin.sign("bench/known")
+        finally:
+            admin.close()
+        csrs = pool_size(load, SIGN_POOL_RATE, load.seconds)
+        rows = []
+        for name, spec in (
+            ("gRPC SignCertificate", base_spec(server, load, "sign", csrs)),
+            (
+                "gRPC GetCertificateStatus",
+                base_spec(server, load, "status", serial=known.serial_number),
+            ),
+        ):
+            row = grpc_row(pool, server, load, f"ML-DSA-65 chain: {name}", spec)
+            row.group = "ml-dsa"
+            rows.append(row)
+    finally:
+        server.stop()
+    return rows
+
+
 # --- HTTP rows --------------------------------------------------------------------------------
 
 
@@ -669,6 +705,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "after), or 'auto' for a throwaway local cluster (started and deleted by the bench)",
     )
     p.add_argument(
+        "--ml-dsa",
+        action="store_true",
+        help="also run SignCertificate and GetCertificateStatus against a second server "
+        "initialised with --key-type ml-dsa-65 (adds two rows, about 2 x (--warmup + --seconds))",
+    )
+    p.add_argument(
         "--replica-workers",
         type=int,
         help="ca-server serve --workers for each PostgreSQL replica (default: --workers)",
@@ -703,6 +745,12 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     pool = ClientPool(args.processes)  # spawned before this process makes any gRPC object
     try:
         rows = sqlite_node(pool, server, load, args, tmp, results)
+        if args.ml_dsa:
+            for row in ml_dsa_rows(pool, load, args, tmp):
+                ecdsa = find(rows, row.name.removeprefix("ML-DSA-65 chain: "))
+                if ecdsa.rps:
+                    row.note = f"{row.rps / ecdsa.rps:.2f}x the rate of the ECDSA P-256 chain's row"
+                rows.append(row)
         if args.store:
             results["replicas"] = replica_rows(pool, load, args, tmp, rows)
     finally:

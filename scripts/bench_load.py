@@ -87,12 +87,29 @@ def _csrs(count: int, name: Callable[[int], str] | None) -> list[str]:
     return [make_csr(uris=[spiffe(name(n))] if name else [])[1] for n in range(count)]
 
 
+def presented_chain(cert_pem: bytes) -> bytes:
+    """What a client presents to the CA: admin/cert.pem (leaf, then intermediate), or the leaf
+    alone when an ML-DSA CA signed it: grpcio's server side drops a client Certificate message
+    over ~8 KB, and an ML-DSA-signed leaf and intermediate are ~10 KB (ca_client does the same)."""
+    from cryptography import x509
+
+    ml_dsa = {
+        x509.SignatureAlgorithmOID.ML_DSA_44,
+        x509.SignatureAlgorithmOID.ML_DSA_65,
+        x509.SignatureAlgorithmOID.ML_DSA_87,
+    }
+    if x509.load_pem_x509_certificate(cert_pem).signature_algorithm_oid not in ml_dsa:
+        return cert_pem
+    end = b"-----END CERTIFICATE-----\n"
+    return cert_pem[: cert_pem.index(end) + len(end)]
+
+
 def _files(spec: RowSpec) -> tuple[bytes, bytes, bytes]:
     data = Path(spec.data_dir)
     return (
         (data / "root.pem").read_bytes(),
         (data / "admin" / "key.pem").read_bytes(),
-        (data / "admin" / "cert.pem").read_bytes(),
+        presented_chain((data / "admin" / "cert.pem").read_bytes()),
     )
 
 

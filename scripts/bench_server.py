@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_load import REPO, SetupError
+from bench_load import REPO, SetupError, presented_chain
 from bench_proc import process_tree
 
 SERVER_START_TIMEOUT = 90.0
@@ -136,7 +136,7 @@ class Admin:
         creds = grpc.ssl_channel_credentials(
             (data / "root.pem").read_bytes(),
             (data / "admin" / "key.pem").read_bytes(),
-            (data / "admin" / "cert.pem").read_bytes(),
+            presented_chain((data / "admin" / "cert.pem").read_bytes()),
         )
         self.channel = grpc.secure_channel(server.listen, creds)
         self.stub = ca_pb2_grpc.CertificateAuthorityStub(self.channel)

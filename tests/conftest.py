@@ -133,6 +133,7 @@ def start_ca(
     server: dict[str, str] | None = None,
     store_url: str | None = None,
     public_url: str | None = None,
+    key_type: str = "ec-p256",
 ) -> CaServer:
     """Initialise a CA in data_dir (if new), adjust config.toml, and serve it on 127.0.0.1:0.
     The store: store_url, else a new PostgreSQL database when the suite runs with
@@ -141,7 +142,7 @@ def start_ca(
         if store_url is None and NEW_POSTGRES_DATABASE:
             store_url = NEW_POSTGRES_DATABASE[0]()
         init_ca(
-            data_dir, trust_domain=TRUST_DOMAIN, key_type="ec-p256", clock=clock,
+            data_dir, trust_domain=TRUST_DOMAIN, key_type=key_type, clock=clock,
             store_url=store_url, public_url=public_url,
         )  # fmt: skip
         config_path = data_dir / "config.toml"

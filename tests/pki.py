@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
@@ -31,6 +31,8 @@ def make_key(kind: str = "ec-p256") -> CertificateIssuerPrivateKeyTypes:
         return rsa.generate_private_key(65537, int(kind.split("-")[1]))
     if kind == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
+    if kind == "ml-dsa-65":
+        return mldsa.MLDSA65PrivateKey.generate()
     raise ValueError(kind)
 
 
@@ -60,6 +62,7 @@ def make_csr(
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     for ext, critical in extra_extensions:
         builder = builder.add_extension(ext, critical=critical)
-    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    pure = isinstance(key, ed25519.Ed25519PrivateKey | mldsa.MLDSA65PrivateKey)
+    algorithm = None if pure else hashes.SHA256()
     csr = builder.sign(key, algorithm)
     return key, csr.public_bytes(serialization.Encoding.PEM).decode()

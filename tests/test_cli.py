@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from ca_server.files import load_private_key
 from tests.test_keys import write_legacy_pkcs8
@@ -373,6 +374,30 @@ def test_serve_refuses_a_ca_key_not_owned_by_its_user(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "owned by uid 65534, not by this server's user" in result.stderr, result.stderr
     assert "intermediate.key.pem" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_init_with_key_type_ml_dsa_65_makes_an_ml_dsa_chain_with_0600_keys(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ca"
+    _init(data_dir, tmp_path, "--key-type", "ml-dsa-65")
+    assert 'key_type = "ml-dsa-65"' in (data_dir / "config.toml").read_text()
+    for name in ("root", "intermediate"):
+        cert = x509.load_pem_x509_certificate((data_dir / f"{name}.pem").read_bytes())
+        assert cert.signature_algorithm_oid == x509.SignatureAlgorithmOID.ML_DSA_65
+        key = data_dir / "secrets" / f"{name}.key.pem"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_init_ml_dsa_65_with_a_passphrase_is_refused_before_anything_is_made(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "ca"
+    result = _run(
+        "init", "--data-dir", data_dir, "--key-type", "ml-dsa-65", cwd=tmp_path,
+        env={"SIGNET_CA_PASSPHRASE": "correct horse battery staple"},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "ML-DSA CA keys cannot be encrypted with a passphrase yet" in result.stderr
+    assert not data_dir.exists()
 
 
 def test_init_under_umask_000_makes_the_data_directory_0700(tmp_path: Path) -> None:

@@ -239,7 +239,7 @@ def test_key_type_that_is_not_a_ca_key_type_is_configuration_error(
     with pytest.raises(ConfigurationError) as info:
         load_config(tmp_path, env={})
     assert str(info.value) == (
-        f"key_type {key_type!r}: choose one of ec-p256, ec-p384, rsa-3072, ed25519"
+        f"key_type {key_type!r}: choose one of ec-p256, ec-p384, rsa-3072, ed25519, ml-dsa-65"
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, mldsa, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from ca_server.core.csr import MAX_CSR_BYTES, ParsedCsr, parse_csr
@@ -65,6 +65,23 @@ def test_csr_with_each_accepted_key_type_parses(
     assert parsed.dns_names == ("web.internal",)
     assert parsed.ip_addresses == (ipaddress.ip_address("10.0.0.1"),)
     assert parsed.common_name is None
+
+
+@pytest.mark.parametrize("kind", ["ml-dsa-44", "ml-dsa-65", "ml-dsa-87"])
+def test_ml_dsa_csr_is_refused_by_algorithm_saying_why(kind: str) -> None:
+    """Refused before its key is even loaded, naming the algorithm and what to use instead."""
+    cls = {"ml-dsa-44": mldsa.MLDSA44PrivateKey, "ml-dsa-65": mldsa.MLDSA65PrivateKey,
+           "ml-dsa-87": mldsa.MLDSA87PrivateKey}[kind]  # fmt: skip
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(cls.generate(), None)
+    )
+    with pytest.raises(WeakKey) as info:
+        parse_csr(csr.public_bytes(serialization.Encoding.PEM).decode())
+    assert str(info.value).startswith(f"{kind.upper()} CSR refused: ML-DSA keys are not certified")
+    assert "use an EC P-256 key" in str(info.value)
+    assert info.value.reason == "KEY_NOT_ALLOWED" and info.value.field == "csr_pem"
 
 
 def test_csr_names_are_normalised_and_deduplicated_in_order() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x25519
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, mldsa, rsa, x25519
 
 from ca_server.core.errors import ConfigurationError, WeakKey
 from ca_server.core.keys import (
@@ -67,6 +67,7 @@ def permissive_umask() -> Iterator[None]:
         ("ec-p384", ec.EllipticCurvePrivateKey, 384),
         ("rsa-3072", rsa.RSAPrivateKey, 3072),
         ("ed25519", ed25519.Ed25519PrivateKey, None),
+        ("ml-dsa-65", mldsa.MLDSA65PrivateKey, None),
     ],
 )
 def test_generate_key_makes_the_named_key_type(
@@ -87,7 +88,7 @@ def test_generate_rsa_key_uses_exponent_65537(ca_keys: dict[str, SigningKey]) ->
 def test_generate_key_refuses_an_unknown_type_listing_the_choices() -> None:
     with pytest.raises(ValueError, match="unknown key type 'ec-p521'") as info:
         generate_key("ec-p521")
-    assert "ec-p256, ec-p384, rsa-3072, ed25519" in str(info.value)
+    assert "ec-p256, ec-p384, rsa-3072, ed25519, ml-dsa-65" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -244,7 +245,7 @@ def encrypted_key(request: pytest.FixtureRequest, tmp_path: Path, ec_key: Signin
     return path
 
 
-@pytest.mark.parametrize("kind", CA_KEY_TYPES)
+@pytest.mark.parametrize("kind", [k for k in CA_KEY_TYPES if not k.startswith("ml-dsa")])
 def test_key_written_with_a_passphrase_is_pkcs12_pbes2_aes256_600k_iterations_and_0600(
     tmp_path: Path, ca_keys: dict[str, SigningKey], kind: str
 ) -> None:
@@ -396,3 +397,38 @@ def test_check_subject_key_refuses_weak_or_unaccepted_keys_with_weak_key(  # typ
     with pytest.raises(WeakKey) as info:
         check_subject_key(key)
     assert message in str(info.value)
+
+
+# -- ML-DSA: a CA key type, never a subject key -------------------------------------------------
+
+
+def test_ml_dsa_65_ca_key_signs_without_a_separate_digest(ca_keys: dict[str, SigningKey]) -> None:
+    key = ca_keys["ml-dsa-65"]
+    assert isinstance(key, mldsa.MLDSA65PrivateKey)
+    assert signature_hash(key) is None
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        mldsa.MLDSA44PrivateKey.generate().public_key(),
+        mldsa.MLDSA65PrivateKey.generate().public_key(),
+        mldsa.MLDSA87PrivateKey.generate().public_key(),
+    ],
+    ids=["ml-dsa-44", "ml-dsa-65", "ml-dsa-87"],
+)
+def test_check_subject_key_refuses_ml_dsa_saying_why_and_what_to_use(key) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(WeakKey) as info:
+        check_subject_key(key, "csr_pem")
+    assert info.value.reason == "KEY_NOT_ALLOWED"
+    assert "grpcio's TLS cannot complete a handshake with an ML-DSA leaf key" in str(info.value)
+    assert "use an EC P-256 key" in str(info.value)
+
+
+def test_an_ml_dsa_key_with_a_passphrase_is_refused_not_weakly_encrypted(
+    tmp_path: Path, ca_keys: dict[str, SigningKey]
+) -> None:
+    path = tmp_path / "ca.p12"
+    with pytest.raises(ConfigurationError, match="ML-DSA CA keys cannot be encrypted"):
+        write_private_key(path, ca_keys["ml-dsa-65"], PASSPHRASE)
+    assert not path.exists()

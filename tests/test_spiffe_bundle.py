@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ca_server.core.keys import generate_key
@@ -36,11 +36,15 @@ def _key_of(jwk: dict[str, str]) -> object:
         ).public_key()
     if jwk["kty"] == "RSA":
         return rsa.RSAPublicNumbers(_b64int(jwk["e"]), _b64int(jwk["n"])).public_key()
+    if jwk["kty"] == "AKP":  # draft-ietf-cose-dilithium
+        assert jwk["alg"] == "ML-DSA-65"
+        raw = base64.urlsafe_b64decode(jwk["pub"] + "=" * (-len(jwk["pub"]) % 4))
+        return mldsa.MLDSA65PublicKey.from_public_bytes(raw)
     raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
     return ed25519.Ed25519PublicKey.from_public_bytes(raw)
 
 
-@pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384", "rsa-3072", "ed25519"])
+@pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384", "rsa-3072", "ed25519", "ml-dsa-65"])
 def test_each_root_is_a_jwk_whose_parameters_and_x5c_match_it(key_type: str) -> None:
     key = generate_key(key_type)
     root = build_root(key, ca_name("signet.local", "Root"), NOW, NOW + dt.timedelta(days=3650))

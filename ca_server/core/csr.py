@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import NameOID, PublicKeyAlgorithmOID
 
 from .errors import ErrorReason, InvalidRequest, LimitExceeded, WeakKey
-from .keys import check_subject_key
+from .keys import ML_DSA_LEAF_REFUSED, check_subject_key
 from .names import IPAddress, normalize_dns_name, parse_spiffe_id
 
 MAX_CSR_BYTES = 64 * 1024
@@ -26,6 +26,11 @@ _KNOWN = {  # names for the refusals people are likely to meet
     "1.3.101.113": "Ed448 ",
     "1.3.101.110": "X25519 ",
     "1.3.101.111": "X448 ",
+}
+_ML_DSA = {
+    PublicKeyAlgorithmOID.ML_DSA_44: "ML-DSA-44",
+    PublicKeyAlgorithmOID.ML_DSA_65: "ML-DSA-65",
+    PublicKeyAlgorithmOID.ML_DSA_87: "ML-DSA-87",
 }
 _ALLOWED_KEY_ALGORITHMS = {
     PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5,
@@ -76,6 +81,12 @@ def parse_csr(csr_pem: str) -> ParsedCsr:
     # By algorithm first: an RSA-PSS key would otherwise load as plain RSA and be certified
     # for uses (key encipherment) its algorithm forbids (RFC 4055).
     algorithm = cast(Any, csr).public_key_algorithm_oid  # present at run time, not in the stubs
+    if algorithm in _ML_DSA:
+        raise WeakKey(
+            f"{_ML_DSA[algorithm]} CSR refused: {ML_DSA_LEAF_REFUSED}",
+            reason=ErrorReason.KEY_NOT_ALLOWED,
+            field=FIELD,
+        )
     if algorithm not in _ALLOWED_KEY_ALGORITHMS:
         raise WeakKey(
             f"public key algorithm {_KNOWN.get(algorithm.dotted_string, '')}"

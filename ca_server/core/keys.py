@@ -1,11 +1,16 @@
-"""Key types the CA uses and accepts, and the digests it signs with."""
+"""Key types the CA uses and accepts, and the digests it signs with.
+
+ML-DSA-65 (FIPS 204; in X.509, RFC 9881) is a CA key type only: the root and intermediate may
+sign with it, but the keys they certify (workloads, the CA's own serving and OCSP responder
+certificates) stay EC, RSA or Ed25519, because today's TLS stacks cannot use an ML-DSA leaf key
+(grpcio's BoringSSL fails the handshake; OpenSSL before 3.5 cannot verify ML-DSA at all)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
@@ -13,15 +18,25 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 
 from .errors import ErrorReason, WeakKey
 
-KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"]
-CA_KEY_TYPES: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa-3072", "ed25519")
+KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519", "ml-dsa-65"]
+CA_KEY_TYPES: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa-3072", "ed25519", "ml-dsa-65")
 
-SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+SigningKey = (
+    ec.EllipticCurvePrivateKey
+    | rsa.RSAPrivateKey
+    | ed25519.Ed25519PrivateKey
+    | mldsa.MLDSA65PrivateKey
+)
 SignatureHash = hashes.SHA256 | hashes.SHA384 | None
 
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192  # bigger keys only cost the CA CPU to verify
 _ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
+ML_DSA_LEAF_REFUSED = (
+    "ML-DSA keys are not certified for workloads: grpcio's TLS cannot complete a handshake "
+    "with an ML-DSA leaf key and OpenSSL before 3.5 cannot verify one, so use an EC P-256 key "
+    "(the CA itself may sign with ML-DSA-65: ca-server init --key-type ml-dsa-65)"
+)
 
 
 def generate_key(key_type: str) -> SigningKey:
@@ -34,12 +49,15 @@ def generate_key(key_type: str) -> SigningKey:
             return rsa.generate_private_key(65537, int(key_type.split("-")[1]))
         case "ed25519":
             return ed25519.Ed25519PrivateKey.generate()
+        case "ml-dsa-65":
+            return mldsa.MLDSA65PrivateKey.generate()
     raise ValueError(f"unknown key type {key_type!r}; choose one of {', '.join(CA_KEY_TYPES)}")
 
 
 def signature_hash(key: CertificateIssuerPrivateKeyTypes) -> SignatureHash:
-    """The digest to sign with: matched to the key's strength; Ed25519 takes none."""
-    if isinstance(key, ed25519.Ed25519PrivateKey):
+    """The digest to sign with: matched to the key's strength; Ed25519 and ML-DSA take none
+    (they sign the message itself)."""
+    if isinstance(key, ed25519.Ed25519PrivateKey | mldsa.MLDSA65PrivateKey):
         return None
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
         return hashes.SHA384()
@@ -79,6 +97,8 @@ def check_subject_key(key: CertificatePublicKeyTypes, field: str | None = None) 
         return
     if isinstance(key, ed25519.Ed25519PublicKey):
         return
+    if isinstance(key, mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey):
+        raise WeakKey(ML_DSA_LEAF_REFUSED, reason=ErrorReason.KEY_NOT_ALLOWED, field=field)
     raise WeakKey(
         f"key type {type(key).__name__} is not allowed: use EC P-256/P-384, RSA >= 2048 or Ed25519",
         reason=ErrorReason.KEY_NOT_ALLOWED,

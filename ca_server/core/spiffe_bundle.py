@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 REFRESH_HINT = 300  # seconds: how soon a consumer should look again (a rollover can happen)
@@ -43,6 +43,14 @@ def _jwk(cert: x509.Certificate) -> dict[str, Any]:
             "kty": "OKP",
             "crv": "Ed25519",
             "x": _b64(key.public_bytes(Encoding.Raw, PublicFormat.Raw)),
+        }
+    elif isinstance(key, mldsa.MLDSA65PublicKey):
+        # No RFC yet: the "AKP" key type of draft-ietf-cose-dilithium, which JOSE libraries
+        # are adopting; the certificate in x5c is what a SPIFFE consumer uses anyway.
+        jwk = {
+            "kty": "AKP",
+            "alg": "ML-DSA-65",
+            "pub": _b64(key.public_bytes(Encoding.Raw, PublicFormat.Raw)),
         }
     else:
         raise TypeError(f"no JWK form for {type(key).__name__}")
