@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
+from .core.profile import serial_hex
 from .core.store import StoredCrl
 
 if TYPE_CHECKING:
@@ -161,16 +162,30 @@ class CaState:
         ca = self._ca
         expiry = GaugeMetricFamily(
             "signet_ca_certificate_expiry_timestamp_seconds",
-            "When each certificate the CA itself uses expires, by role",
-            labels=["role"],
+            "When each certificate the CA itself uses expires, by role; the roots and "
+            "intermediates by serial and state (active, or retiring in a rollover)",
+            labels=["role", "serial", "state"],
         )
-        expiry.add_metric(["root"], ca.root.not_valid_after_utc.timestamp())
-        expiry.add_metric(["intermediate"], ca.issuer.certificate.not_valid_after_utc.timestamp())
+        hierarchy = ca.hierarchy
+        for role, entries in (
+            ("root", hierarchy.roots),
+            ("intermediate", hierarchy.intermediates),
+            ("cross", hierarchy.crosses),
+        ):
+            for e in entries:
+                when = e.certificate.not_valid_after_utc.timestamp()
+                expiry.add_metric([role, e.serial, e.record.state], when)
         serving = self._serving.current.certificate
-        expiry.add_metric(["serving"], serving.not_valid_after_utc.timestamp())
+        expiry.add_metric(
+            ["serving", serial_hex(serving.serial_number), "active"],
+            serving.not_valid_after_utc.timestamp(),
+        )
         responder = ca.responder.signer_certificate()
         if responder is not None:
-            expiry.add_metric(["ocsp_responder"], responder.not_valid_after_utc.timestamp())
+            expiry.add_metric(
+                ["ocsp_responder", serial_hex(responder.serial_number), "active"],
+                responder.not_valid_after_utc.timestamp(),
+            )
         yield expiry
         crl = ca.crls.ready() or ca.crls.follow()  # the newest, even while a build is due
         if crl is not None:

@@ -25,7 +25,8 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 # PromQL words that are not metric names.
 _PROMQL = {
     "sum", "by", "rate", "increase", "time", "histogram_quantile", "le", "method", "code",
-    "reason", "outcome", "status", "cache", "role", "job", "instance", "and", "or", "on",
+    "reason", "outcome", "status", "cache", "role", "state", "job", "instance", "and", "or",
+    "on",
 }  # fmt: skip
 
 

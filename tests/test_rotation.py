@@ -202,3 +202,46 @@ def test_the_offline_ceremony_prepares_signs_where_the_root_is_and_activates(
 
 
 _PEM = serialization.Encoding.PEM
+
+
+def test_the_lease_holder_rotates_the_intermediate_once_it_has_lived_rotate_at(
+    tmp_path: Path,
+) -> None:
+    """[issuance] intermediate_rotate_at (default 2/3): not before, and at once after, with the
+    root key in the data directory; the old intermediate retires (it still answers)."""
+    import datetime as dt
+
+    from ca_server.core.clock import FakeClock
+    from ca_server.core.profile import serial_hex
+
+    clock = FakeClock()
+    ca = start_ca(tmp_path / "ca-data", clock=clock)
+    try:
+        old = ca.authority.issuer.certificate
+        life = old.not_valid_after_utc - old.not_valid_before_utc
+        clock.set(old.not_valid_before_utc + life * 2 / 3 - dt.timedelta(minutes=1))
+        ca.running.maintenance.rollover()
+        assert ca.authority.issuer.certificate == old  # not due yet
+        clock.advance(dt.timedelta(minutes=2))
+        ca.running.maintenance.rollover()
+        new = ca.authority.issuer.certificate
+        assert new != old
+        new.verify_directly_issued_by(ca.authority.root)
+        states = {e.certificate: e.record.state for e in ca.authority.hierarchy.intermediates}
+        assert states == {new: "active", old: "retiring"}
+        # Both are watched: their expiry by serial and state (alerts look at the active one).
+        from tests.test_metrics import _scrape
+
+        samples = _scrape(ca.running.metrics_address)
+        intermediates = {
+            (labels["serial"], labels["state"]): value
+            for (name, items), value in samples.items()
+            if name == "signet_ca_certificate_expiry_timestamp_seconds"
+            and (labels := dict(items))["role"] == "intermediate"
+        }
+        assert intermediates == {
+            (serial_hex(new.serial_number), "active"): new.not_valid_after_utc.timestamp(),
+            (serial_hex(old.serial_number), "retiring"): old.not_valid_after_utc.timestamp(),
+        }
+    finally:
+        stop_ca(ca)
