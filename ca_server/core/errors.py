@@ -155,6 +155,16 @@ class NotFound(SignetError):
     default_reason = ErrorReason.CERTIFICATE_NOT_FOUND
 
 
+def certificate_not_found(serial: str) -> NotFound:
+    """The one answer for a serial this CA never issued (or has pruned)."""
+    return NotFound(
+        f"no certificate with serial {serial} was issued by this CA",
+        reason=ErrorReason.CERTIFICATE_NOT_FOUND,
+        field="serial_number",
+        metadata={"serial_number": serial},
+    )
+
+
 class Conflict(SignetError):
     default_reason = ErrorReason.STATE_CONFLICT
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from .clock import Clock, utc_seconds
-from .errors import Conflict, ErrorReason, InvalidRequest, NotFound
+from .errors import Conflict, ErrorReason, InvalidRequest, NotFound, certificate_not_found
 from .names import spiffe_pattern_matches
 from .policy import Caller, check_is_admin
 from .profile import fingerprint_sha256, parse_serial
@@ -100,7 +100,7 @@ class Renewals:
         serial = parse_serial(serial_text)
         record = self._store.get_certificate(serial)
         if record is None:
-            raise _not_found(serial)
+            raise certificate_not_found(serial)
         return info_for(record)
 
     def renew_now(self, caller: Caller, selector: RenewalSelector) -> RenewNowResult:
@@ -168,7 +168,7 @@ class Renewals:
             serial = parse_serial(serial_text)
             record = self._store.get_certificate(serial)
             if record is None:
-                raise _not_found(serial)
+                raise certificate_not_found(serial)
             yield record
             return
         after: tuple[int, str] | None = None
@@ -207,12 +207,3 @@ def _authority_key_id(record: CertificateRecord) -> bytes | None:
     except x509.ExtensionNotFound:
         return None
     return aki.value.key_identifier
-
-
-def _not_found(serial: str) -> NotFound:
-    return NotFound(
-        f"no certificate with serial {serial} was issued by this CA",
-        reason=ErrorReason.CERTIFICATE_NOT_FOUND,
-        field="serial_number",
-        metadata={"serial_number": serial},
-    )

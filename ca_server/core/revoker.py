@@ -8,7 +8,13 @@ from collections.abc import Callable
 
 from .authentication import Authenticator
 from .clock import Clock, utc_seconds
-from .errors import AlreadyRevoked, Conflict, ErrorReason, InvalidRequest, NotFound
+from .errors import (
+    AlreadyRevoked,
+    Conflict,
+    ErrorReason,
+    InvalidRequest,
+    certificate_not_found,
+)
 from .idempotency import Call, RequestIds, result
 from .issuers import Issuers
 from .ocsp import CertStatus, StatusAnswer
@@ -66,7 +72,7 @@ class Revoker:
             return _replay(prior)
         record = self._store.get_certificate(serial)
         if record is None:
-            raise _not_found(serial)
+            raise certificate_not_found(serial)
         check_may_revoke(caller, record.identity)
         now = utc_seconds(self._clock.now())
         # The answer comes from the certificate's own issuer (a retiring one's too).
@@ -79,7 +85,7 @@ class Revoker:
             assert call is not None
             return _replay(self._requests.winner(call))
         if outcome is RevokeOutcome.NOT_FOUND:
-            raise _not_found(serial)
+            raise certificate_not_found(serial)
         self._authenticator.revoked(record.fingerprint_sha256)
         responder.drop_signer(int(serial, 16))  # if it was our OCSP responder's
         self._issuers.wanted.set()
@@ -134,15 +140,6 @@ class Revoker:
     def on_revocation(self, listener: Callable[[str], None]) -> None:
         """Call listener(serial) after each revocation this process makes (cache invalidation)."""
         self._revocation_listeners.append(listener)
-
-
-def _not_found(serial: str) -> NotFound:
-    return NotFound(
-        f"no certificate with serial {serial} was issued by this CA",
-        reason=ErrorReason.CERTIFICATE_NOT_FOUND,
-        field="serial_number",
-        metadata={"serial_number": serial},
-    )
 
 
 def _replay(prior: RequestRecord) -> tuple[str, dt.datetime]:
