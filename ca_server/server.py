@@ -262,7 +262,7 @@ def start_server(
         futures.ThreadPoolExecutor(
             max_workers=settings.max_workers + settings.max_watchers, thread_name_prefix="rpc"
         ),
-        interceptors=[RpcInterceptor()],
+        interceptors=[RpcInterceptor(unary_limit=settings.max_workers)],
         options=_grpc_options(reuse_port),
     )
     watch = WatchGovernor(settings.max_watchers, settings.watch_stall_timeout.total_seconds())

@@ -262,3 +262,37 @@ def test_watch_trust_bundle_sends_the_bundle_at_once_then_each_change(own_ca: Ca
         assert changed.root_certificates_pem == before.root_certificates_pem
         assert changed == stub.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=TIMEOUT)
         stream.cancel()
+
+
+def test_unary_calls_run_at_most_max_workers_at_once_while_streams_have_their_own_threads(
+    tmp_path: Path,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.pki import make_csr
+    from tests.test_store_writer import hold_writer
+
+    ca = start_ca(tmp_path / "ca-data", server={"max_workers": "1"})
+    release, holder = hold_writer(ca.store)  # the one unary call below waits on the writer
+    try:
+        chain, key = ca.admin_credentials()
+        with ca.channel(chain, key) as channel, ThreadPoolExecutor(1) as pool:
+            stub = ca.stub(channel)
+            _, csr = make_csr(uris=[spiffe("web/slot")])
+            signing = pool.submit(
+                stub.SignCertificate, ca_pb2.SignCertificateRequest(csr_pem=csr), timeout=TIMEOUT
+            )
+            _wait_until(lambda: ca.store._writer._queue.qsize() >= 1)  # inside its handler
+            with pytest.raises(grpc.RpcError) as err:  # no second unary call meanwhile
+                stub.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=1)
+            assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            stream = stub.WatchRevocations(ca_pb2.WatchRevocationsRequest(), timeout=TIMEOUT)
+            assert next(stream).head_sequence == 0  # a stream still opens
+            stream.cancel()
+            release.set()
+            assert signing.result(TIMEOUT).serial_number
+            assert stub.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=TIMEOUT)
+    finally:
+        release.set()
+        holder.join(TIMEOUT)
+        stop_ca(ca)
